@@ -1,0 +1,224 @@
+"""Typed settings: defaults < instance/config.py < BROKER_* environment < the test mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import runpy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
+GOOGLE_ISSUER = "https://accounts.google.com"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in the settings, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_bool(value: Any) -> bool:
+    """Read a boolean from a bool or a common spelling."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+def parse_list(value: Any) -> tuple[str, ...]:
+    """Read a comma-separated list (or a sequence) of non-empty strings."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def parse_networks(value: Any) -> tuple[Network, ...]:
+    """Read CIDRs, normalised; a bare address is a /32 or /128."""
+    return tuple(ipaddress.ip_network(item, strict=False) for item in parse_list(value))
+
+
+def parse_optional(parser: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap a parser so that None or an empty string means unset."""
+
+    def parse(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return parser(value)
+
+    return parse
+
+
+def _setting(default: Any, parser: Callable[[Any], Any] = str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"parse": parser}, **kwargs)
+
+
+opt_str = parse_optional(str)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the broker, parsed and typed."""
+
+    INSTANCE_PATH: str = _setting("instance")
+    DATABASE_URL: str | None = _setting(None, opt_str)
+    SECRET_KEY: str | None = _setting(None, opt_str, repr=False)
+    MASTER_KEYS: str | None = _setting(None, opt_str, repr=False)
+    MASTER_KEYS_FILE: str | None = _setting(None, opt_str)
+    PUBLIC_URL: str = _setting("http://127.0.0.1:8080")
+    GOOGLE_CLIENT_ID: str | None = _setting(None, opt_str)
+    GOOGLE_CLIENT_SECRET: str | None = _setting(None, opt_str, repr=False)
+    GOOGLE_DISCOVERY_URL: str = _setting(GOOGLE_DISCOVERY_URL)
+    GOOGLE_ISSUERS: tuple[str, ...] = _setting((), parse_list)
+    GMAIL_API_URL: str = _setting("https://gmail.googleapis.com")
+    GOOGLE_TIMEOUT: float = _setting(5.0, float)
+    TRUSTED_PROXIES: tuple[Network, ...] = _setting((), parse_networks)
+    REFRESH_BUDGET: float = _setting(10.0, float)
+    API_RATE_LIMIT: str = _setting("1000/second")
+    LOGIN_RATE_LIMIT: str = _setting("60/minute")
+    AUTH_FAILURE_LIMIT: str = _setting("30/minute")
+    REJECTED_TOKEN_COOLDOWN: float = _setting(30.0, float)
+    REDIS_URL: str | None = _setting(None, opt_str)
+    METRICS_TOKEN: str | None = _setting(None, opt_str, repr=False)
+    METRICS_IP_RANGES: tuple[Network, ...] = _setting(
+        ("127.0.0.0/8", "::1/128"), parse_networks
+    )
+    WEBHOOK_ALLOW_PRIVATE: bool = _setting(False, parse_bool)
+    SEAL_ROTATE_THRESHOLD: int = _setting(2**30, int)
+    SEAL_BLOCK: int = _setting(1000, int)
+    DATA_KEY_CACHE_SECONDS: float = _setting(300.0, float)
+    CLOCK_SKEW: float = _setting(60.0, float)
+    CLIENT_CACHE_SECONDS: float = _setting(5.0, float)
+    LOG_LEVEL: str = _setting("INFO")
+    DEBUG: bool = _setting(False, parse_bool)
+
+    @property
+    def instance_dir(self) -> Path:
+        """Return the instance folder as an absolute path."""
+        return Path(self.INSTANCE_PATH).resolve()
+
+    @property
+    def database_url(self) -> str:
+        """Return the database URL, SQLite in the instance folder by default."""
+        return self.DATABASE_URL or f"sqlite:///{self.instance_dir / 'broker.db'}"
+
+    @property
+    def master_keys_file(self) -> Path:
+        """Return the master key file's path."""
+        if self.MASTER_KEYS_FILE:
+            return Path(self.MASTER_KEYS_FILE)
+        return self.instance_dir / "master.keys"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """Return the path of the generated Flask secret key."""
+        return self.instance_dir / "secret_key"
+
+    @property
+    def https(self) -> bool:
+        """Say whether the public URL is on HTTPS (secure cookies, HSTS)."""
+        return urlsplit(self.PUBLIC_URL).scheme == "https"
+
+    @property
+    def google_configured(self) -> bool:
+        """Say whether Google sign-in is configured."""
+        return bool(self.GOOGLE_CLIENT_ID and self.GOOGLE_CLIENT_SECRET)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _from_instance_file(instance_path: str) -> dict[str, Any]:
+    path = Path(instance_path) / "config.py"
+    if not path.is_file():
+        return {}
+    values = runpy.run_path(str(path))
+    return {k.removeprefix("BROKER_"): v for k, v in values.items() if k.isupper()}
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {k[len("BROKER_") :]: v for k, v in environ.items() if k.startswith("BROKER_")}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge the sources in order, parse each value and raise ConfigError listing every problem."""
+    env = _from_environ(os.environ if environ is None else environ)
+    overrides = {k.removeprefix("BROKER_"): v for k, v in (overrides or {}).items()}
+    instance_path = overrides.get("INSTANCE_PATH") or env.get("INSTANCE_PATH") or "instance"
+    raw: dict[str, Any] = {}
+    for source in (_from_instance_file(str(instance_path)), env, overrides):
+        raw.update({k: v for k, v in source.items() if k in FIELDS})
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        parse = FIELDS[name].metadata["parse"]
+        try:
+            values[name] = parse(value)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"BROKER_{name}: {exc}")
+    if "METRICS_IP_RANGES" not in values:
+        values["METRICS_IP_RANGES"] = parse_networks(FIELDS["METRICS_IP_RANGES"].default)
+    settings = Settings(**values)
+    problems.extend(validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def is_loopback_url(url: str) -> bool:
+    """Say whether a URL points at this machine's loopback interface."""
+    host = urlsplit(url).hostname or ""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate(settings: Settings) -> list[str]:
+    """Return every problem with settings that are each well-typed."""
+    problems = []
+    public = urlsplit(settings.PUBLIC_URL)
+    if public.scheme not in {"http", "https"} or not public.hostname:
+        problems.append("BROKER_PUBLIC_URL: must be an absolute http(s) URL")
+    elif public.scheme != "https" and not is_loopback_url(settings.PUBLIC_URL):
+        problems.append("BROKER_PUBLIC_URL: must be https:// unless it is a loopback address")
+    for name in ("GOOGLE_DISCOVERY_URL", "GMAIL_API_URL"):
+        url = getattr(settings, name)
+        scheme = urlsplit(url).scheme
+        if scheme not in {"http", "https"}:
+            problems.append(f"BROKER_{name}: must be an absolute http(s) URL")
+        elif scheme == "http" and not is_loopback_url(url):
+            problems.append(f"BROKER_{name}: http:// is allowed only for the local emulator")
+    for name in ("REFRESH_BUDGET", "GOOGLE_TIMEOUT", "SEAL_BLOCK", "SEAL_ROTATE_THRESHOLD"):
+        if getattr(settings, name) <= 0:
+            problems.append(f"BROKER_{name}: must be positive")
+    if settings.SEAL_BLOCK > settings.SEAL_ROTATE_THRESHOLD:
+        problems.append("BROKER_SEAL_BLOCK: must not exceed BROKER_SEAL_ROTATE_THRESHOLD")
+    if bool(settings.GOOGLE_CLIENT_ID) != bool(settings.GOOGLE_CLIENT_SECRET):
+        problems.append("BROKER_GOOGLE_CLIENT_ID and BROKER_GOOGLE_CLIENT_SECRET go together")
+    return problems
+
+
+def issuers(settings: Settings, discovery_issuer: str) -> tuple[str, ...]:
+    """Return the accepted id_token issuers: configured, else the discovery issuer (+ Google's)."""
+    if settings.GOOGLE_ISSUERS:
+        return settings.GOOGLE_ISSUERS
+    if discovery_issuer == GOOGLE_ISSUER:
+        return (GOOGLE_ISSUER, "accounts.google.com")
+    return (discovery_issuer,)

@@ -1,0 +1,232 @@
+"""Master keyring, key providers and the sealed-value format (AES-256-GCM, AAD-bound)."""
+
+from __future__ import annotations
+
+import abc
+import base64
+import binascii
+import os
+import re
+import secrets
+import struct
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+FORMAT_VERSION = 1
+HEADER = struct.Struct(">BI")  # format version, data key version
+KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class CryptoError(Exception):
+    """A key or sealed value problem; the message never carries key or plaintext material."""
+
+
+class KeySourceError(CryptoError):
+    """The master key source is missing or malformed."""
+
+
+class SealError(CryptoError):
+    """A sealed value does not open: tampered, moved, truncated or its key is gone."""
+
+
+def new_key() -> bytes:
+    """Return 32 random bytes from the OS's CSPRNG."""
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def new_key_id() -> str:
+    """Return a short random master key id."""
+    return "mk-" + secrets.token_hex(4)
+
+
+def format_key_line(key_id: str, key: bytes) -> str:
+    """Return the `id:base64` line of a master key."""
+    return f"{key_id}:{base64.b64encode(key).decode()}"
+
+
+def parse_keyring(text: str, source: str) -> dict[str, bytes]:
+    """Parse `id:base64` entries (commas or new lines); raise naming the source, not the keys."""
+    entries = [e.strip() for e in re.split(r"[,\n]", text) if e.strip() and not e.startswith("#")]
+    if not entries:
+        raise KeySourceError(f"{source}: no master key found")
+    keys: dict[str, bytes] = {}
+    for number, entry in enumerate(entries, 1):
+        key_id, sep, encoded = entry.partition(":")
+        if not sep or not KEY_ID.match(key_id):
+            raise KeySourceError(f"{source}: entry {number} is not 'id:base64'")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise KeySourceError(f"{source}: entry {number} is not valid base64") from None
+        if len(key) != KEY_BYTES:
+            raise KeySourceError(f"{source}: entry {number} is not a 32-byte key")
+        if key_id in keys:
+            raise KeySourceError(f"{source}: key id {key_id!r} appears twice")
+        keys[key_id] = key
+    return keys
+
+
+class KeyProvider(abc.ABC):
+    """Where master keys come from: a local file or variable now, a KMS later."""
+
+    @property
+    @abc.abstractmethod
+    def source(self) -> str:
+        """Name the source in messages (a path or variable name, never key material)."""
+
+    @abc.abstractmethod
+    def load(self) -> dict[str, bytes]:
+        """Return the keyring, primary first; raise KeySourceError if missing or malformed."""
+
+
+class EnvKeyProvider(KeyProvider):
+    """Master keys from `BROKER_MASTER_KEYS` (`id:base64,…`)."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    @property
+    def source(self) -> str:
+        return "BROKER_MASTER_KEYS"
+
+    def load(self) -> dict[str, bytes]:
+        return parse_keyring(self._value, self.source)
+
+
+class FileKeyProvider(KeyProvider):
+    """Master keys from a 0600 file, one `id:base64` per line, primary first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+    def load(self) -> dict[str, bytes]:
+        try:
+            text = self.path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            raise KeySourceError(f"{self.path}: master key file not found") from None
+        except (OSError, UnicodeDecodeError):
+            raise KeySourceError(f"{self.path}: master key file cannot be read") from None
+        return parse_keyring(text, self.source)
+
+    def write(self, keys: dict[str, bytes]) -> None:
+        """Replace the file atomically with these keys, mode 0600."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write("".join(format_key_line(k, v) + "\n" for k, v in keys.items()))
+        os.replace(tmp, self.path)
+        os.chmod(self.path, 0o600)
+
+
+class Keyring:
+    """The master keys of this process; reloads its source once on an unknown key id."""
+
+    def __init__(self, provider: KeyProvider) -> None:
+        self.provider = provider
+        self._lock = threading.Lock()
+        self._keys = provider.load()
+
+    @property
+    def primary_id(self) -> str:
+        """Return the id of the key that wraps new data keys."""
+        return next(iter(self._keys))
+
+    def ids(self) -> list[str]:
+        """Return the key ids, primary first."""
+        return list(self._keys)
+
+    def reload(self) -> None:
+        """Read the key source again (another process may have rotated)."""
+        with self._lock:
+            self._keys = self.provider.load()
+
+    def key(self, key_id: str) -> bytes:
+        """Return a master key, reloading the source once if the id is unknown."""
+        if key_id not in self._keys:
+            self.reload()
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise CryptoError(f"master key {key_id!r} is not in {self.provider.source}") from None
+
+    def wrap(self, key: bytes, context: str) -> tuple[str, bytes]:
+        """Wrap a data key under the primary master key; return (master key id, blob)."""
+        key_id = self.primary_id
+        aad = f"{context}|{key_id}".encode()
+        nonce = os.urandom(NONCE_BYTES)
+        return key_id, nonce + AESGCM(self.key(key_id)).encrypt(nonce, key, aad)
+
+    def unwrap(self, key_id: str, blob: bytes, context: str) -> bytes:
+        """Unwrap a data key wrapped under `key_id` for this context."""
+        aad = f"{context}|{key_id}".encode()
+        try:
+            return AESGCM(self.key(key_id)).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except (InvalidTag, ValueError):
+            raise CryptoError("a wrapped data key does not open under its master key") from None
+
+
+def provider_from_settings(master_keys: str | None, keys_file: Path) -> KeyProvider:
+    """Pick the environment's keyring when given, else the key file."""
+    if master_keys:
+        return EnvKeyProvider(master_keys)
+    return FileKeyProvider(keys_file)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a sealed value belongs to: its tenant, row and field."""
+
+    tenant: str
+    row: str
+    field: str
+
+
+def _aad(header: bytes, binding: Binding) -> bytes:
+    return b"|".join(
+        [header, b"tok", binding.tenant.encode(), binding.row.encode(), binding.field.encode()]
+    )
+
+
+def seal(key: bytes, key_version: int, plaintext: bytes, binding: Binding) -> bytes:
+    """Encrypt under a data key with a fresh random nonce; the header is inside the AAD."""
+    header = HEADER.pack(FORMAT_VERSION, key_version)
+    nonce = os.urandom(NONCE_BYTES)
+    return header + nonce + AESGCM(key).encrypt(nonce, plaintext, _aad(header, binding))
+
+
+def sealed_version(blob: bytes) -> int:
+    """Return the data key version a sealed value names (unauthenticated until opened)."""
+    if len(blob) < HEADER.size + NONCE_BYTES + 16:
+        raise SealError("sealed value is truncated")
+    fmt, version = HEADER.unpack_from(blob)
+    if fmt != FORMAT_VERSION:
+        raise SealError("sealed value has an unknown format")
+    return int(version)
+
+
+def open_sealed(key: bytes, blob: bytes, binding: Binding) -> bytes:
+    """Decrypt a sealed value bound to this binding, or raise SealError."""
+    sealed_version(blob)
+    header = blob[: HEADER.size]
+    nonce = blob[HEADER.size : HEADER.size + NONCE_BYTES]
+    try:
+        return AESGCM(key).decrypt(nonce, blob[HEADER.size + NONCE_BYTES :], _aad(header, binding))
+    except InvalidTag:
+        raise SealError("sealed value does not open: tampered, moved or wrong key") from None
+
+
+def key_lines(keys: Iterable[tuple[str, bytes]]) -> str:
+    """Return a keyring as `id:base64,…` for BROKER_MASTER_KEYS."""
+    return ",".join(format_key_line(k, v) for k, v in keys)

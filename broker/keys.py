@@ -1,0 +1,311 @@
+"""Tenant data keys in the database: seal/open for rows, counting, rotation, re-seal, shredding."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from broker.crypto import Binding, Keyring, SealError, new_key, open_sealed, seal, sealed_version
+from broker.db import Database
+from broker.models import AccessToken, AuditKey, Connection, DataKey, Webhook, utcnow
+
+SYSTEM = "system"
+
+
+def tenant_label(tenant_id: uuid.UUID | None) -> str:
+    """Return the tenant part of a key or value binding ('system' for the system key)."""
+    return SYSTEM if tenant_id is None else str(tenant_id)
+
+
+def dek_context(tenant_id: uuid.UUID | None, version: int) -> str:
+    """Return the wrapping context (AAD prefix) of a data key."""
+    return f"dek|{tenant_label(tenant_id)}|{version}"
+
+
+@dataclass
+class _Block:
+    version: int
+    key: bytes
+    remaining: int
+    expires: float
+
+
+class KeyService:
+    """Seal and open row values under per-tenant data keys wrapped by the master keyring."""
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        block: int = 1000,
+        threshold: int = 2**30,
+        cache_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keyring = keyring
+        self.block = block
+        self.threshold = threshold
+        self.cache_seconds = cache_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._deks: dict[tuple[str, int], tuple[bytes, float]] = {}
+        self._blocks: dict[str, _Block] = {}
+
+    def forget(self) -> None:
+        """Drop every cached data key (after retirement or shredding)."""
+        with self._lock:
+            self._deks.clear()
+            self._blocks.clear()
+
+    def create_data_key(self, session: Session, tenant_id: uuid.UUID | None) -> DataKey:
+        """Add the next data key version of a tenant (or the system key), wrapped."""
+        newest = session.scalar(
+            select(func.max(DataKey.version)).where(_tenant_is(tenant_id))
+        )
+        version = (newest or 0) + 1
+        master_id, wrapped = self.keyring.wrap(new_key(), dek_context(tenant_id, version))
+        row = DataKey(
+            tenant_id=tenant_id, version=version, wrapped=wrapped, master_key_id=master_id
+        )
+        session.add(row)
+        session.flush()
+        with self._lock:
+            self._blocks.pop(tenant_label(tenant_id), None)
+        return row
+
+    def seal(
+        self, session: Session, tenant_id: uuid.UUID | None, row_id: object, field: str,
+        plaintext: bytes,
+    ) -> bytes:
+        """Seal a value for one row and field of a tenant under its current data key."""
+        block = self._take_seal(session, tenant_id)
+        return seal(block.key, block.version, plaintext, _binding(tenant_id, row_id, field))
+
+    def open(
+        self, session: Session, tenant_id: uuid.UUID | None, row_id: object, field: str,
+        blob: bytes,
+    ) -> bytes:
+        """Open a sealed value of one row and field, or raise SealError."""
+        key = self._dek(session, tenant_id, sealed_version(blob))
+        return open_sealed(key, blob, _binding(tenant_id, row_id, field))
+
+    def _take_seal(self, session: Session, tenant_id: uuid.UUID | None) -> _Block:
+        label = tenant_label(tenant_id)
+        now = self.clock()
+        with self._lock:
+            block = self._blocks.get(label)
+            if block and block.remaining > 0 and block.expires > now:
+                block.remaining -= 1
+                return block
+        # Reserve a whole block in the caller's transaction: the count bounds how many nonces a
+        # key has used, and a rolled-back reservation only ever over-counts in memory.
+        row = session.scalar(
+            select(DataKey)
+            .where(_tenant_is(tenant_id), DataKey.retired_at.is_(None))
+            .order_by(DataKey.version.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        if row is None or row.seal_count + self.block > self.threshold:
+            row = self.create_data_key(session, tenant_id)
+        session.execute(
+            update(DataKey)
+            .where(DataKey.id == row.id)
+            .values(seal_count=DataKey.seal_count + self.block)
+        )
+        key = self._unwrap(row)
+        block = _Block(row.version, key, self.block - 1, now + self.cache_seconds)
+        with self._lock:
+            self._blocks[label] = block
+        return block
+
+    def _dek(self, session: Session, tenant_id: uuid.UUID | None, version: int) -> bytes:
+        cache_key = (tenant_label(tenant_id), version)
+        now = self.clock()
+        with self._lock:
+            cached = self._deks.get(cache_key)
+        if cached and cached[1] > now:
+            return cached[0]
+        row = session.scalar(
+            select(DataKey).where(_tenant_is(tenant_id), DataKey.version == version)
+        )
+        if row is None or row.retired_at is not None or not row.wrapped:
+            raise SealError("the data key of this sealed value is gone")
+        return self._unwrap(row)
+
+    def _unwrap(self, row: DataKey) -> bytes:
+        key = self.keyring.unwrap(
+            row.master_key_id, row.wrapped, dek_context(row.tenant_id, row.version)
+        )
+        with self._lock:
+            self._deks[(tenant_label(row.tenant_id), row.version)] = (
+                key,
+                self.clock() + self.cache_seconds,
+            )
+        return key
+
+    def rotate_tenant(self, session: Session, tenant_id: uuid.UUID | None) -> int:
+        """Make a new data key for new writes; old rows move when re-sealed."""
+        return self.create_data_key(session, tenant_id).version
+
+    def current_version(self, session: Session, tenant_id: uuid.UUID | None) -> int | None:
+        """Return the newest live data key version of a tenant."""
+        return session.scalar(
+            select(func.max(DataKey.version)).where(
+                _tenant_is(tenant_id), DataKey.retired_at.is_(None)
+            )
+        )
+
+    def rewrap_all(self, session: Session) -> int:
+        """Rewrap every data and audit key not under the primary master key; return the count."""
+        primary = self.keyring.primary_id
+        count = 0
+        for dek in session.scalars(
+            select(DataKey).where(DataKey.master_key_id != primary, DataKey.retired_at.is_(None))
+        ):
+            context = dek_context(dek.tenant_id, dek.version)
+            plain = self.keyring.unwrap(dek.master_key_id, dek.wrapped, context)
+            dek.master_key_id, dek.wrapped = self.keyring.wrap(plain, context)
+            count += 1
+        for akey in session.scalars(select(AuditKey).where(AuditKey.master_key_id != primary)):
+            context = audit_context(akey.version)
+            plain = self.keyring.unwrap(akey.master_key_id, akey.wrapped, context)
+            akey.master_key_id, akey.wrapped = self.keyring.wrap(plain, context)
+            count += 1
+        return count
+
+    def master_key_users(self, session: Session, key_id: str) -> int:
+        """Count the live data and audit keys still wrapped by a master key."""
+        deks = session.scalar(
+            select(func.count())
+            .select_from(DataKey)
+            .where(DataKey.master_key_id == key_id, DataKey.retired_at.is_(None))
+        )
+        akeys = session.scalar(
+            select(func.count()).select_from(AuditKey).where(AuditKey.master_key_id == key_id)
+        )
+        return int(deks or 0) + int(akeys or 0)
+
+    def shred_tenant(self, session: Session, tenant_id: uuid.UUID) -> int:
+        """Delete every data key of a tenant: its sealed values can never open again."""
+        rows = list(session.scalars(select(DataKey).where(DataKey.tenant_id == tenant_id)))
+        for row in rows:
+            session.delete(row)
+        self.forget()
+        return len(rows)
+
+    def audit_key(self, session: Session, version: int | None = None) -> tuple[int, bytes]:
+        """Return (version, key) of the audit MAC key: the newest, or a given version."""
+        query = select(AuditKey).order_by(AuditKey.version.desc()).limit(1)
+        if version is not None:
+            query = select(AuditKey).where(AuditKey.version == version)
+        row = session.scalar(query)
+        if row is None:
+            if version is not None:
+                raise SealError(f"audit key version {version} is gone")
+            master_id, wrapped = self.keyring.wrap(key := new_key(), audit_context(1))
+            session.add(AuditKey(version=1, wrapped=wrapped, master_key_id=master_id))
+            session.flush()
+            return 1, key
+        return row.version, self.keyring.unwrap(
+            row.master_key_id, row.wrapped, audit_context(row.version)
+        )
+
+
+def audit_context(version: int) -> str:
+    """Return the wrapping context of an audit key."""
+    return f"audit|{version}"
+
+
+def _tenant_is(tenant_id: uuid.UUID | None):  # type: ignore[no-untyped-def]
+    if tenant_id is None:
+        return DataKey.tenant_id.is_(None)
+    return DataKey.tenant_id == tenant_id
+
+
+def _binding(tenant_id: uuid.UUID | None, row_id: object, field: str) -> Binding:
+    return Binding(tenant_label(tenant_id), str(row_id), field)
+
+
+@dataclass
+class ResealReport:
+    """What a re-seal pass of one tenant did."""
+
+    resealed: int = 0
+    unreadable: int = 0
+    retired: tuple[int, ...] = ()
+
+
+def _sealed_rows(session: Session, tenant_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    """Yield (row, attribute, row id, field) for every sealed value of a tenant."""
+    for conn in session.scalars(
+        select(Connection).where(
+            Connection.tenant_id == tenant_id, Connection.refresh_token.is_not(None)
+        )
+    ):
+        yield conn, "refresh_token", conn.id, "refresh_token"
+    for tok in session.scalars(
+        select(AccessToken)
+        .join(Connection, Connection.id == AccessToken.connection_id)
+        .where(Connection.tenant_id == tenant_id)
+    ):
+        yield tok, "token", tok.id, "access_token"
+    for hook in session.scalars(select(Webhook).where(Webhook.tenant_id == tenant_id)):
+        yield hook, "secret", hook.id, "webhook_secret"
+
+
+def reseal_tenant(
+    keys: KeyService, db: Database, tenant_id: uuid.UUID, batch: int = 200
+) -> ResealReport:
+    """Re-seal a tenant's rows under its newest key in short batches, then retire unused keys.
+
+    Idempotent: a pass killed halfway is simply run again.
+    """
+    report = ResealReport()
+    while True:
+        with db.transaction() as session:
+            current = keys.current_version(session, tenant_id)
+            if current is None:
+                return report
+            done_in_batch = 0
+            used: set[int] = set()
+            for row, attr, row_id, field in _sealed_rows(session, tenant_id):
+                blob = getattr(row, attr)
+                try:
+                    version = sealed_version(blob)
+                except SealError:
+                    report.unreadable += 1
+                    continue
+                used.add(version)
+                if version == current or done_in_batch >= batch:
+                    continue
+                try:
+                    plain = keys.open(session, tenant_id, row_id, field, blob)
+                except SealError:
+                    report.unreadable += 1
+                    continue
+                setattr(row, attr, keys.seal(session, tenant_id, row_id, field, plain))
+                done_in_batch += 1
+            report.resealed += done_in_batch
+            if done_in_batch:
+                continue
+            retired = []
+            for dek in session.scalars(
+                select(DataKey).where(
+                    DataKey.tenant_id == tenant_id,
+                    DataKey.retired_at.is_(None),
+                    DataKey.version < current,
+                )
+            ):
+                if dek.version not in used:
+                    dek.retired_at, dek.wrapped = utcnow(), b""
+                    retired.append(dek.version)
+            report.retired = tuple(retired)
+            keys.forget()
+            return report

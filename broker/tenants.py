@@ -1,0 +1,112 @@
+"""Tenants: creation with their first data key and invited admin, listing, deletion."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from broker import audit
+from broker.errors import Conflict, InvalidRequest, NotFound
+from broker.keys import KeyService
+from broker.models import Connection, Policy, Tenant, TenantDomain, User
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
+
+
+def normalise_email(email: str) -> str:
+    """Return an email lower-cased and checked, or raise InvalidRequest."""
+    email = email.strip().lower()
+    if not EMAIL.match(email):
+        raise InvalidRequest(f"not an email address: {email!r}")
+    return email
+
+
+def normalise_domain(domain: str) -> str:
+    """Return a domain lower-cased and checked, or raise InvalidRequest."""
+    domain = domain.strip().lower().rstrip(".")
+    if not DOMAIN.match(domain):
+        raise InvalidRequest(f"not a domain name: {domain!r}")
+    return domain
+
+
+def get_tenant(session: Session, slug: str) -> Tenant:
+    """Return the tenant with this slug, or raise NotFound."""
+    tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+    if tenant is None:
+        raise NotFound(f"no tenant {slug!r}")
+    return tenant
+
+
+def tenant_domains(session: Session, tenant: Tenant) -> list[str]:
+    """Return a tenant's domains, sorted."""
+    return sorted(
+        session.scalars(select(TenantDomain.domain).where(TenantDomain.tenant_id == tenant.id))
+    )
+
+
+def create_tenant(
+    session: Session,
+    keys: KeyService,
+    *,
+    slug: str,
+    name: str,
+    domains: Iterable[str],
+    admin_email: str,
+    allow_consumer_accounts: bool = False,
+) -> Tenant:
+    """Create a tenant, its policy, its first data key and its invited admin."""
+    if not SLUG.match(slug):
+        raise InvalidRequest(
+            "slug must be 1-40 of a-z, 0-9 and '-', starting with a letter or digit"
+        )
+    clean_domains = sorted({normalise_domain(d) for d in domains})
+    admin = normalise_email(admin_email)
+    if session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is not None:
+        raise Conflict(f"tenant {slug!r} already exists")
+    for domain in clean_domains:
+        owner = session.scalar(
+            select(Tenant.slug)
+            .join(TenantDomain, TenantDomain.tenant_id == Tenant.id)
+            .where(TenantDomain.domain == domain)
+        )
+        if owner is not None:
+            raise Conflict(f"domain {domain!r} already belongs to tenant {owner!r}")
+    tenant = Tenant(slug=slug, name=name.strip() or slug,
+                    allow_consumer_accounts=allow_consumer_accounts)
+    session.add(tenant)
+    session.flush()
+    session.add_all(TenantDomain(domain=d, tenant_id=tenant.id) for d in clean_domains)
+    session.add(Policy(tenant_id=tenant.id))
+    session.add(User(tenant_id=tenant.id, email=admin, role="admin", status="invited"))
+    keys.create_data_key(session, tenant.id)
+    audit.record(
+        session, action="tenant.create", tenant_id=tenant.id, actor_type="admin",
+        details={"slug": slug, "domains": clean_domains, "admin": admin},
+    )
+    session.flush()
+    return tenant
+
+
+def delete_tenant(
+    session: Session,
+    keys: KeyService,
+    tenant: Tenant,
+    revoke: Callable[[Session, Connection], None] | None = None,
+) -> None:
+    """Revoke the tenant's grants at Google, shred its data keys, then delete its rows."""
+    if revoke is not None:
+        for connection in session.scalars(
+            select(Connection).where(Connection.tenant_id == tenant.id)
+        ):
+            revoke(session, connection)
+    keys.shred_tenant(session, tenant.id)
+    audit.record(
+        session, action="tenant.delete", tenant_id=None, actor_type="admin",
+        details={"slug": tenant.slug, "tenant_id": str(tenant.id)},
+    )
+    session.execute(delete(Tenant).where(Tenant.id == tenant.id))
