@@ -94,3 +94,45 @@ def test_unreachable_database_is_one_line(instance: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("Error: database unavailable")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_serve_answers_health_and_readiness(instance: Path, workers: str) -> None:
+    import time
+
+    import httpx
+
+    assert broker(instance, "init").returncode == 0
+    port = _free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    clean["BROKER_INSTANCE_PATH"] = str(instance)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from broker.cli import main; main()", "serve", "--port",
+         str(port), "--workers", workers],
+        env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert health.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=20)
+    # SQLite serves one process with threads, and says so when asked for more.
+    assert ("one worker process" in err) is (workers != "1")
+    assert "1 workers" in out
