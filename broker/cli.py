@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from typing import Any
 
@@ -13,7 +12,7 @@ from flask.cli import FlaskGroup, ScriptInfo
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from broker.config import ConfigError
-from broker.crypto import CryptoError, FileKeyProvider, format_key_line, new_key, new_key_id
+from broker.crypto import CryptoError
 from broker.errors import BrokerError
 
 
@@ -74,42 +73,13 @@ def cli() -> None:
     """Gmail OAuth token broker."""
 
 
-def _write_secret_file(path: Any, content: str) -> bool:
-    if path.exists():
-        return False
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(content)
-    return True
-
-
 @cli.command()
 def init() -> None:
     """Create the instance folder, secret key, master key and schema (idempotent)."""
-    from broker.db import get_db
-    from broker.migrate import upgrade
+    from broker.bootstrap import initialise
 
-    settings = current_app.config["BROKER"]
-    instance = settings.instance_dir
-    instance.mkdir(parents=True, exist_ok=True)
-    if not settings.SECRET_KEY and _write_secret_file(
-        settings.secret_key_file, secrets.token_urlsafe(48) + "\n"
-    ):
-        click.echo(f"created {settings.secret_key_file}")
-    if settings.MASTER_KEYS:
-        click.echo("master keys come from BROKER_MASTER_KEYS; no key file written")
-    else:
-        path = settings.master_keys_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if _write_secret_file(path, format_key_line(new_key_id(), new_key()) + "\n"):
-            click.echo(f"created {path} (mode 0600)")
-        else:
-            FileKeyProvider(path).load()  # a corrupted existing file is reported, not replaced
-    database = get_db()
-    upgrade(database.engine)
-    if database.is_sqlite and database.engine.url.database:
-        os.chmod(database.engine.url.database, 0o600)
-    click.echo(f"database ready: {get_db().engine.url.render_as_string(hide_password=True)}")
+    for line in initialise(current_app._get_current_object()):  # type: ignore[attr-defined]
+        click.echo(line)
 
 
 @cli.group()
