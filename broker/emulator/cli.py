@@ -1,0 +1,62 @@
+"""`broker emulator`: run the offline Google emulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from broker.emulator.server import base_url, build_server
+
+BANNER = (
+    "Google emulator for tests and offline demos: this is NOT Google.\n"
+    "Discovery: {url}/.well-known/openid-configuration   controls: {url}/_emulator/"
+)
+
+
+@click.command("emulator")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8081, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON file: {"clients": [...], "accounts": [...]} applied at start.',
+)
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON file that keeps accounts, grants, keys and tokens across restarts.",
+)
+def emulator_command(
+    host: str, port: int, config_file: Path | None, state_file: Path | None
+) -> None:
+    """Run an offline stand-in for Google's OAuth endpoints (not Google)."""
+    from broker.emulator import create_app
+
+    config: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise click.BadParameter(f"cannot read {config_file}: {error}") from error
+        if not isinstance(config, dict):
+            raise click.BadParameter(f"{config_file} must hold a JSON object")
+    try:
+        app = create_app(config, state_file=str(state_file) if state_file else None)
+    except (KeyError, TypeError, ValueError) as error:
+        raise click.ClickException(f"invalid emulator configuration: {error}") from error
+    server = build_server(app, host, port)
+    click.echo(BANNER.format(url=base_url(host, server.port)))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo("Warning: its controls only answer loopback peers.", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("Emulator stopped.")
+    finally:
+        app.extensions["google_emulator"].faults.clear()
+        server.server_close()

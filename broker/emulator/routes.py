@@ -1,0 +1,262 @@
+"""Google's machine-facing endpoints: discovery, token, revoke, userinfo, certs, APIs."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from broker.emulator.context import get_emulator, issuer, json_response, only_in_emulator
+from broker.emulator.faults import NO_CACHE, faulty
+from broker.emulator.oauth import OAuthError, profile_claims
+from broker.emulator.scopes import EMAIL, IDENTITY_SCOPES, MAIL, PROFILE, scope_string
+from broker.emulator.state import AccessToken, Account
+
+bp = Blueprint("emulator_google", __name__)
+bp.record_once(only_in_emulator)
+
+GMAIL_READ_SCOPES = (
+    MAIL,
+    "https://www.googleapis.com/auth/gmail.modify",
+    "https://www.googleapis.com/auth/gmail.compose",
+    "https://www.googleapis.com/auth/gmail.readonly",
+    "https://www.googleapis.com/auth/gmail.metadata",
+)
+REALM = 'Bearer realm="https://accounts.google.com/"'
+DEVCONSOLE = "See https://developers.google.com/identity/sign-in/web/devconsole-project."
+
+
+@bp.get("/.well-known/openid-configuration")
+def discovery() -> Response:
+    """Describe the emulator the way Google's discovery document describes Google."""
+    base = issuer()
+    document = {
+        "issuer": base,
+        "authorization_endpoint": f"{base}/o/oauth2/v2/auth",
+        "token_endpoint": f"{base}/token",
+        "userinfo_endpoint": f"{base}/v1/userinfo",
+        "revocation_endpoint": f"{base}/revoke",
+        "jwks_uri": f"{base}/oauth2/v3/certs",
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "email", "profile"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "claims_supported": [
+            "aud",
+            "email",
+            "email_verified",
+            "exp",
+            "family_name",
+            "given_name",
+            "iat",
+            "iss",
+            "name",
+            "picture",
+            "sub",
+        ],
+        "code_challenge_methods_supported": ["plain", "S256"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "authorization_response_iss_parameter_supported": True,
+    }
+    return json_response(document, headers={"Cache-Control": "public, max-age=3600"})
+
+
+@bp.post("/token")
+@faulty("token")
+def token() -> Response:
+    """Exchange a code or a refresh token."""
+    headers = {"Authorization": request.headers.get("Authorization", "")}
+    try:
+        answer = get_emulator().tokens.token(request.form, headers, issuer())
+    except OAuthError as refusal:
+        return json_response(refusal.body(), refusal.status_code, NO_CACHE)
+    return json_response(answer, headers=NO_CACHE)
+
+
+@bp.post("/revoke")
+@faulty("revoke")
+def revoke() -> Response:
+    """Revoke the whole grant behind a token."""
+    raw = request.form.get("token") or request.args.get("token")
+    try:
+        get_emulator().tokens.revoke(raw)
+    except OAuthError as refusal:
+        return json_response(refusal.body(), refusal.status_code, NO_CACHE)
+    return Response(b"", status=200, mimetype="application/json", headers=NO_CACHE)
+
+
+@bp.get("/oauth2/v3/certs")
+@faulty("certs")
+def certs() -> Response:
+    """Publish the signing keys as a JWK Set."""
+    cache = {"Cache-Control": "public, max-age=300, must-revalidate, no-transform"}
+    return json_response(get_emulator().keys.jwks(), headers=cache)
+
+
+@bp.get("/oauth2/v1/certs")
+@faulty("certs")
+def x509_certs() -> Response:
+    """Publish the signing keys as PEM certificates, as Google's older endpoint does."""
+    cache = {"Cache-Control": "public, max-age=300, must-revalidate, no-transform"}
+    return json_response(get_emulator().keys.x509_certificates(), headers=cache)
+
+
+def _bearer() -> AccessToken | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    raw = raw.strip() if scheme.lower() == "bearer" else ""
+    return get_emulator().tokens.active_access_token(raw or request.args.get("access_token"))
+
+
+def _account(token: AccessToken) -> Account | None:
+    state = get_emulator().state
+    with state.lock:
+        return state.accounts.get(token.sub)
+
+
+@bp.route("/v1/userinfo", methods=["GET", "POST"])
+@faulty("userinfo")
+def userinfo() -> Response:
+    """Return the OpenID claims the token's scopes allow."""
+    token = _bearer()
+    account = _account(token) if token else None
+    if token is None or account is None:
+        body = {"error": "invalid_request", "error_description": "Invalid Credentials"}
+        headers = {"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+        return json_response(body, 401, headers)
+    claims: dict[str, Any] = {"sub": account.sub}
+    if PROFILE in token.scopes:
+        claims.update(profile_claims(account, issuer()))
+    if EMAIL in token.scopes:
+        claims["email"] = account.email
+        claims["email_verified"] = account.email_verified
+    if account.hd:
+        claims["hd"] = account.hd
+    return json_response(claims)
+
+
+@bp.route("/tokeninfo", methods=["GET", "POST"])
+@faulty("tokeninfo")
+def tokeninfo() -> Response:
+    """Describe an access token or id_token with every value as a string."""
+    emulator = get_emulator()
+    values = request.values
+    invalid = json_response({"error": "invalid_token", "error_description": "Invalid Value"}, 400)
+    if values.get("id_token"):
+        verified = emulator.keys.verify(values["id_token"])
+        if verified is None:
+            return invalid
+        header, claims = verified
+        if int(claims.get("exp", 0)) <= emulator.state.now():
+            return invalid
+        info = {k: _as_string(v) for k, v in claims.items()}
+        info.update(alg=str(header.get("alg")), kid=str(header.get("kid")), typ="JWT")
+        return json_response(info)
+    token = emulator.tokens.active_access_token(values.get("access_token"))
+    account = _account(token) if token else None
+    if token is None or account is None:
+        return invalid
+    info = {"azp": token.client_id, "aud": token.client_id}
+    if IDENTITY_SCOPES & set(token.scopes):
+        info["sub"] = account.sub
+    info["scope"] = scope_string(token.scopes)
+    info["exp"] = str(token.expires_at)
+    info["expires_in"] = str(token.expires_at - emulator.state.now())
+    if EMAIL in token.scopes:
+        info["email"] = account.email
+        info["email_verified"] = _as_string(account.email_verified)
+    info["access_type"] = token.access_type
+    return json_response(info)
+
+
+def _as_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _gmail_error(code: int, message: str, item: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "errors": [item], **extra}}
+
+
+def _unauthenticated(message: str, item_message: str, reason: str) -> dict[str, Any]:
+    item = {"message": item_message, "domain": "global", "reason": reason}
+    item.update(location="Authorization", locationType="header")
+    return _gmail_error(401, message, item, status="UNAUTHENTICATED")
+
+
+@bp.get("/gmail/v1/users/<user_id>/profile")
+@faulty("gmail")
+def gmail_profile(user_id: str) -> Response:
+    """Return the mailbox profile when the token carries a Gmail read scope."""
+    if not request.headers.get("Authorization") and not request.args.get("access_token"):
+        body = _unauthenticated(
+            "Request is missing required authentication credential. Expected OAuth 2 access "
+            f"token, login cookie or other valid authentication credential. {DEVCONSOLE}",
+            "Login Required.",
+            "required",
+        )
+        return json_response(body, 401, {"WWW-Authenticate": REALM})
+    token = _bearer()
+    account = _account(token) if token else None
+    if token is None or account is None:
+        body = _unauthenticated(
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+            f"login cookie or other valid authentication credential. {DEVCONSOLE}",
+            "Invalid Credentials",
+            "authError",
+        )
+        return json_response(body, 401, {"WWW-Authenticate": f'{REALM}, error="invalid_token"'})
+    if not set(GMAIL_READ_SCOPES) & set(token.scopes):
+        item = {
+            "message": "Insufficient Permission",
+            "domain": "global",
+            "reason": "insufficientPermissions",
+        }
+        detail = {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+            "domain": "googleapis.com",
+            "metadata": {
+                "service": "gmail.googleapis.com",
+                "method": "caribou.api.proto.MailboxService.GetProfile",
+            },
+        }
+        body = _gmail_error(
+            403,
+            "Request had insufficient authentication scopes.",
+            item,
+            status="PERMISSION_DENIED",
+            details=[detail],
+        )
+        challenge = f'{REALM}, error="insufficient_scope", scope="{" ".join(GMAIL_READ_SCOPES)}"'
+        return json_response(body, 403, {"WWW-Authenticate": challenge})
+    if user_id != "me" and user_id.lower() != account.email.lower():
+        message = f"Delegation denied for {account.email}"
+        item = {"message": message, "domain": "global", "reason": "forbidden"}
+        return json_response(_gmail_error(403, message, item, status="PERMISSION_DENIED"), 403)
+    profile = {
+        "emailAddress": account.email,
+        "messagesTotal": account.messages_total,
+        "threadsTotal": account.threads_total,
+        "historyId": account.history_id,
+    }
+    return json_response(profile)
+
+
+@bp.get("/picture/<sub>.svg")
+def picture(sub: str) -> Response:
+    """Draw an account's initial, so `picture` claims point at something offline."""
+    state = get_emulator().state
+    with state.lock:
+        account = state.accounts.get(sub)
+    initial = escape((account.name if account else "?")[:1].upper() or "?")
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96">'
+        '<circle cx="48" cy="48" r="48" fill="#5f6368"/>'
+        f'<text x="48" y="62" font-size="44" text-anchor="middle" fill="#fff" '
+        f'font-family="sans-serif">{initial}</text></svg>'
+    )
+    return Response(svg, mimetype="image/svg+xml")
