@@ -1,12 +1,10 @@
-"""Run the broker under gunicorn from the CLI."""
+"""Run the broker under gunicorn from the CLI (a fresh process, metrics in multiprocess mode)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
-
-from flask import Flask
-from gunicorn.app.base import BaseApplication
+import sys
+import tempfile
 
 
 def sensible_workers(sqlite: bool, workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -16,32 +14,22 @@ def sensible_workers(sqlite: bool, workers: int | None, threads: int | None) -> 
     return workers or max(2, (os.cpu_count() or 1) * 2), threads or 4
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        from broker import create_app
-
-        return create_app()
+def gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
+    """Return the gunicorn command line; the access log format carries no query string."""
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--config", "python:broker.gunicorn_conf",
+        "--bind", f"{host}:{port}",
+        "--workers", str(workers),
+        "--threads", str(threads),
+        "--worker-class", "gthread",
+        "broker.wsgi:app",
+    ]
 
 
 def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
-    """Serve with gunicorn; the access log format carries no query string."""
-    _Gunicorn(
-        {
-            "bind": f"{host}:{port}",
-            "workers": workers,
-            "threads": threads,
-            "worker_class": "gthread",
-            "accesslog": "-",
-            "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss',
-            "graceful_timeout": 10,
-            "timeout": 60,
-        }
-    ).run()
+    """Replace this process with gunicorn, metrics shared through a fresh multiprocess dir."""
+    # prometheus-client picks its mode at import: the variable must exist before any import.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="broker-metrics-")
+    sys.stdout.flush()
+    os.execv(sys.executable, gunicorn_argv(host, port, workers, threads))  # noqa: S606 - our own gunicorn

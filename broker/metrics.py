@@ -1,0 +1,116 @@
+"""Prometheus metrics: counters in every process, gauges read from the database at scrape time."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.clientip import client_ip, ip_in
+from broker.db import get_db
+from broker.errors import Forbidden
+from broker.models import AuditEvent, Connection
+
+bp = Blueprint("metrics", __name__)
+
+HANDOUTS = Counter(
+    "broker_handouts_total", "Token API answers by outcome and refusal code",
+    ["outcome", "reason"],
+)
+REFRESHES = Counter(
+    "broker_refreshes_total", "Refreshes at Google by result class", ["result"]
+)
+AUTH_FAILURES = Counter(
+    "broker_api_auth_failures_total", "Failed API client authentications"
+)
+RATE_LIMITED = Counter("broker_rate_limited_total", "Requests refused by a rate limit", ["kind"])
+MISCONFIGURED = Counter(
+    "broker_google_misconfigured_total", "Google rejected the broker's own OAuth client"
+)
+UPSTREAM_SECONDS = Histogram(
+    "broker_upstream_seconds", "Latency of calls to Google", ["endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FETCH_SECONDS = Histogram(
+    "broker_fetch_seconds", "Latency of POST /api/v1/token inside the broker",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class DatabaseCollector(Collector):
+    """Connections by status and each tenant's audit chain head, read when scraped."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_status = GaugeMetricFamily(
+            "broker_connections", "Connections by status", labels=["status"]
+        )
+        head = GaugeMetricFamily(
+            "broker_audit_chain_head", "Highest chained audit sequence per tenant",
+            labels=["tenant_id"],
+        )
+        try:
+            with get_db(self.app).transaction(write=False) as session:
+                for status, count in session.execute(
+                    select(Connection.status, func.count()).group_by(Connection.status)
+                ):
+                    by_status.add_metric([status], count)
+                for tenant_id, seq in session.execute(
+                    select(AuditEvent.tenant_id, func.max(AuditEvent.chain_seq))
+                    .where(AuditEvent.chain_seq.is_not(None))
+                    .group_by(AuditEvent.tenant_id)
+                ):
+                    head.add_metric([str(tenant_id)], seq or 0)
+        except SQLAlchemyError:
+            pass  # the counters still answer while the database is down
+        yield by_status
+        yield head
+
+
+def _allowed() -> bool:
+    settings = current_app.config["BROKER"]
+    auth = request.headers.get("Authorization", "")
+    if settings.METRICS_TOKEN and auth.startswith("Bearer "):
+        return hmac.compare_digest(auth[7:].encode(), settings.METRICS_TOKEN.encode())
+    address = client_ip(request, settings.TRUSTED_PROXIES)
+    return bool(settings.METRICS_IP_RANGES) and ip_in(address, settings.METRICS_IP_RANGES)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Expose metrics to an allowed IP or the bearer of BROKER_METRICS_TOKEN."""
+    if not _allowed():
+        raise Forbidden("metrics are not available to this caller")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry: Any = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry)
+    scrape = CollectorRegistry()
+    scrape.register(DatabaseCollector(current_app._get_current_object()))  # type: ignore[attr-defined]
+    body += generate_latest(scrape)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+def init_app(app: Flask) -> None:
+    """Register /metrics."""
+    app.register_blueprint(bp)
