@@ -1,0 +1,93 @@
+"""Blueprint /auth: Google sign-in, its callback and sign-out."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, g, redirect, request, url_for
+from werkzeug.wrappers import Response
+
+from broker import audit
+from broker.callbacks import SilentSignInFailed, google_refusal
+from broker.db import get_db
+from broker.errors import BrokerError
+from broker.google import GoogleError, NotConfigured, get_google
+from broker.keyring import get_keys
+from broker.refusals import Refusal
+from broker.sessions import end_session, new_secret
+from broker.signin import SignInService
+from broker.web import guard
+from broker.web.errors import broker_error_page
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+bp.register_error_handler(BrokerError, broker_error_page)
+
+
+def _service() -> SignInService:
+    try:
+        google = get_google()
+    except NotConfigured:
+        raise Refusal("google_not_configured") from None
+    return SignInService(get_db(), get_keys(), google, guard.settings(), guard.now)
+
+
+@bp.get("/login")
+def login() -> Response:
+    """Start a sign-in: a transaction bound to this browser, then off to Google."""
+    state = guard.current()
+    next_url = guard.safe_next(request.args.get("next"))
+    if state.valid:
+        return redirect(next_url or url_for("connections.index"))
+    service = _service()
+    browser = guard.binding() or new_secret()
+    # keep_connected: a session that ended by time comes back without a click, if Google agrees.
+    hint = state.user.email if state.may_resume and state.user else None
+    try:
+        url = service.start(binding=browser, next_url=next_url, silent_hint=hint)
+    except GoogleError as failed:
+        raise google_refusal(failed) from None
+    response = redirect(url, 302)
+    guard.set_binding_cookie(response, browser)
+    return response
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    """Finish a sign-in and answer 303 to a clean URL, or refuse on a page."""
+    state = guard.current()
+    service = _service()
+    try:
+        signed_in = service.finish(
+            request.args, binding=guard.binding(), ip=guard.ip(),
+            user_agent=request.headers.get("User-Agent", ""),
+            previous_session=state.browser_session.id if state.browser_session else None,
+        )
+    except SilentSignInFailed:
+        flash("Your session ended. Please sign in again.")
+        response = redirect(url_for("home.index"), 303)
+        guard.clear_session_cookie(response)
+        guard.clear_binding_cookie(response)
+        return response
+    response = redirect(signed_in.next_url, 303)
+    guard.set_session_cookie(
+        response, signed_in.session_token,
+        guard.session_cookie_age(signed_in.max_age, signed_in.keep_connected),
+    )
+    g.session_cookie_set = True
+    guard.clear_binding_cookie(response)
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End this session now and forget its cookie."""
+    state = guard.current()
+    if state.valid and state.browser_session and state.user:
+        with get_db().transaction() as session:
+            end_session(session, state.browser_session.id, "logout", guard.now())
+            audit.record(
+                session, action="signout", tenant_id=state.user.tenant_id, actor_type="user",
+                actor_id=str(state.user.id), subject_user_id=state.user.id, ip=str(guard.ip()),
+            )
+    flash("You are signed out.")
+    response = redirect(url_for("home.index"), 303)
+    guard.clear_session_cookie(response)
+    return response

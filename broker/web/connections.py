@@ -1,0 +1,152 @@
+"""Blueprint /connections: the user's page, connect and its callback, disconnect."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+from werkzeug.wrappers import Response
+
+from broker import scopes
+from broker.callbacks import google_refusal
+from broker.connect import ACTION, ConnectService, offered_scopes
+from broker.db import get_db
+from broker.errors import BrokerError
+from broker.google import GoogleError, NotConfigured, get_google
+from broker.keyring import get_keys
+from broker.models import Connection, Policy, Tenant
+from broker.refusals import Refusal
+from broker.revoke import disconnect
+from broker.web import guard
+from broker.web.errors import broker_error_page
+
+bp = Blueprint("connections", __name__, url_prefix="/connections")
+bp.register_error_handler(BrokerError, broker_error_page)
+
+STATUS_TEXT = {
+    "active": "Active",
+    "degraded": "Degraded: Google could not be reached at the last refresh; the broker retries",
+    "needs_reauth": "Needs re-consent",
+    "revoked": "Disconnected",
+}
+REASON_TEXT = {
+    "revoked_or_expired": "access was revoked at Google or expired",
+    "reauth_policy": "your organization requires you to sign in to Google again",
+    "unused_too_long": "the grant went unused for too long",
+    "testing_app_expiry": "the app is in testing mode and its grants last seven days",
+    "token_unreadable": "the stored grant can no longer be read",
+    "disconnected": "you disconnected it",
+}
+
+
+def _service() -> ConnectService:
+    try:
+        google = get_google()
+    except NotConfigured:
+        raise Refusal("google_not_configured") from None
+    return ConnectService(get_db(), get_keys(), google, guard.settings(), guard.now)
+
+
+def _label(scope: str) -> str:
+    return f"{scopes.GMAIL_SCOPES.get(scope, scope)} ({scope.removeprefix(scopes.PREFIX)})"
+
+
+@bp.get("")
+@guard.login_required
+def index() -> str:
+    """Show the user's connection, its scopes and status, and the connect form."""
+    user = guard.current_user()
+    assert user is not None  # noqa: S101 - login_required guarantees it
+    with get_db().transaction(write=False) as session:
+        connection = session.scalar(select(Connection).where(Connection.user_id == user.id))
+        policy = session.get(Policy, user.tenant_id)
+        tenant = session.get(Tenant, user.tenant_id)
+        offered = offered_scopes(policy) if policy else []
+    granted = scopes.gmail_only(connection.granted_scopes) if connection else []
+    connected = connection is not None and connection.status != "revoked"
+    return render_template(
+        "connections/index.html", user=user, tenant=tenant, connection=connection,
+        connected=connected, granted=granted if connected else [], offered=offered,
+        ticked=set(granted if connected and granted else offered),
+        status_text=STATUS_TEXT, reason_text=REASON_TEXT,
+        google_configured=guard.settings().google_configured,
+    )
+
+
+@bp.get("/connect")
+@guard.login_required
+def connect() -> Response:
+    """Start connecting Gmail with the ticked scopes (a GET: it only writes a transaction)."""
+    user = guard.current_user()
+    token = guard.session_token()
+    assert user is not None and token is not None  # noqa: S101 - login_required
+    requested = [s for value in request.args.getlist("scope") for s in value.split()]
+    if not requested:
+        flash("Choose at least one Gmail permission.")
+        return redirect(url_for("connections.index"), 303)
+    try:
+        url = _service().start(user.id, token, requested)
+    except GoogleError as failed:
+        raise google_refusal(
+            failed, action=ACTION, tenant_id=user.tenant_id, user_id=user.id
+        ) from None
+    return redirect(url, 302)
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    """Store the grant of the signed-in user's own mailbox and answer 303 to /connections."""
+    user = guard.current_user()
+    if user is None:
+        raise Refusal("signin_required", action=ACTION)
+    try:
+        result = _service().finish(
+            request.args, user_id=user.id, binding=guard.session_token(), ip=str(guard.ip())
+        )
+    except GoogleError as failed:
+        raise google_refusal(
+            failed, action=ACTION, tenant_id=user.tenant_id, user_id=user.id
+        ) from None
+    if result.retry_url:
+        return redirect(result.retry_url, 303)
+    if result.granted:
+        flash("Gmail is connected.")
+    else:
+        flash("You did not grant any Gmail access, so nothing was connected.")
+    for scope in result.not_granted:
+        flash(f"Not granted: {_label(scope)}")
+    return redirect(url_for("connections.index"), 303)
+
+
+@bp.get("/disconnect")
+@guard.login_required
+def confirm_disconnect() -> str:
+    """Ask for confirmation before disconnecting."""
+    return render_template("connections/disconnect.html")
+
+
+@bp.post("/disconnect")
+@guard.login_required
+def do_disconnect() -> Response:
+    """Revoke at Google, erase the stored grant and audit it."""
+    user = guard.current_user()
+    assert user is not None  # noqa: S101 - login_required
+    with get_db().transaction() as session:
+        connection = session.scalar(
+            select(Connection).where(Connection.user_id == user.id).with_for_update()
+        )
+        revoked: bool | None = None
+        if connection is not None and connection.status != "revoked":
+            # The shared path the worker and admins use: it keeps the sealed refresh token
+            # only while the revocation is pending, so the worker can retry it.
+            revoked = disconnect(
+                session, connection, actor_type="user", actor_id=str(user.id),
+                reason="disconnected",
+            )
+    if revoked is None:
+        flash("Gmail was not connected.")
+    elif revoked:
+        flash("Gmail is disconnected and the access was revoked at Google.")
+    else:
+        flash("Gmail is disconnected. Google could not be reached to revoke the access; "
+              "the broker will keep trying.")
+    return redirect(url_for("connections.index"), 303)

@@ -1,0 +1,103 @@
+"""HTML error pages for people, JSON for the API, and the audited refusal page."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, render_template, request
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.wrappers import Response
+
+from broker import audit, errors
+from broker.api import error_response
+from broker.db import get_db
+from broker.refusals import Refusal
+from broker.web import guard
+
+log = logging.getLogger(__name__)
+
+PAGES = {
+    400: ("Bad request", "The request could not be understood."),
+    403: ("Not allowed", "You may not do this."),
+    404: ("Page not found", "There is nothing at this address."),
+    405: ("Method not allowed", "This page does not accept that kind of request."),
+    413: ("Request too large", "The request body is too large."),
+    500: ("Something went wrong", "The broker hit an unexpected error. It has been logged."),
+}
+API_ERRORS: dict[int, type[errors.BrokerError]] = {
+    400: errors.InvalidRequest,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+    500: errors.ServerError,
+}
+JSON_PATHS = ("/api/", "/healthz", "/readyz", "/metrics")
+
+
+def _page(status: int, title: str, text: str, *, reason: str | None = None) -> Response:
+    body = render_template("error.html", status=status, title=title, text=text, reason=reason)
+    response = Response(body, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def http_error(exc: HTTPException) -> Response:
+    """Render an HTTP error as a page, or as the API's JSON under /api/."""
+    status = exc.code or 500
+    response: Response
+    if request.path.startswith(JSON_PATHS):
+        error_cls = API_ERRORS.get(status, errors.ServerError)
+        response = error_response(error_cls())
+        response.status_code = status
+    else:
+        title, text = PAGES.get(status, (exc.name, "The request could not be handled."))
+        response = _page(status, title, text)
+    allowed = getattr(exc, "valid_methods", None)
+    if status == 405 and allowed:
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+    return response
+
+
+def server_error(exc: InternalServerError) -> Response:
+    """Answer an unexpected failure without details; the request id ties it to the logs."""
+    original = getattr(exc, "original_exception", None)
+    if original is not None:
+        log.error("unhandled error: %s", type(original).__name__, exc_info=original)
+    return http_error(exc)
+
+
+def broker_error_page(exc: errors.BrokerError) -> Response:
+    """Render a BrokerError raised by a page view as a page."""
+    return _page(exc.status_code, PAGES.get(exc.status_code, ("Refused", ""))[0],
+                 exc.description, reason=exc.error)
+
+
+def refusal_page(refusal: Refusal) -> Response:
+    """Audit a refused browser flow and explain it on a page."""
+    if refusal.action:
+        try:
+            with get_db().transaction() as session:
+                audit.record(
+                    session, action=refusal.action, tenant_id=refusal.tenant_id,
+                    actor_type="user", actor_id=str(refusal.user_id) if refusal.user_id else None,
+                    subject_user_id=refusal.user_id, outcome="denied", reason=refusal.reason,
+                    ip=str(guard.ip()), details=refusal.details,
+                )
+        except SQLAlchemyError:
+            log.exception("could not audit a refusal (%s)", refusal.reason)
+    log.info("refused: %s", refusal.reason, extra={"outcome": "denied", "reason": refusal.reason})
+    response = _page(refusal.status_code, refusal.title, refusal.explanation,
+                     reason=refusal.reason)
+    if request.endpoint == "auth.callback" and not guard.current().valid:
+        guard.clear_session_cookie(response)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the error pages."""
+    for status in PAGES:
+        app.register_error_handler(status, http_error)
+    app.register_error_handler(InternalServerError, server_error)
+    app.register_error_handler(Refusal, refusal_page)

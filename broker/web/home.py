@@ -1,0 +1,32 @@
+"""The landing page and the stylesheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, redirect, render_template, url_for
+from werkzeug.wrappers import Response
+
+from broker.web import guard
+
+bp = Blueprint("home", __name__)
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+@bp.get("/")
+def index() -> Response | str:
+    """Offer sign-in when signed out; send signed-in people to their connection."""
+    state = guard.current()
+    if state.valid:
+        return redirect(url_for("connections.index"))
+    if state.may_resume:
+        return redirect(url_for("auth.login"))
+    return render_template("index.html", google_configured=guard.settings().google_configured)
+
+
+@bp.get("/static/broker.css")
+def stylesheet() -> Response:
+    """Serve the one stylesheet (no inline styles: the CSP forbids them)."""
+    response = Response((STATIC / "broker.css").read_bytes(), mimetype="text/css")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
