@@ -90,8 +90,7 @@ def complete(
     try:
         claims = google.verify_id_token(token.id_token, nonce=transaction.nonce)
     except IdTokenError as invalid:
-        reason = "email_unverified" if "not verified" in str(invalid) else "id_token_invalid"
-        raise Refusal(reason, details={"problem": str(invalid)[:100]}, **context) from None
+        raise Refusal(invalid.reason, details={"problem": str(invalid)[:100]}, **context) from None
     except GoogleError as failed:
         raise google_refusal(failed, **context) from None
     return Completed(transaction, token, claims)

@@ -35,6 +35,10 @@ class NotConfigured(Exception):
 class IdTokenError(Exception):
     """An id_token or authorization response fails verification; the text names the check."""
 
+    def __init__(self, message: str, reason: str = "id_token_invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 class GoogleError(Exception):
     """A failed call to Google, classified on `error` and `error_subtype`, never description."""
@@ -293,13 +297,13 @@ class Google:
         if not claims.get("sub"):
             raise IdTokenError("id_token has no subject")
         if claims.get("email_verified") not in (True, "true"):
-            raise IdTokenError("email address is not verified")
+            raise IdTokenError("email address is not verified", "email_unverified")
         return claims
 
     def check_response_issuer(self, iss: str | None) -> None:
         """Compare the authorization response's `iss` (RFC 9207) exactly, when present."""
         if iss is not None and not hmac.compare_digest(iss.encode(), self.issuer.encode()):
-            raise IdTokenError("authorization response issuer does not match")
+            raise IdTokenError("authorization response issuer does not match", "issuer_mismatch")
 
 
 def get_google(app: Flask | None = None) -> Google:

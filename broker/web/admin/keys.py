@@ -1,0 +1,34 @@
+"""Admin page /admin/keys: the tenant's data key versions; rotate the tenant key."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+from werkzeug.wrappers import Response
+
+from broker import key_admin
+from broker.db import get_db
+from broker.keyring import get_keys
+from broker.web.admin import access
+
+bp = Blueprint("keys", __name__, url_prefix="/keys")
+
+
+@bp.get("")
+def index() -> str:
+    """List data key versions with their dates and seal counts."""
+    with get_db().transaction(write=False) as session:
+        rows = key_admin.list_keys(session, access.tenant_id())
+    return render_template("admin/keys.html", keys=rows)
+
+
+@bp.post("/rotate")
+def rotate() -> Response:
+    """Make a new data key for new writes; the worker re-seals older rows."""
+    with get_db().transaction() as session:
+        version = key_admin.rotate(
+            session, get_keys(), access.tenant_id(), actor=access.actor(), ip=access.ip()
+        )
+    return access.done(
+        f"Data key version {version} now seals new values; the worker re-seals older ones.",
+        "admin.keys.index",
+    )

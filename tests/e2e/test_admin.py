@@ -1,0 +1,161 @@
+"""A tenant admin in a real browser: every page, a client used by a job, policy and suspension."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from broker.db import get_db
+from broker.models import Tenant, User
+from broker.scopes import normalise, parse_google
+from tests.e2e.conftest import LiveBroker
+from tests.factories import make_connection, make_user
+from tests.integration.web.support import CLIENT_ID
+from tests.plugins.emulator import EmulatorControls
+
+pytestmark = pytest.mark.e2e
+READONLY = "https://www.googleapis.com/auth/gmail.readonly"
+ADMIN = "admin@acme.test"
+
+
+@pytest.fixture
+def admin_broker(live_broker: LiveBroker, emulator: EmulatorControls) -> LiveBroker:
+    """The live broker with the admin pages, its admin's Google account and a connected alice."""
+    emulator.add_account(ADMIN, hd="acme.test", name="Ada Admin")
+    sub = next(a["sub"] for a in emulator.accounts() if a["email"] == "alice@acme.test")
+    with get_db(live_broker.app).transaction(write=False) as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == "acme")).one()
+    alice = make_user(live_broker.app, tenant, "alice@acme.test", google_sub=sub)
+    answer = emulator.grant("alice@acme.test", CLIENT_ID, [READONLY])
+    make_connection(live_broker.app, alice, refresh_token=str(answer["refresh_token"]),
+                    scopes=normalise(parse_google(answer["scope"])))
+    return live_broker
+
+
+def sign_in_admin(page: Any, broker: LiveBroker) -> None:
+    """Sign in as the tenant's invited admin through the emulator."""
+    page.goto(broker.url + "/")
+    page.click("#signin")
+    page.wait_for_load_state()
+    if not page.url.startswith(broker.url):
+        page.click(f"button[value='{ADMIN}']")
+        page.wait_for_load_state()
+    if not page.url.startswith(broker.url):
+        page.click("button[value='allow']")
+    page.wait_for_url(broker.url + "/connections")
+    page.goto(broker.url + "/admin")
+    page.wait_for_url(broker.url + "/admin/users")
+
+
+def token(broker: LiveBroker, client_id: str, secret: str) -> httpx.Response:
+    """Ask the token API for alice's token as a job would."""
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return httpx.post(
+        broker.url + "/api/v1/token", json={"user": "alice@acme.test", "scopes": [READONLY]},
+        headers={"Authorization": "Basic " + basic}, timeout=15,
+    )
+
+
+def create_client(page: Any, broker: LiveBroker, shots: Path) -> tuple[str, str]:
+    """Create an API client on its page; return the id and the secret shown once."""
+    page.goto(broker.url + "/admin/clients")
+    page.fill("#name", "nightly-export")
+    page.check(f"#create-client input[value='{READONLY}']")
+    page.click("#create-client-button")
+    secret = page.inner_text("#client-secret").strip()
+    client_id = page.inner_text("#client-id").strip()
+    page.screenshot(path=str(shots / "admin-04-client-secret-once.png"), full_page=True)
+    return client_id, secret
+
+
+def test_admin_pages_client_policy_suspension_and_csv(
+    page: Any, admin_broker: LiveBroker, screenshots: Path, tmp_path: Path
+) -> None:
+    broker = admin_broker
+    sign_in_admin(page, broker)
+    assert "alice@acme.test" in page.inner_text("#users")
+    page.screenshot(path=str(screenshots / "admin-01-users.png"), full_page=True)
+
+    client_id, secret = create_client(page, broker, screenshots)
+    first = token(broker, client_id, secret)
+    assert first.status_code == 200, first.text
+    assert first.json()["scopes"] == [READONLY]
+    page.goto(broker.url + "/admin/clients")
+    assert client_id in page.inner_text("#clients") and secret not in page.content()
+    page.screenshot(path=str(screenshots / "admin-03-clients.png"), full_page=True)
+
+    # A policy change on the page is enforced on the API at once.
+    page.goto(broker.url + "/admin/policy")
+    page.screenshot(path=str(screenshots / "admin-02-policy.png"), full_page=True)
+    page.fill("#token_ip_ranges", "10.0.0.0/8")
+    page.click("#save-policy")
+    assert "Policy saved" in page.inner_text("main")
+    refused = token(broker, client_id, secret)
+    assert refused.status_code == 403 and refused.json()["error"] == "ip_not_allowed"
+    page.fill("#token_ip_ranges", "127.0.0.0/8")
+    page.click("#save-policy")
+    assert token(broker, client_id, secret).status_code == 200
+
+    # Suspending alice refuses her hand-outs; reactivating restores them.
+    page.goto(broker.url + "/admin/users")
+    page.click("tr[data-email='alice@acme.test'] button.suspend")
+    assert "alice@acme.test is suspended." in page.inner_text("main")
+    suspended = token(broker, client_id, secret)
+    assert suspended.status_code == 403 and suspended.json()["error"] == "user_suspended"
+    page.click("tr[data-email='alice@acme.test'] button.reactivate")
+    assert token(broker, client_id, secret).status_code == 200
+
+    page.goto(broker.url + "/admin/connections")
+    assert "alice@acme.test" in page.inner_text("#connections")
+    page.screenshot(path=str(screenshots / "admin-05-connections.png"), full_page=True)
+    page.goto(broker.url + "/admin/webhooks")
+    page.screenshot(path=str(screenshots / "admin-06-webhooks.png"), full_page=True)
+    page.goto(broker.url + "/admin/keys")
+    page.click("#rotate-key-button")
+    assert "version 2 now seals" in page.inner_text("main")
+    page.screenshot(path=str(screenshots / "admin-07-keys.png"), full_page=True)
+
+    page.goto(broker.url + "/admin/audit")
+    assert "user.suspend" in page.inner_text("#events")
+    assert "Chain verified" in page.inner_text("#verification")
+    page.screenshot(path=str(screenshots / "admin-08-audit.png"), full_page=True)
+    with page.expect_download() as pending:
+        page.click("#export-csv")
+    target = tmp_path / "audit.csv"
+    pending.value.save_as(str(target))
+    rows = list(csv.DictReader(io.StringIO(target.read_text(encoding="utf-8"))))
+    handouts = [(r["outcome"], r["reason"]) for r in rows if r["action"] == "token.handout"]
+    assert ("denied", "ip_not_allowed") in handouts
+    assert ("denied", "user_suspended") in handouts
+    assert {"policy.update", "client.create", "user.suspend", "key.rotate_tenant"} <= {
+        r["action"] for r in rows
+    }
+    assert secret not in target.read_text(encoding="utf-8")
+
+
+def test_a_member_gets_the_refusal_page(
+    page: Any, admin_broker: LiveBroker, screenshots: Path
+) -> None:
+    with get_db(admin_broker.app).transaction() as session:
+        admin = session.scalars(select(User).where(User.email == ADMIN)).one()
+        admin.role = "member"  # the invited admin, demoted before their first sign-in
+    page.goto(admin_broker.url + "/")
+    page.click("#signin")
+    page.wait_for_load_state()
+    if not page.url.startswith(admin_broker.url):
+        page.click(f"button[value='{ADMIN}']")
+        page.wait_for_load_state()
+    if not page.url.startswith(admin_broker.url):
+        page.click("button[value='allow']")
+    page.wait_for_url(admin_broker.url + "/connections")
+    answer = page.goto(admin_broker.url + "/admin/policy")
+    assert answer.status == 403
+    assert "administrators" in page.inner_text("main")
+    page.screenshot(path=str(screenshots / "admin-09-member-refused.png"), full_page=True)
