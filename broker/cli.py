@@ -134,10 +134,20 @@ def serve(host: str, port: int, workers: int | None, threads: int | None, dev: b
     run_gunicorn(host, port, n_workers, n_threads)
 
 
-def _register_commands() -> None:
-    from broker import cli_keys, cli_tenants
+@cli.command(with_appcontext=False)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--emulator-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
+def demo(port: int, emulator_port: int) -> None:
+    """Run the emulator and the broker on loopback with a demo tenant (Ctrl-C stops both)."""
+    from broker.demo import run
 
-    for module in (cli_tenants, cli_keys):
+    run(port, emulator_port)
+
+
+def _register_commands() -> None:
+    from broker import cli_clients, cli_keys, cli_tenants
+
+    for module in (cli_tenants, cli_keys, cli_clients):
         for command in module.COMMANDS:
             cli.add_command(command)
     try:

@@ -207,6 +207,8 @@ class Connection(Base):
     consecutive_failures: Mapped[int] = mapped_column(default=0)
     next_retry_at: Mapped[dt.datetime | None]
     revocation_pending: Mapped[bool] = mapped_column(default=False)
+    # Last refresh caused by a job's `rejected_token`: at most one per cooldown.
+    rejected_refresh_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -261,6 +263,9 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     webhook_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
     )

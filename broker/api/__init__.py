@@ -1,13 +1,22 @@
-"""The JSON API surface: BrokerError -> {"error", "error_description"}."""
+"""The JSON API: BrokerError -> {"error", "error_description"}; JSON for every /api/ error."""
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify
+import logging
 
-from broker.errors import BrokerError
+from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from broker import errors
+
+log = logging.getLogger(__name__)
+_BY_STATUS: dict[int, type[errors.BrokerError]] = {
+    400: errors.InvalidRequest, 404: errors.NotFound, 405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge, 415: errors.UnsupportedMediaType,
+}
 
 
-def error_response(exc: BrokerError) -> Response:
+def error_response(exc: errors.BrokerError) -> Response:
     """Render a refusal as JSON with its status and headers."""
     response = jsonify(exc.body())
     response.status_code = exc.status_code
@@ -16,6 +25,51 @@ def error_response(exc: BrokerError) -> Response:
     return response
 
 
+def http_error(exc: HTTPException) -> Response:
+    """Render a werkzeug HTTP error on an API path as JSON."""
+    kind = _BY_STATUS.get(exc.code or 500, errors.ServerError)
+    headers = {}
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        headers["Allow"] = ", ".join(exc.valid_methods)
+    if isinstance(exc, RequestEntityTooLarge):
+        kind = errors.PayloadTooLarge
+    return error_response(kind(headers=headers))
+
+
+def unexpected(exc: Exception) -> Response:
+    """Answer any unexpected failure with a generic error and no traceback."""
+    if isinstance(exc, HTTPException):
+        return http_error(exc)
+    log.error("unexpected %s", type(exc).__name__, exc_info=exc)
+    return error_response(errors.ServerError())
+
+
+def _api_routing_errors() -> Response | None:
+    # Unmatched /api/ paths never reach a blueprint handler: answer them here, as JSON.
+    routing = request.routing_exception
+    if routing is not None and request.path.startswith("/api/"):
+        if isinstance(routing, HTTPException):
+            return http_error(routing)
+    return None
+
+
+def json_errors(blueprint: Blueprint) -> Blueprint:
+    """Make a blueprint answer every error, expected or not, as JSON."""
+    blueprint.register_error_handler(errors.BrokerError, error_response)
+    blueprint.register_error_handler(Exception, unexpected)
+    return blueprint
+
+
 def init_app(app: Flask) -> None:
-    """Register the API blueprints and the JSON error handler."""
-    app.register_error_handler(BrokerError, error_response)
+    """Register the API blueprints, their services and the JSON error handlers."""
+    from broker import limits, revoke, tokens
+    from broker.api import auth, openapi, v1
+
+    limits.init_app(app)
+    auth.init_app(app)
+    app.extensions[tokens.EXTENSION] = tokens.TokenService(app)
+    app.extensions["broker.revoke_connection"] = revoke.revoke_callback(app)
+    app.register_error_handler(errors.BrokerError, error_response)
+    for blueprint in (v1.bp, openapi.bp):
+        app.register_blueprint(blueprint)
+    app.before_request(_api_routing_errors)

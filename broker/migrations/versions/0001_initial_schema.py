@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 09:52:47.641231
+Create Date: 2026-11-25 09:58:34.173596
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from alembic import op
 
 import broker.models
-
 
 revision = "0001"
 down_revision = None
@@ -258,6 +257,7 @@ def upgrade() -> None:
         sa.Column("consecutive_failures", sa.Integer(), nullable=False),
         sa.Column("next_retry_at", broker.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("revocation_pending", sa.Boolean(), nullable=False),
+        sa.Column("rejected_refresh_at", broker.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", broker.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", broker.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -312,6 +312,7 @@ def upgrade() -> None:
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
         sa.Column("webhook_id", sa.Uuid(), nullable=False),
         sa.Column("event", sa.String(length=40), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
@@ -320,6 +321,12 @@ def upgrade() -> None:
         sa.Column("last_status", sa.String(length=200), nullable=True),
         sa.Column("delivered_at", broker.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", broker.models.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_webhook_deliveries_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
         sa.ForeignKeyConstraint(
             ["webhook_id"],
             ["webhooks.id"],
@@ -331,6 +338,9 @@ def upgrade() -> None:
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_webhook_deliveries_next_attempt_at"), ["next_attempt_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_webhook_deliveries_tenant_id"), ["tenant_id"], unique=False
         )
         batch_op.create_index(
             batch_op.f("ix_webhook_deliveries_webhook_id"), ["webhook_id"], unique=False
@@ -363,6 +373,7 @@ def downgrade() -> None:
     op.drop_table("access_tokens")
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_webhook_deliveries_webhook_id"))
+        batch_op.drop_index(batch_op.f("ix_webhook_deliveries_tenant_id"))
         batch_op.drop_index(batch_op.f("ix_webhook_deliveries_next_attempt_at"))
 
     op.drop_table("webhook_deliveries")

@@ -1,0 +1,156 @@
+"""The OpenAPI 3.1 document of /api/v1: every request and every error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from broker import errors
+from broker.api import json_errors
+
+bp = json_errors(Blueprint("api_openapi", __name__, url_prefix="/api/v1"))
+
+REASONS = ["revoked_or_expired", "reauth_policy", "unused_too_long", "testing_app_expiry",
+           "token_unreadable"]
+TIME = {"type": "string", "format": "date-time"}
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+USER = {"type": "object", "required": ["id", "email"], "additionalProperties": False,
+        "properties": {"id": {"type": "string", "format": "uuid"}, "email": {"type": "string"}}}
+
+
+def _error(*codes: type[errors.BrokerError], **extras: Any) -> dict[str, Any]:
+    """Return the response object of one status: the error body with its codes and extras."""
+    properties: dict[str, Any] = {
+        "error": {"type": "string", "enum": sorted({c.error for c in codes})},
+        "error_description": {"type": "string"},
+        **extras,
+    }
+    return {
+        "description": "; ".join(f"{c.error}: {c.default_description}" for c in codes),
+        "content": {"application/json": {"schema": {
+            "type": "object", "required": ["error", "error_description"],
+            "properties": properties, "additionalProperties": False,
+        }}},
+    }
+
+
+URL = {"type": "string", "format": "uri"}
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+COMMON = {
+    "401": {**_error(errors.InvalidClient),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}},
+    "403": _error(errors.IpNotAllowed),
+    "413": _error(errors.PayloadTooLarge),
+    "429": {**_error(errors.RateLimited), "headers": RETRY_AFTER},
+    "500": _error(errors.ServerError),
+}
+
+TOKEN_REQUEST = {
+    "type": "object", "required": ["user"], "additionalProperties": False,
+    "properties": {
+        "user": {"type": "string", "minLength": 1, "maxLength": 320,
+                 "description": "email address or user id"},
+        "scopes": {"type": "array", "minItems": 1, "maxItems": 20,
+                   "items": {"type": "string", "maxLength": 200},
+                   "description": "full or short scope names; default: allowed ∩ granted"},
+        "min_ttl": {"type": "integer", "minimum": 0, "maximum": 3000, "default": 300},
+        "rejected_token": {"type": "string", "maxLength": 2048,
+                           "description": "an access token Google just refused"},
+    },
+}
+TOKEN_RESPONSE = {
+    "type": "object", "additionalProperties": False,
+    "required": ["access_token", "token_type", "expires_at", "expires_in", "scopes", "user"],
+    "properties": {
+        "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+        "expires_at": TIME, "expires_in": {"type": "integer", "minimum": 0},
+        "scopes": {"type": "array", "items": {"type": "string"}}, "user": USER,
+    },
+}
+CONNECTION_LIST = {
+    "type": "object", "required": ["connections", "next_cursor"], "additionalProperties": False,
+    "properties": {
+        "connections": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "user", "status", "status_reason", "granted_scopes",
+                         "last_refresh_at", "last_used_at"],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"}, "user": USER,
+                "status": {"enum": ["active", "degraded", "needs_reauth", "revoked"]},
+                "status_reason": {"type": ["string", "null"]},
+                "granted_scopes": {"type": "array", "items": {"type": "string"}},
+                "last_refresh_at": NULLABLE_TIME, "last_used_at": NULLABLE_TIME,
+            },
+        }},
+        "next_cursor": {"type": ["string", "null"]},
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """Return the OpenAPI document."""
+    no_store = {"Cache-Control": {"schema": {"const": "no-store"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Gmail token broker API", "version": "1"},
+        "components": {
+            "securitySchemes": {"client": {"type": "http", "scheme": "basic"}},
+            "schemas": {"TokenRequest": TOKEN_REQUEST, "TokenResponse": TOKEN_RESPONSE,
+                        "ConnectionList": CONNECTION_LIST},
+        },
+        "security": [{"client": []}],
+        "paths": {
+            "/api/v1/token": {"post": {
+                "operationId": "getToken",
+                "summary": "Hand out a user's Google access token, refreshed if needed",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/TokenRequest"}}}},
+                "responses": {
+                    **COMMON,
+                    "200": {"description": "a token valid for min_ttl (or Google's lifetime)",
+                            "headers": no_store, "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/TokenResponse"}}}},
+                    "400": _error(errors.InvalidRequest),
+                    "403": _error(errors.IpNotAllowed, errors.ScopeNotAllowed,
+                                  errors.UserSuspended, errors.LoginRequired, login_url=URL),
+                    "404": _error(errors.UnknownUser, errors.NotConnected, connect_url=URL),
+                    "409": _error(errors.ReauthRequired, errors.ScopeNotGranted,
+                                  reason={"enum": REASONS}, reauth_url=URL, consent_url=URL),
+                    "415": _error(errors.UnsupportedMediaType),
+                    "503": {**_error(errors.UpstreamUnavailable, errors.BrokerMisconfigured),
+                            "headers": RETRY_AFTER},
+                },
+            }},
+            "/api/v1/connections": {"get": {
+                "operationId": "listConnections",
+                "summary": "List the tenant's connections (no tokens)",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {
+                        "enum": ["active", "degraded", "needs_reauth", "revoked"]}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {
+                        "type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+                ],
+                "responses": {
+                    **COMMON,
+                    "200": {"description": "one page", "headers": no_store,
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/ConnectionList"}}}},
+                    "400": _error(errors.InvalidRequest),
+                },
+            }},
+            "/api/v1/openapi.json": {"get": {
+                "operationId": "openapi", "security": [],
+                "summary": "This document",
+                "responses": {"200": {"description": "the OpenAPI document", "content": {
+                    "application/json": {"schema": {"type": "object"}}}}},
+            }},
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def serve() -> Response:
+    """Serve the OpenAPI document."""
+    return jsonify(document())

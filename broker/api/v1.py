@@ -1,0 +1,206 @@
+"""bp /api/v1: POST /token and GET /connections for backend jobs."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import select
+
+from broker import metrics
+from broker.api import json_errors
+from broker.api.auth import authenticate
+from broker.clientip import client_ip
+from broker.clock import get_clock
+from broker.db import get_db
+from broker.errors import (
+    BrokerError,
+    InvalidClient,
+    InvalidRequest,
+    RateLimited,
+    UnsupportedMediaType,
+)
+from broker.handout import Handout, TokenRequest
+from broker.limits import get_limits
+from broker.models import Connection, User
+
+bp = json_errors(Blueprint("api_v1", __name__, url_prefix="/api/v1"))
+log = logging.getLogger(__name__)
+
+MAX_BODY = 16 * 1024
+MAX_MIN_TTL = 3000
+STATUSES = ("active", "degraded", "needs_reauth", "revoked")
+TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token"}
+
+
+def admit() -> Handout:
+    """Authenticate the client, check its IP, then count it against its rate limit."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    ip = client_ip(request, app.config["BROKER"].TRUSTED_PROXIES)
+    limits = get_limits(app)
+    try:
+        limits.check_auth_failures(str(ip))
+        client = authenticate(request, get_clock(app)())
+    except (InvalidClient, RateLimited) as exc:
+        if isinstance(exc, InvalidClient):
+            limits.auth_failed(str(ip))
+            metrics.AUTH_FAILURES.inc()
+        else:
+            metrics.RATE_LIMITED.labels(kind="auth_failures").inc()
+        log.warning("api auth refused: %s", exc.error, extra={"event": "api_auth", "outcome":
+                    exc.error})
+        raise
+    handout = Handout(app, client, ip)
+    handout.check_ip()
+    try:
+        limits.hit_client(client.id)
+    except RateLimited:
+        metrics.RATE_LIMITED.labels(kind="api").inc()
+        log.warning("rate limited", extra={"event": "rate_limited", "client_id": client.id})
+        raise
+    return handout
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise InvalidRequest("duplicate keys in the JSON body")
+    return dict(pairs)
+
+
+def parse_token_request() -> TokenRequest:
+    """Parse the JSON body strictly: known fields, types and sizes."""
+    if not request.is_json:
+        raise UnsupportedMediaType()
+    if (request.content_length or 0) > MAX_BODY:
+        raise InvalidRequest("the body is too large")
+    try:
+        body = json.loads(request.get_data(cache=False), object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - TOKEN_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown fields: {', '.join(unknown)[:200]}")
+    user = body.get("user")
+    if not isinstance(user, str) or not 1 <= len(user) <= 320:
+        raise InvalidRequest("user must be an email address or user id")
+    scopes = body.get("scopes")
+    if scopes is not None and (
+        not isinstance(scopes, list) or not 1 <= len(scopes) <= 20
+        or not all(isinstance(s, str) and 0 < len(s) <= 200 for s in scopes)
+    ):
+        raise InvalidRequest("scopes must be a list of 1-20 scope names")
+    min_ttl = body.get("min_ttl", 300)
+    if isinstance(min_ttl, bool) or not isinstance(min_ttl, int) or not 0 <= min_ttl <= 3000:
+        raise InvalidRequest(f"min_ttl must be a whole number of seconds, 0-{MAX_MIN_TTL}")
+    rejected = body.get("rejected_token")
+    if rejected is not None and (not isinstance(rejected, str) or not 0 < len(rejected) <= 2048):
+        raise InvalidRequest("rejected_token must be an access token (at most 2048 bytes)")
+    return TokenRequest(user=user, scopes=scopes, min_ttl=min_ttl, rejected_token=rejected)
+
+
+def rfc3339(moment: Any) -> str:
+    """Return a UTC datetime as RFC 3339 with Z, to the second."""
+    return str(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+@bp.post("/token")
+def token() -> Response:
+    """Hand out an access token, or refuse precisely."""
+    with metrics.FETCH_SECONDS.time():
+        return _token()
+
+
+def _token() -> Response:
+    handout = admit()
+    try:
+        req = parse_token_request()
+    except BrokerError as exc:
+        handout.refuse(exc)
+    result = handout.run(req)
+    expires_in = int((result.token.expires_at - handout.now).total_seconds())
+    response = jsonify(
+        access_token=result.token.access_token,
+        token_type="Bearer",  # noqa: S106 - a token type, not a secret
+        expires_at=rfc3339(result.token.expires_at), expires_in=max(0, expires_in),
+        scopes=result.token.scopes, user={"id": str(result.user_id), "email": result.email},
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _encode_cursor(last: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(last.bytes).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("cursor is not one this API returned") from None
+
+
+def _query_args() -> tuple[str | None, uuid.UUID | None, int]:
+    allowed = {"status", "cursor", "limit"}
+    for name in request.args:
+        if name not in allowed:
+            raise InvalidRequest(f"unknown parameter {name[:40]!r}")
+        if len(request.args.getlist(name)) > 1:
+            raise InvalidRequest(f"parameter {name!r} given twice")
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
+    cursor = request.args.get("cursor")
+    limit_text = request.args.get("limit", "100")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
+        raise InvalidRequest("limit must be 1-500")
+    return status, _decode_cursor(cursor) if cursor else None, int(limit_text)
+
+
+@bp.get("/connections")
+def connections() -> Response:
+    """List the tenant's connections (no tokens), paginated by an opaque cursor."""
+    handout = admit()
+    try:
+        status, after, limit = _query_args()
+    except BrokerError as exc:
+        handout.refuse(exc)
+    query = (
+        select(Connection, User.email)
+        .join(User, User.id == Connection.user_id)
+        .where(Connection.tenant_id == handout.client.tenant_id)
+        .order_by(Connection.id)
+        .limit(limit + 1)
+    )
+    if status:
+        query = query.where(Connection.status == status)
+    if after:
+        query = query.where(Connection.id > after)
+    with get_db().transaction(write=False) as session:
+        rows = session.execute(query).all()
+    page = rows[:limit]
+    body = {
+        "connections": [
+            {
+                "id": str(conn.id), "user": {"id": str(conn.user_id), "email": email},
+                "status": conn.status, "status_reason": conn.status_reason,
+                "granted_scopes": sorted(conn.granted_scopes),
+                "last_refresh_at": rfc3339(conn.last_refresh_at) if conn.last_refresh_at
+                else None,
+                "last_used_at": rfc3339(conn.last_used_at) if conn.last_used_at else None,
+            }
+            for conn, email in page
+        ],
+        "next_cursor": _encode_cursor(page[-1][0].id) if len(rows) > limit else None,
+    }
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,156 @@
+"""Python SDK for jobs: BrokerClient.token() and BrokerCredentials for google-api-python-client.
+
+    client = BrokerClient("https://broker.example.com", CLIENT_ID, CLIENT_SECRET)
+    gmail = build("gmail", "v1", credentials=BrokerCredentials(client, "alice@acme.com"))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class BrokerAPIError(Exception):
+    """A refusal from the broker; subclasses name each `error` code."""
+
+    error = "server_error"
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: int | None) -> None:
+        super().__init__(f"{body.get('error', self.error)}: {body.get('error_description', '')}")
+        self.status = status
+        self.body = body
+        self.description = str(body.get("error_description", ""))
+        self.retry_after = retry_after
+
+
+def _error_class(code: str) -> type[BrokerAPIError]:
+    name = "".join(part.title() for part in code.split("_")) + "Error"
+    return type(name, (BrokerAPIError,), {"error": code, "__doc__": f"The broker said {code}."})
+
+
+InvalidClientError = _error_class("invalid_client")
+IpNotAllowedError = _error_class("ip_not_allowed")
+RateLimitedError = _error_class("rate_limited")
+InvalidRequestError = _error_class("invalid_request")
+ScopeNotAllowedError = _error_class("scope_not_allowed")
+UnknownUserError = _error_class("unknown_user")
+UserSuspendedError = _error_class("user_suspended")
+LoginRequiredError = _error_class("login_required")
+NotConnectedError = _error_class("not_connected")
+ReauthRequiredError = _error_class("reauth_required")
+ScopeNotGrantedError = _error_class("scope_not_granted")
+UpstreamUnavailableError = _error_class("upstream_unavailable")
+BrokerMisconfiguredError = _error_class("broker_misconfigured")
+ERRORS: dict[str, type[BrokerAPIError]] = {
+    cls.error: cls for cls in (
+        InvalidClientError, IpNotAllowedError, RateLimitedError, InvalidRequestError,
+        ScopeNotAllowedError, UnknownUserError, UserSuspendedError, LoginRequiredError,
+        NotConnectedError, ReauthRequiredError, ScopeNotGrantedError,
+        UpstreamUnavailableError, BrokerMisconfiguredError,
+    )
+}
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token from the broker."""
+
+    access_token: str
+    expires_at: dt.datetime
+    expires_in: int
+    scopes: list[str]
+    user_id: str
+    email: str
+
+    def __repr__(self) -> str:
+        return f"Token(email={self.email!r}, scopes={self.scopes}, expires_at={self.expires_at})"
+
+
+class BrokerClient:
+    """Ask the broker for users' Gmail access tokens."""
+
+    def __init__(
+        self, base_url: str, client_id: str, client_secret: str, *,
+        timeout: float = 15.0, http: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._auth = httpx.BasicAuth(client_id, client_secret)
+        self.http = http or httpx.Client(timeout=timeout, follow_redirects=False)
+
+    def token(
+        self, user: str, scopes: list[str] | None = None, min_ttl: int = 300,
+        rejected_token: str | None = None,
+    ) -> Token:
+        """Return a token for `user`, or raise the BrokerAPIError subclass of the refusal."""
+        body: dict[str, Any] = {"user": user, "min_ttl": min_ttl}
+        if scopes is not None:
+            body["scopes"] = scopes
+        if rejected_token is not None:
+            body["rejected_token"] = rejected_token
+        response = self.http.post(self.base_url + "/api/v1/token", json=body, auth=self._auth)
+        data = self._json(response)
+        if response.status_code != 200:
+            retry = response.headers.get("Retry-After", "")
+            cls = ERRORS.get(str(data.get("error")), BrokerAPIError)
+            raise cls(response.status_code, data, int(retry) if retry.isdigit() else None)
+        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+        return Token(data["access_token"], expires_at, int(data["expires_in"]),
+                     list(data["scopes"]), data["user"]["id"], data["user"]["email"])
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return {"error": "server_error", "error_description": f"HTTP {response.status_code}"}
+        return data
+
+
+try:
+    from google.auth import credentials as _google_credentials
+    from google.auth import exceptions as _google_exceptions
+except ImportError:  # pragma: no cover - google-auth is optional for jobs that use only token()
+    _google_credentials = None  # type: ignore[assignment]
+
+
+if _google_credentials is not None:
+
+    class BrokerCredentials(_google_credentials.Credentials):
+        """google-auth Credentials whose refresh() asks the broker.
+
+        A refresh while the current token has not expired means Google refused it (a Gmail
+        401), so the token goes back as `rejected_token` and the broker refreshes once.
+        """
+
+        def __init__(
+            self, client: BrokerClient, user: str, scopes: list[str] | None = None,
+            min_ttl: int = 300,
+        ) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            self.client = client
+            self.user = user
+            self.requested_scopes = scopes
+            self.min_ttl = min_ttl
+
+        def refresh(self, request: Any) -> None:
+            """Fetch a token from the broker (google-auth calls this on expiry or a 401)."""
+            rejected = self.token if self.token and not self.expired else None
+            try:
+                token = self.client.token(self.user, self.requested_scopes, self.min_ttl,
+                                          rejected_token=rejected)
+            except BrokerAPIError as exc:
+                raise _google_exceptions.RefreshError(  # type: ignore[no-untyped-call]
+                    str(exc), exc
+                ) from exc
+            self.token = token.access_token
+            # google-auth compares expiry with a naive UTC now.
+            self.expiry = token.expires_at.astimezone(dt.UTC).replace(tzinfo=None)
+
+        def apply(self, headers: dict[str, str], token: str | None = None) -> None:
+            """Add the bearer header."""
+            headers["authorization"] = f"Bearer {token or self.token}"

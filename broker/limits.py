@@ -1,0 +1,102 @@
+"""Rate limits: per API client after authentication and the IP check, failed auth per source IP."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+from flask import Flask, current_app
+from limits import RateLimitItem, parse
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from broker.errors import RateLimited
+
+EXTENSION = "broker.limits"
+
+
+class _Windows:
+    """Fixed windows in this process's memory.
+
+    limits' MemoryStorage starts a timer thread on each hit, which costs more than the
+    whole fast path; a dict under a lock does the same job.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[float, int]] = {}
+
+    def hit(self, item: RateLimitItem, *key: str) -> bool:
+        """Count one hit; say whether it was within the limit."""
+        now, name, period = time.time(), "/".join(key), item.get_expiry()
+        with self._lock:
+            if len(self._counts) > 100_000:
+                self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
+            ends, count = self._counts.get(name, (0.0, 0))
+            if ends <= now:
+                ends, count = now + period, 0
+            count += 1
+            self._counts[name] = (ends, count)
+        return count <= item.amount
+
+    def test(self, item: RateLimitItem, *key: str) -> bool:
+        """Say whether one more hit would be within the limit."""
+        with self._lock:
+            ends, count = self._counts.get("/".join(key), (0.0, 0))
+        return ends <= time.time() or count < item.amount
+
+    def get_window_stats(self, item: RateLimitItem, *key: str) -> tuple[float, int]:
+        """Return (window end, remaining)."""
+        with self._lock:
+            ends, count = self._counts.get("/".join(key), (time.time(), 0))
+        return ends, max(0, item.amount - count)
+
+
+class Limits:
+    """The broker's API limits in memory, or in Redis when BROKER_REDIS_URL is set."""
+
+    def __init__(self, api: str, auth_failures: str, redis_url: str | None = None) -> None:
+        self.limiter: _Windows | FixedWindowRateLimiter = (
+            FixedWindowRateLimiter(storage_from_string(redis_url)) if redis_url else _Windows()
+        )
+        self.api: RateLimitItem | None = None if api.strip().lower() == "off" else parse(api)
+        self.auth_failures: RateLimitItem | None = (
+            None if auth_failures.strip().lower() == "off" else parse(auth_failures)
+        )
+
+    def _refuse(self, item: RateLimitItem, *key: str) -> RateLimited:
+        reset, _ = self.limiter.get_window_stats(item, *key)
+        retry = max(1, math.ceil(reset - time.time()))
+        return RateLimited(headers={"Retry-After": str(retry)})
+
+    def hit_client(self, client_id: str) -> None:
+        """Count one request of a client; raise RateLimited past its limit."""
+        if self.api is not None and not self.limiter.hit(self.api, "client", client_id):
+            raise self._refuse(self.api, "client", client_id)
+
+    def check_auth_failures(self, ip: str) -> None:
+        """Raise RateLimited while this address has failed authentication too often."""
+        item = self.auth_failures
+        if item is not None and not self.limiter.test(item, "authfail", ip):
+            raise self._refuse(item, "authfail", ip)
+
+    def auth_failed(self, ip: str) -> None:
+        """Count one failed authentication from this address."""
+        if self.auth_failures is not None:
+            self.limiter.hit(self.auth_failures, "authfail", ip)
+
+
+def get_limits(app: Flask | None = None) -> Limits:
+    """Return the app's limits."""
+    app = app or current_app
+    limits: Limits = app.extensions[EXTENSION]
+    return limits
+
+
+def init_app(app: Flask) -> None:
+    """Build the limits from the settings."""
+    settings = app.config["BROKER"]
+    app.extensions[EXTENSION] = Limits(
+        settings.API_RATE_LIMIT, settings.AUTH_FAILURE_LIMIT, settings.REDIS_URL
+    )

@@ -1,0 +1,189 @@
+"""The worker's duties, SKIP LOCKED claims on PostgreSQL, and signed, SSRF-guarded webhooks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, update
+
+from broker import webhooks, worker
+from broker.db import get_db
+from broker.models import AccessToken, Connection, Tenant, User, WebhookDelivery, utcnow
+from broker.revoke import disconnect
+from tests.integration.api.conftest import World, broker_config
+from tests.plugins.emulator import EmulatorControls
+
+
+def refreshes(world: World) -> int:
+    """Return the emulator's refresh counter."""
+    return int(world.emulator.calls()["token"]["refresh_token"])
+
+
+def expire_soon(app: Flask, minutes: int = 5) -> None:
+    """Make every stored token expire within the worker's window."""
+    with get_db(app).transaction() as session:
+        session.execute(update(AccessToken).values(
+            expires_at=utcnow() + dt.timedelta(minutes=minutes)))
+
+
+def test_recently_used_tokens_are_refreshed_ahead(world: World) -> None:
+    first = world.token().json["access_token"]
+    expire_soon(world.app)
+    before = refreshes(world)
+    assert worker.refresh_due(world.app) == 1
+    assert refreshes(world) == before + 1
+    assert world.token().json["access_token"] != first
+    assert refreshes(world) == before + 1  # the job got the worker's token
+
+
+def test_keep_alive_refreshes_idle_grants_but_not_suspended_users(
+    make_world: Callable[..., World],
+) -> None:
+    idle, suspended = make_world(), make_world()
+    old = utcnow() - dt.timedelta(days=30)
+    with get_db(idle.app).transaction() as session:
+        session.execute(update(Connection).values(created_at=old, last_refresh_at=old))
+        session.execute(update(User).where(User.id == suspended.user.id)
+                        .values(status="suspended"))
+    before = refreshes(idle)
+    assert worker.refresh_due(idle.app) == 1
+    assert refreshes(idle) == before + 1
+    with get_db(idle.app).transaction(write=False) as session:
+        kept = session.scalar(select(Connection.last_refresh_at)
+                              .where(Connection.user_id == idle.user.id))
+    assert kept is not None and kept > old
+
+
+def test_two_workers_never_refresh_the_same_row(
+    postgres_only: None, make_app: Callable[..., Flask], emulator: EmulatorControls,
+    make_world: Callable[..., World],
+) -> None:
+    worlds = [make_world() for _ in range(6)]
+    for w in worlds:
+        assert w.token().status_code == 200
+    expire_soon(worlds[0].app)
+    other = make_app(**broker_config(emulator))
+    before = refreshes(worlds[0])
+    emulator.fault("token", latency_ms=300, count=-1)
+    counts: list[int] = []
+    threads = [threading.Thread(target=lambda a=a: counts.append(worker.refresh_due(a)))
+               for a in (worlds[0].app, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    emulator.clear_faults()
+    assert sum(counts) == 6 and refreshes(worlds[0]) - before == 6
+
+
+def test_revocations_left_pending_are_retried(world: World) -> None:
+    world.emulator.fault("revoke", status=503)
+    with get_db(world.app).transaction() as session:
+        conn = session.scalars(select(Connection)).one()
+        assert disconnect(session, conn, app=world.app) is False
+    with get_db(world.app).transaction(write=False) as session:
+        assert session.scalars(select(Connection.revocation_pending)).one() is True
+    assert worker.retry_revocations(world.app) == 1
+    with get_db(world.app).transaction(write=False) as session:
+        conn = session.scalars(select(Connection)).one()
+        assert conn.refresh_token is None and not conn.revocation_pending
+    assert world.token().json["error"] == "not_connected"
+
+
+class Receiver:
+    """A local HTTP endpoint that records webhook deliveries."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((dict(self.headers), body))
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local webhook receiver."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def add_hook(world: World, url: str) -> str:
+    """Register a webhook for the world's tenant; return its secret."""
+    with get_db(world.app).transaction() as session:
+        tenant = session.get(Tenant, world.tenant.id)
+        assert tenant is not None
+        _, secret = webhooks.add_webhook(session, world.app, tenant, url)
+    return secret
+
+
+def test_needs_reauth_webhook_is_signed_and_retried(
+    make_app: Callable[..., Flask], emulator: EmulatorControls,
+    make_world: Callable[..., World], receiver: Receiver,
+) -> None:
+    app = make_app(**broker_config(emulator, WEBHOOK_ALLOW_PRIVATE=True))
+    world = make_world(app=app)
+    secret = add_hook(world, receiver.url)
+    emulator.revoke_account(world.user.email)
+    assert world.token().json["reason"] == "revoked_or_expired"
+    receiver.statuses = [500]
+    assert webhooks.deliver_due(app) == 1
+    with get_db(app).transaction() as session:
+        delivery = session.scalars(select(WebhookDelivery)).one()
+        assert delivery.attempts == 1 and delivery.delivered_at is None
+        assert delivery.next_attempt_at is not None
+        delivery.next_attempt_at = utcnow()  # the backoff has passed
+    assert worker.run_once(app)["deliver_due"] == 1
+    headers, body = receiver.received[-1]
+    payload = json.loads(body)
+    assert payload["event"] == "connection.needs_reauth"
+    assert payload["reason"] == "revoked_or_expired"
+    expected = hmac.new(secret.encode(), headers["X-Broker-Timestamp"].encode() + b"." + body,
+                        hashlib.sha256).hexdigest()
+    assert headers["X-Broker-Signature"] == "v1=" + expected
+    with get_db(app).transaction(write=False) as session:
+        assert session.scalars(select(WebhookDelivery.delivered_at)).one() is not None
+
+
+def test_private_targets_are_refused_without_the_setting(
+    world: World, receiver: Receiver
+) -> None:
+    with pytest.raises(Exception, match="https"):
+        add_hook(world, receiver.url)
+    add_hook(world, receiver.url.replace("http://", "https://"))
+    with get_db(world.app).transaction() as session:
+        webhooks.enqueue(session, world.tenant.id, "connection.revoked", {})
+    assert webhooks.deliver_due(world.app) == 1
+    with get_db(world.app).transaction(write=False) as session:
+        status = session.scalars(select(WebhookDelivery.last_status)).one()
+    assert status is not None and status.startswith("refused") and receiver.received == []
