@@ -13,6 +13,7 @@ from broker import tenants, users
 from broker.db import get_db
 from broker.keyring import get_keys
 from broker.models import Connection, Tenant, User
+from broker.revoke import revoke_before_delete
 
 
 @click.group(cls=AppGroup)
@@ -48,14 +49,19 @@ def tenant_create(
 @tenant.command("delete")
 @click.argument("slug")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def tenant_delete(slug: str, yes: bool) -> None:
-    """Revoke a tenant's grants, shred its keys and delete it."""
+@click.option("--force", is_flag=True, help="delete even if some grants could not be revoked")
+def tenant_delete(slug: str, yes: bool, force: bool) -> None:
+    """Revoke a tenant's grants at Google, shred its keys and delete it."""
     if not yes:
         click.confirm(f"Delete tenant {slug} and destroy all of its tokens?", abort=True)
-    revoke = current_app.extensions.get("broker.revoke_connection")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    with get_db().transaction(write=False) as session:
+        ids = tenants.connection_ids(session, tenants.get_tenant(session, slug))
+    failed = revoke_before_delete(app, ids, force=force)
     with get_db().transaction() as session:
-        tenants.delete_tenant(session, get_keys(), tenants.get_tenant(session, slug), revoke)
-    click.echo(f"deleted tenant {slug}; its data keys are destroyed")
+        tenants.delete_tenant(session, get_keys(), tenants.get_tenant(session, slug))
+    note = f" ({failed} grants could not be revoked)" if failed else ""
+    click.echo(f"deleted tenant {slug}; its data keys are destroyed{note}")
 
 
 @tenant.command("list")
@@ -142,14 +148,20 @@ user.add_command(_status_command("reactivate", "active", "Reactivate a suspended
 @click.argument("email")
 @click.option("--tenant", "slug", required=True)
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def user_delete(email: str, slug: str, yes: bool) -> None:
+@click.option("--force", is_flag=True, help="delete even if the grant could not be revoked")
+def user_delete(email: str, slug: str, yes: bool, force: bool) -> None:
     """Revoke and erase a user's connection and delete the user."""
     if not yes:
         click.confirm(f"Delete {email} and revoke their Gmail connection?", abort=True)
-    revoke = current_app.extensions.get("broker.revoke_connection")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    with get_db().transaction(write=False) as session:
+        row = users.get_user(session, tenants.get_tenant(session, slug), email)
+        users.check_deletable(session, row)
+        ids = list(session.scalars(select(Connection.id).where(Connection.user_id == row.id)))
+    revoke_before_delete(app, ids, force=force)
     with get_db().transaction() as session:
         row = users.get_user(session, tenants.get_tenant(session, slug), email)
-        users.delete_user(session, row, revoke=revoke)
+        users.delete_user(session, row)
     click.echo(f"deleted {email}")
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Iterable
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -92,18 +93,13 @@ def create_tenant(
     return tenant
 
 
-def delete_tenant(
-    session: Session,
-    keys: KeyService,
-    tenant: Tenant,
-    revoke: Callable[[Session, Connection], None] | None = None,
-) -> None:
-    """Revoke the tenant's grants at Google, shred its data keys, then delete its rows."""
-    if revoke is not None:
-        for connection in session.scalars(
-            select(Connection).where(Connection.tenant_id == tenant.id)
-        ):
-            revoke(session, connection)
+def connection_ids(session: Session, tenant: Tenant) -> list[uuid.UUID]:
+    """Return the ids of a tenant's connections (to revoke before deleting it)."""
+    return list(session.scalars(select(Connection.id).where(Connection.tenant_id == tenant.id)))
+
+
+def delete_tenant(session: Session, keys: KeyService, tenant: Tenant) -> None:
+    """Shred the tenant's data keys, then delete its rows (revoke its grants first)."""
     keys.shred_tenant(session, tenant.id)
     audit.record(
         session, action="tenant.delete", tenant_id=None, actor_type="admin",

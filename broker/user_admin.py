@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import case, delete, select
@@ -72,16 +71,25 @@ def change_status(
     return users.set_status(session, user, status, actor=str(actor.id))
 
 
-def remove_user(
-    session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID, *, actor: User,
-    revoke: Callable[[Session, Connection], None] | None,
-) -> str:
-    """Delete a user of the tenant (their grant revoked first); return their email."""
+def deletable_connection_ids(
+    session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID, *, actor: User
+) -> list[uuid.UUID]:
+    """Check a user of the tenant may be deleted; return their connections to revoke first."""
     user = get_user(session, tenant_id, user_id)
     if user.id == actor.id:
         raise Conflict("You cannot delete yourself; ask another admin.")
+    users.check_deletable(session, user)
+    return list(session.scalars(select(Connection.id).where(Connection.user_id == user.id)))
+
+
+def remove_user(
+    session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID, *, actor: User
+) -> str:
+    """Delete a user of the tenant whose grant was revoked; return their email."""
+    deletable_connection_ids(session, tenant_id, user_id, actor=actor)
+    user = get_user(session, tenant_id, user_id)
     email = user.email
-    users.delete_user(session, user, revoke=revoke, actor=str(actor.id))
+    users.delete_user(session, user, actor=str(actor.id))
     return email
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import audit
 from broker.errors import Conflict, InvalidRequest, NotFound
-from broker.models import BrowserSession, Connection, Tenant, User, utcnow
+from broker.models import BrowserSession, Tenant, User, utcnow
 from broker.tenants import normalise_email
 
 ROLES = ("member", "admin")
@@ -113,19 +112,15 @@ def set_role(session: Session, user: User, role: str, *, actor: str | None = Non
     return user
 
 
-def delete_user(
-    session: Session,
-    user: User,
-    *,
-    revoke: Callable[[Session, Connection], None] | None = None,
-    actor: str | None = None,
-) -> None:
-    """Revoke and erase the user's connection, then delete the user."""
+def check_deletable(session: Session, user: User) -> None:
+    """Refuse to delete the last active admin of a tenant."""
     if _is_last_active_admin(session, user):
         raise Conflict("the last active admin of a tenant cannot be deleted")
-    connection = session.scalar(select(Connection).where(Connection.user_id == user.id))
-    if connection is not None and revoke is not None:
-        revoke(session, connection)
+
+
+def delete_user(session: Session, user: User, *, actor: str | None = None) -> None:
+    """Delete the user, their sessions and their (already revoked) connection."""
+    check_deletable(session, user)
     audit.record(
         session, action="user.delete", tenant_id=user.tenant_id, actor_type="admin",
         actor_id=actor, subject_user_id=user.id, details={"email": user.email},

@@ -19,7 +19,7 @@ from broker.db import get_db
 from broker.keyring import get_keys
 from broker.keys import reseal_tenant
 from broker.models import AccessToken, AuditEvent, Connection, DataKey, Policy, User
-from broker.revoke import disconnect, revoke_at_google
+from broker.revoke import disconnect, revoke_grants
 from broker.scopes import gmail_only, scope_key
 from broker.tokens import Want, get_tokens
 
@@ -111,17 +111,30 @@ def chain_audit(app: Flask, w: Windows | None = None) -> int:
 def retry_revocations(app: Flask, w: Windows | None = None) -> int:
     """Retry revocations that failed at disconnect time; erase the token once Google confirms."""
     w = w or Windows()
-    done = 0
-    with get_db(app).transaction() as session:
+    now, owner = get_clock(app)(), f"worker-{uuid.uuid4().hex[:12]}"
+    db = get_db(app)
+    # Claim rows with the refresh lease so Google is called with no transaction open.
+    with db.transaction() as session:
         rows = session.scalars(
-            select(Connection).where(Connection.revocation_pending.is_(True))
-            .limit(w.batch).with_for_update(skip_locked=True)
+            select(Connection).where(
+                Connection.revocation_pending.is_(True),
+                or_(Connection.refresh_lease_until.is_(None),
+                    Connection.refresh_lease_until <= now),
+            ).limit(w.batch).with_for_update(skip_locked=True)
         ).all()
         for conn in rows:
-            if revoke_at_google(app, session, conn):
+            conn.refresh_lease_until = now + dt.timedelta(seconds=60)
+            conn.refresh_lease_owner = owner
+        claimed = [conn.id for conn in rows]
+    results = revoke_grants(app, claimed)
+    with db.transaction() as session:
+        for conn in session.scalars(select(Connection).where(Connection.id.in_(claimed))):
+            if conn.refresh_lease_owner != owner:
+                continue
+            if results.get(conn.id):
                 conn.refresh_token, conn.revocation_pending = None, False
-                done += 1
-    return done
+            conn.refresh_lease_until = conn.refresh_lease_owner = None
+    return sum(1 for done in results.values() if done)
 
 
 def reseal(app: Flask) -> int:
@@ -138,23 +151,24 @@ def reseal(app: Flask) -> int:
 
 def purge_inactive(app: Flask) -> int:
     """Disconnect grants of users inactive (no sign-in, no hand-out) beyond retention_days."""
-    now, purged = get_clock(app)(), 0
-    with get_db(app).transaction() as session:
+    now = get_clock(app)()
+    with get_db(app).transaction(write=False) as session:
         rows = session.execute(
-            select(Connection, Policy.retention_days)
+            select(Connection, User.last_login_at, Policy.retention_days)
             .join(User, User.id == Connection.user_id)
             .join(Policy, Policy.tenant_id == Connection.tenant_id)
             .where(Policy.retention_days.is_not(None), Connection.status != "revoked")
         ).all()
-        for conn, days in rows:
-            cutoff = now - dt.timedelta(days=int(days or 0))
-            user = session.get(User, conn.user_id)
-            last = max(d for d in (conn.last_used_at, user.last_login_at if user else None,
-                                   conn.created_at) if d is not None)
-            if last < cutoff:
-                disconnect(session, conn, app=app, actor_type="system", reason="retention")
-                purged += 1
-    return purged
+    stale = []
+    for conn, last_login, days in rows:
+        cutoff = now - dt.timedelta(days=int(days or 0))
+        seen = (conn.last_used_at, last_login, conn.created_at)
+        if max(d for d in seen if d is not None) < cutoff:
+            stale.append(conn.id)
+    return sum(
+        disconnect(app, conn_id, actor_type="system", reason="retention") is not None
+        for conn_id in stale
+    )
 
 
 DUTIES = (refresh_due, chain_audit, retry_revocations, webhooks.deliver_due, reseal,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
@@ -130,18 +130,20 @@ def do_disconnect() -> Response:
     """Revoke at Google, erase the stored grant and audit it."""
     user = guard.current_user()
     assert user is not None  # noqa: S101 - login_required
-    with get_db().transaction() as session:
-        connection = session.scalar(
-            select(Connection).where(Connection.user_id == user.id).with_for_update()
-        )
-        revoked: bool | None = None
-        if connection is not None and connection.status != "revoked":
-            # The shared path the worker and admins use: it keeps the sealed refresh token
-            # only while the revocation is pending, so the worker can retry it.
-            revoked = disconnect(
-                session, connection, actor_type="user", actor_id=str(user.id),
-                reason="disconnected",
+    with get_db().transaction(write=False) as session:
+        connection_id = session.scalar(
+            select(Connection.id).where(
+                Connection.user_id == user.id, Connection.status != "revoked"
             )
+        )
+    revoked: bool | None = None
+    if connection_id is not None:
+        # Google is called before any write transaction opens; the sealed refresh token is
+        # kept only while the revocation is pending, so the worker can retry it.
+        revoked = disconnect(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            connection_id, actor_type="user", actor_id=str(user.id), reason="disconnected",
+        )
     if revoked is None:
         flash("Gmail was not connected.")
     elif revoked:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import cast
 
 from flask import Blueprint, current_app, render_template, request
 from sqlalchemy.orm import Session
@@ -13,13 +12,12 @@ from werkzeug.wrappers import Response
 from broker import user_admin, users
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
-from broker.models import Connection, Tenant
-from broker.revoke import revoke_callback
+from broker.models import Tenant
+from broker.revoke import revoke_before_delete
 from broker.web import guard
 from broker.web.admin import access
 
 bp = Blueprint("users", __name__, url_prefix="/users")
-Revoke = Callable[[Session, Connection], None]
 
 
 @bp.get("")
@@ -124,11 +122,17 @@ def confirm_delete(user_id: uuid.UUID) -> str:
 @bp.post("/<uuid:user_id>/delete")
 def delete(user_id: uuid.UUID) -> Response:
     """Revoke the user's grant at Google, erase it and delete the user."""
-    revoke = cast(Revoke, revoke_callback(current_app._get_current_object()))  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        with get_db().transaction(write=False) as session:
+            ids = user_admin.deletable_connection_ids(
+                session, access.tenant_id(), user_id, actor=access.admin()
+            )
+        revoke_before_delete(app, ids, actor_id=str(access.admin().id))
+    except (InvalidRequest, Conflict) as refused:
+        return access.done(f"Deletion refused: {refused.description}", "admin.users.index")
 
     def run(session: Session) -> str:
-        email = user_admin.remove_user(
-            session, access.tenant_id(), user_id, actor=access.admin(), revoke=revoke
-        )
+        email = user_admin.remove_user(session, access.tenant_id(), user_id, actor=access.admin())
         return f"{email} is deleted and their Gmail access revoked."
     return _act("Deletion", run)

@@ -17,6 +17,8 @@ from broker.db import get_db
 from broker.models import Policy, Tenant, User, utcnow
 from broker.sessions import SESSION_COOKIE, open_session
 from tests.factories import make_tenant, make_user
+from tests.integration.api.conftest import broker_config
+from tests.plugins.emulator import EmulatorControls
 
 READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 SEND = "https://www.googleapis.com/auth/gmail.send"
@@ -69,9 +71,9 @@ class Org:
 
 
 @pytest.fixture
-def admin_app(app: Flask) -> Flask:
-    """The broker app with the admin pages."""
-    return app
+def admin_app(make_app: Callable[..., Flask], emulator: EmulatorControls) -> Flask:
+    """The broker app with the admin pages, its Google being the emulator."""
+    return make_app(**broker_config(emulator))
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from broker.models import (
 )
 from tests.factories import make_connection
 from tests.integration.admin.conftest import READONLY, Browser, Org
+from tests.plugins.emulator import EmulatorControls
 
 
 def user(app: Flask, email: str) -> User | None:
@@ -135,6 +136,17 @@ def test_delete_asks_first_then_revokes_and_deletes(
     assert as_admin.post(f"/admin/users/{org.member.id}/delete").status_code == 303
     assert user(admin_app, "mia@acme.test") is None
     assert {"connection.revoke", "user.delete"} <= set(actions(admin_app))
+
+
+def test_delete_is_refused_while_google_cannot_revoke(
+    admin_app: Flask, org: Org, as_admin: Browser, emulator: EmulatorControls
+) -> None:
+    make_connection(admin_app, org.member, scopes=[READONLY])
+    emulator.fault("revoke", status=503, count=-1)
+    answer = as_admin.post(f"/admin/users/{org.member.id}/delete")
+    assert answer.status_code == 303
+    assert user(admin_app, "mia@acme.test") is not None
+    assert emulator.calls()["revoke"] == 1
 
 
 def test_another_tenants_users_are_not_found(

@@ -87,9 +87,9 @@ def test_two_workers_never_refresh_the_same_row(
 
 def test_revocations_left_pending_are_retried(world: World) -> None:
     world.emulator.fault("revoke", status=503)
-    with get_db(world.app).transaction() as session:
-        conn = session.scalars(select(Connection)).one()
-        assert disconnect(session, conn, app=world.app) is False
+    with get_db(world.app).transaction(write=False) as session:
+        conn_id = session.scalars(select(Connection.id)).one()
+    assert disconnect(world.app, conn_id) is False
     with get_db(world.app).transaction(write=False) as session:
         assert session.scalars(select(Connection.revocation_pending)).one() is True
     assert worker.retry_revocations(world.app) == 1

@@ -18,7 +18,7 @@ def broker(
     clean.update({"BROKER_INSTANCE_PATH": str(instance)}, **(env or {}))
     return subprocess.run(
         [sys.executable, "-c", "from broker.cli import main; main()", *args],
-        capture_output=True, text=True, env=clean, timeout=60, check=False,
+        capture_output=True, text=True, env=clean, timeout=180, check=False,
     )
 
 
