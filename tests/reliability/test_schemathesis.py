@@ -1,0 +1,130 @@
+"""Property-based fuzzing of /api/v1 from its own OpenAPI document (schemathesis, in-process).
+
+At least 3,000 generated requests, valid and invalid, with valid, wrong and missing
+credentials: no 500, no status, header or body outside the document, every 4xx with an `error`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.integration.api.conftest import World, basic
+
+REQUESTS = 3_000
+CHECKS = [
+    not_a_server_error, status_code_conformance, content_type_conformance,
+    response_headers_conformance, response_schema_conformance, negative_data_rejection,
+]
+
+
+def _every_4xx_has_an_error_code(ctx: Any, response: Any, case: Any) -> bool | None:
+    if 400 <= response.status_code < 500:
+        body = json.loads(response.content or b"null")
+        assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], (
+            response.status_code, response.content[:200])
+    return None
+
+
+class Fuzzer:
+    """Run generated cases of every operation against one app, counting requests."""
+
+    def __init__(self, app: Flask, document: dict[str, Any]) -> None:
+        self.app = app
+        self.schema = schemathesis.openapi.from_dict(document)
+        self.schema.app = app  # requests go through the WSGI app, never a socket
+        self.requests = 0
+        self.derandomize = True  # CI runs the same cases every time
+
+    def operations(self) -> Iterator[Any]:
+        for result in self.schema.get_all_operations():
+            yield result.ok()
+
+    def run(self, operation: Any, mode: GenerationMode, auth: str | None, examples: int) -> None:
+        headers = {"Authorization": auth} if auth else {}
+
+        @settings(
+            max_examples=examples, deadline=None, database=None,
+            phases=[Phase.explicit, Phase.generate], verbosity=Verbosity.quiet,
+            derandomize=self.derandomize,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def fuzz(case: Any) -> None:
+            if auth is None:
+                case.headers = {k: v for k, v in (case.headers or {}).items()
+                                if k.lower() != "authorization"}
+            else:
+                case.headers = {**(case.headers or {}), **headers}
+            self.requests += 1
+            response = case.call(app=self.app)
+            case.validate_response(response, checks=CHECKS,
+                                   additional_checks=[_every_4xx_has_an_error_code])
+
+        try:
+            fuzz()
+        except Unsatisfiable:
+            # Nothing in this operation can be made invalid (no parameters, no body).
+            if mode is not GenerationMode.NEGATIVE:
+                raise
+
+
+def served_document(app: Flask) -> dict[str, Any]:
+    answer = app.test_client().get("/api/v1/openapi.json")
+    assert answer.status_code == 200
+    document: dict[str, Any] = answer.get_json()
+    return document
+
+
+def fuzz_all(app: Flask, document: dict[str, Any], world: World) -> Fuzzer:
+    """Fuzz every operation × credentials × generation mode, ≥ REQUESTS requests in all."""
+    fuzzer = Fuzzer(app, document)
+    operations = list(fuzzer.operations())
+    credentials = [world.auth, basic(world.client_id, "wrong-secret"), None]
+    runs = [(op, mode, auth) for op in operations for auth in credentials
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+    per_run = REQUESTS // len(runs) + 25
+    for operation, mode, auth in runs:
+        fuzzer.run(operation, mode, auth, per_run)
+    # Small operations run out of distinct inputs early: top up on the richest one.
+    token = next(op for op in operations if op.path.endswith("/token"))
+    fuzzer.derandomize = False
+    while fuzzer.requests < REQUESTS:
+        fuzzer.run(token, GenerationMode.NEGATIVE, world.auth, REQUESTS - fuzzer.requests + 25)
+    return fuzzer
+
+
+ON_POSTGRES = os.environ.get("BROKER_TEST_DATABASE_URL", "").startswith("postgresql")
+
+
+@pytest.mark.xfail(
+    ON_POSTGRES, strict=True,
+    reason="bug: a NUL in `user` reaches PostgreSQL (broker/handout.py _read): DataError, 500 "
+    "(see test_bad_input.py::test_nul_in_every_field_is_4xx)",
+)
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+def test_the_api_keeps_to_its_document(make_world: Any, make_broker: Any) -> None:
+    app = make_broker(API_RATE_LIMIT="off", AUTH_FAILURE_LIMIT="off")
+    world = make_world(app=app)
+    document = served_document(app)
+    if not document.get("paths"):
+        pytest.xfail("the served OpenAPI document describes no paths yet (issue 5, item 11)")
+    fuzzer = fuzz_all(app, document, world)
+    assert fuzzer.requests >= REQUESTS
