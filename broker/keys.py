@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from broker.crypto import Binding, Keyring, SealError, new_key, open_sealed, seal, sealed_version
+from broker.crypto import (
+    HEADER,
+    Binding,
+    Keyring,
+    SealError,
+    new_key,
+    open_sealed,
+    seal,
+    sealed_version,
+)
 from broker.db import Database
 from broker.models import AccessToken, AuditKey, Connection, DataKey, Webhook, utcnow
 
@@ -65,16 +76,22 @@ class KeyService:
 
     def create_data_key(self, session: Session, tenant_id: uuid.UUID | None) -> DataKey:
         """Add the next data key version of a tenant (or the system key), wrapped."""
-        newest = session.scalar(
-            select(func.max(DataKey.version)).where(_tenant_is(tenant_id))
-        )
+        with session.no_autoflush:
+            newest = session.scalar(
+                select(func.max(DataKey.version)).where(_tenant_is(tenant_id))
+            )
         version = (newest or 0) + 1
         master_id, wrapped = self.keyring.wrap(new_key(), dek_context(tenant_id, version))
         row = DataKey(
-            tenant_id=tenant_id, version=version, wrapped=wrapped, master_key_id=master_id
+            id=uuid.uuid4(), tenant_id=tenant_id, version=version, wrapped=wrapped,
+            master_key_id=master_id, seal_count=0, created_at=utcnow(),
         )
-        session.add(row)
-        session.flush()
+        # A Core insert, not session.add + flush: a flush would also push the caller's pending
+        # rows, which may still be waiting for the value this key is about to seal.
+        session.execute(insert(DataKey).values(
+            id=row.id, tenant_id=tenant_id, version=version, wrapped=wrapped,
+            master_key_id=master_id, seal_count=0, created_at=row.created_at,
+        ))
         with self._lock:
             self._blocks.pop(tenant_label(tenant_id), None)
         return row
@@ -104,7 +121,14 @@ class KeyService:
                 block.remaining -= 1
                 return block
         # Reserve a whole block in the caller's transaction: the count bounds how many nonces a
-        # key has used, and a rolled-back reservation only ever over-counts in memory.
+        # key has used, and a rolled-back reservation only ever over-counts in memory. No
+        # autoflush: the caller's pending row is still waiting for the value being sealed.
+        with session.no_autoflush:
+            return self._reserve(session, tenant_id, label, now)
+
+    def _reserve(
+        self, session: Session, tenant_id: uuid.UUID | None, label: str, now: float
+    ) -> _Block:
         row = session.scalar(
             select(DataKey)
             .where(_tenant_is(tenant_id), DataKey.retired_at.is_(None))
@@ -132,9 +156,10 @@ class KeyService:
             cached = self._deks.get(cache_key)
         if cached and cached[1] > now:
             return cached[0]
-        row = session.scalar(
-            select(DataKey).where(_tenant_is(tenant_id), DataKey.version == version)
-        )
+        with session.no_autoflush:
+            row = session.scalar(
+                select(DataKey).where(_tenant_is(tenant_id), DataKey.version == version)
+            )
         if row is None or row.retired_at is not None or not row.wrapped:
             raise SealError("the data key of this sealed value is gone")
         return self._unwrap(row)
@@ -242,22 +267,31 @@ class ResealReport:
     retired: tuple[int, ...] = ()
 
 
-def _sealed_rows(session: Session, tenant_id: uuid.UUID):  # type: ignore[no-untyped-def]
-    """Yield (row, attribute, row id, field) for every sealed value of a tenant."""
-    for conn in session.scalars(
-        select(Connection).where(
-            Connection.tenant_id == tenant_id, Connection.refresh_token.is_not(None)
-        )
-    ):
-        yield conn, "refresh_token", conn.id, "refresh_token"
-    for tok in session.scalars(
-        select(AccessToken)
-        .join(Connection, Connection.id == AccessToken.connection_id)
-        .where(Connection.tenant_id == tenant_id)
-    ):
-        yield tok, "token", tok.id, "access_token"
-    for hook in session.scalars(select(Webhook).where(Webhook.tenant_id == tenant_id)):
-        yield hook, "secret", hook.id, "webhook_secret"
+def _version_bytes(column: Any) -> Any:
+    """Return the SQL expression of a sealed column's 4 data-key-version bytes."""
+    return func.substr(column, 2, 4)
+
+
+def _sealed_columns(tenant_id: uuid.UUID) -> list[tuple[Any, str, str, Any]]:
+    """Return (model, attribute, field, tenant filter) for every sealed column of a tenant."""
+    of_tenant = select(Connection.id).where(Connection.tenant_id == tenant_id)
+    return [
+        (Connection, "refresh_token", "refresh_token", Connection.tenant_id == tenant_id),
+        (AccessToken, "token", "access_token", AccessToken.connection_id.in_(of_tenant)),
+        (Webhook, "secret", "webhook_secret", Webhook.tenant_id == tenant_id),
+    ]
+
+
+def _versions_in_use(session: Session, tenant_id: uuid.UUID) -> set[int]:
+    used: set[int] = set()
+    for model, attr, _field, of_tenant in _sealed_columns(tenant_id):
+        column = getattr(model, attr)
+        for raw in session.scalars(
+            select(_version_bytes(column)).where(of_tenant, column.is_not(None)).distinct()
+        ):
+            if raw is not None and len(raw) == HEADER.size - 1:
+                used.add(int.from_bytes(raw, "big"))
+    return used
 
 
 def reseal_tenant(
@@ -265,47 +299,72 @@ def reseal_tenant(
 ) -> ResealReport:
     """Re-seal a tenant's rows under its newest key in short batches, then retire unused keys.
 
-    Idempotent: a pass killed halfway is simply run again.
+    Only rows whose header names an older key are read, and they are locked while re-sealed so
+    a concurrent refresh is never overwritten. Idempotent: a pass killed halfway is run again.
     """
     report = ResealReport()
+    unreadable: set[tuple[str, object]] = set()
     while True:
+        done_in_batch = 0
         with db.transaction() as session:
             current = keys.current_version(session, tenant_id)
             if current is None:
                 return report
-            done_in_batch = 0
-            used: set[int] = set()
-            for row, attr, row_id, field in _sealed_rows(session, tenant_id):
-                blob = getattr(row, attr)
-                try:
-                    version = sealed_version(blob)
-                except SealError:
-                    report.unreadable += 1
-                    continue
-                used.add(version)
-                if version == current or done_in_batch >= batch:
-                    continue
-                try:
-                    plain = keys.open(session, tenant_id, row_id, field, blob)
-                except SealError:
-                    report.unreadable += 1
-                    continue
-                setattr(row, attr, keys.seal(session, tenant_id, row_id, field, plain))
-                done_in_batch += 1
-            report.resealed += done_in_batch
-            if done_in_batch:
-                continue
-            retired = []
-            for dek in session.scalars(
-                select(DataKey).where(
-                    DataKey.tenant_id == tenant_id,
-                    DataKey.retired_at.is_(None),
-                    DataKey.version < current,
-                )
-            ):
-                if dek.version not in used:
-                    dek.retired_at, dek.wrapped = utcnow(), b""
-                    retired.append(dek.version)
-            report.retired = tuple(retired)
-            keys.forget()
-            return report
+            header = current.to_bytes(4, "big")
+            for model, attr, field, of_tenant in _sealed_columns(tenant_id):
+                column = getattr(model, attr)
+                skip = [key for name, key in unreadable if name == model.__name__]
+                rows = session.scalars(
+                    select(model)
+                    .where(of_tenant, column.is_not(None), _version_bytes(column) != header,
+                           model.id.not_in(skip))
+                    .limit(batch - done_in_batch)
+                    .with_for_update()  # wait for a refresh in flight; never skip its row
+                ).all()
+                for row in rows:
+                    try:
+                        plain = keys.open(session, tenant_id, row.id, field, getattr(row, attr))
+                    except SealError:
+                        unreadable.add((model.__name__, row.id))
+                        continue
+                    setattr(row, attr, keys.seal(session, tenant_id, row.id, field, plain))
+                    done_in_batch += 1
+                if done_in_batch >= batch:
+                    break
+        report.resealed += done_in_batch
+        if done_in_batch:
+            continue
+        report.unreadable = len(unreadable)
+        with db.transaction() as session:
+            report.retired = tuple(retire_unused(keys, session, tenant_id))
+        return report
+
+
+def retire_unused(keys: KeyService, session: Session, tenant_id: uuid.UUID) -> list[int]:
+    """Retire a tenant's older data keys that no row names any more.
+
+    A key is kept until its successor is older than the data-key cache, because another
+    process may still be sealing new rows under the block it cached before the rotation.
+    """
+    current = keys.current_version(session, tenant_id)
+    if current is None:
+        return []
+    newest = session.scalar(
+        select(DataKey).where(DataKey.tenant_id == tenant_id, DataKey.version == current)
+    )
+    grace = dt.timedelta(seconds=keys.cache_seconds)
+    if newest is None or newest.created_at > utcnow() - grace:
+        return []
+    used = _versions_in_use(session, tenant_id)
+    retired = []
+    for dek in session.scalars(
+        select(DataKey).where(
+            DataKey.tenant_id == tenant_id, DataKey.retired_at.is_(None),
+            DataKey.version < current,
+        )
+    ):
+        if dek.version not in used:
+            dek.retired_at, dek.wrapped = utcnow(), b""
+            retired.append(dek.version)
+    keys.forget()
+    return retired

@@ -112,12 +112,14 @@ def test_rotation_in_phases_under_load(
 ) -> None:
     key_file = FileKeyProvider(tmp_path / "master.keys")
     key_file.write({"mk-first": new_key()})
+    # A short data-key cache: old keys may retire once no process can hold a block of them.
     app = make_broker(MASTER_KEYS=None, MASTER_KEYS_FILE=str(key_file.path),
-                      REJECTED_TOKEN_COOLDOWN=0, API_RATE_LIMIT="off")
+                      REJECTED_TOKEN_COOLDOWN=0, API_RATE_LIMIT="off", DATA_KEY_CACHE_SECONDS=1)
     worlds = [make_world(app=app) for _ in range(3)]
     _bulk_rows(app, worlds[0], BULK)
-    other = make_broker(MASTER_KEYS=None, MASTER_KEYS_FILE=str(key_file.path))
-    env = broker_env(app, emulator, tmp_path)
+    other = make_broker(MASTER_KEYS=None, MASTER_KEYS_FILE=str(key_file.path),
+                        DATA_KEY_CACHE_SECONDS=1)
+    env = broker_env(app, emulator, tmp_path, DATA_KEY_CACHE_SECONDS=1)
     big = worlds[0].tenant
     killed_midway = False
 
@@ -141,6 +143,7 @@ def test_rotation_in_phases_under_load(
         process.kill()
         process.wait(timeout=10)
         done, total = _on_newest(app, big.id)
+        time.sleep(1.2)  # past the data-key cache: every fetcher now seals under the new keys
         for world in worlds:
             _cli(other, "keys", "reseal", world.tenant.slug)
         _cli(other, "keys", "retire-master", "mk-first")

@@ -63,7 +63,8 @@ def test_values_survive_each_rotation_step_and_retired_key_no_longer_opens(
 ) -> None:
     key_file = tmp_path / "master.keys"
     FileKeyProvider(key_file).write({"m1": new_key()})
-    app = make_app(MASTER_KEYS=None, MASTER_KEYS_FILE=str(key_file))
+    # No data-key cache: retirement need not wait for other processes' cached blocks.
+    app = make_app(MASTER_KEYS=None, MASTER_KEYS_FILE=str(key_file), DATA_KEY_CACHE_SECONDS=0)
     keys = get_keys(app)
     tenant = make_tenant(app)
     user = make_user(app, tenant)
@@ -128,3 +129,31 @@ def test_unknown_master_key_id_reloads_the_source(make_app, tmp_path) -> None:  
         blob = other.seal(session, tenant_id, "row", "f", b"secret")
     with get_db(app).transaction(write=False) as session:
         assert stale.open(session, tenant_id, "row", "f", blob) == b"secret"
+
+
+def test_retirement_waits_for_other_processes_cached_blocks(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(DATA_KEY_CACHE_SECONDS=300)
+    keys = get_keys(app)
+    tenant = make_tenant(app)
+    make_connection(app, make_user(app, tenant), scopes=[GMAIL_READ])
+    with get_db(app).transaction() as session:
+        keys.rotate_tenant(session, tenant.id)
+    report = reseal_tenant(keys, get_db(app), tenant.id)
+    # Rows moved at once, but v1 stays until no process can still hold a block of it.
+    assert report.resealed == 1 and report.retired == ()
+
+
+def test_reseal_skips_a_tampered_row_and_keeps_its_key(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(DATA_KEY_CACHE_SECONDS=0)
+    keys = get_keys(app)
+    tenant = make_tenant(app)
+    good = make_connection(app, make_user(app, tenant), scopes=[GMAIL_READ])
+    bad = make_connection(app, make_user(app, tenant), scopes=[GMAIL_READ])
+    with get_db(app).transaction() as session:
+        row = session.get(Connection, bad.id)
+        assert row is not None and row.refresh_token is not None
+        row.refresh_token = row.refresh_token[:-1] + bytes([row.refresh_token[-1] ^ 1])
+        keys.rotate_tenant(session, tenant.id)
+    report = reseal_tenant(keys, get_db(app), tenant.id)
+    assert (report.resealed, report.unreadable, report.retired) == (1, 1, ())
+    assert _open_refresh(app, keys, good.id) == b"1//test-refresh"
