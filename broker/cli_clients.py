@@ -8,7 +8,7 @@ import uuid
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from broker import audit, clients, tenants, webhooks
@@ -166,6 +166,7 @@ def audit_verify(slug: str | None) -> None:
 
 
 @click.command("worker")
+@with_appcontext
 @click.option("--once", is_flag=True, help="run every duty once and exit")
 @click.option("--interval", default=15.0, show_default=True, help="seconds between passes")
 def worker_command(once: bool, interval: float) -> None:

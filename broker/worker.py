@@ -188,10 +188,12 @@ def run_once(app: Flask) -> dict[str, int]:
 
 
 def run(app: Flask, *, once: bool = False, interval: float = 15.0) -> None:
-    """Run the duties forever (or once)."""
+    """Run the duties forever (or once); go again at once while a duty filled its batch."""
+    batch = Windows().batch
     while True:
         report = run_once(app)
         log.info("worker pass: %s", report, extra={"event": "worker"})
         if once:
             return
-        time.sleep(interval)
+        if max(report.values(), default=0) < batch:
+            time.sleep(interval)

@@ -136,3 +136,14 @@ def test_serve_answers_health_and_readiness(instance: Path, workers: str) -> Non
     # SQLite serves one process with threads, and says so when asked for more.
     assert ("one worker process" in err) is (workers != "1")
     assert "1 workers" in out
+
+
+def test_worker_once_runs_every_duty(instance: Path) -> None:
+    import json
+
+    assert broker(instance, "init").returncode == 0
+    result = broker(instance, "worker", "--once")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"refresh_due", "chain_audit", "retry_revocations", "reseal"}
+    assert all(count >= 0 for count in report.values())

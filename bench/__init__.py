@@ -1,0 +1,1 @@
+"""Benchmarks of the broker on the real stack: `python -m bench all [--quick]` prints figures."""

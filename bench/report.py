@@ -1,0 +1,128 @@
+"""Print the results as a table with ratios and targets, and write them as JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (name, broker side, floor side, metric, target text, passes)
+TARGETS = [
+    ("throughput @32 vs same-work floor", "broker@32", "floor@32", "rps", ">= 0.6",
+     lambda r: r >= 0.6),
+    ("median @1 vs same-work floor", "broker@1", "floor@1", "p50_ms", "<= 3", lambda r: r <= 3),
+    ("p99 @32 vs same-work floor", "broker@32", "floor@32", "p99_ms", "<= 2", lambda r: r <= 2),
+    ("throughput @32 vs /healthz", "broker@32", "healthz@32", "rps", "", None),
+    ("median @1 vs /healthz", "broker@1", "healthz@1", "p50_ms", "", None),
+]
+
+
+def ratios(fast: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return broker/floor ratios of the fast path, with their targets."""
+    out = []
+    for name, num, den, metric, target, check in TARGETS:
+        if num in fast and den in fast and fast[den][metric]:
+            value = fast[num][metric] / fast[den][metric]
+            out.append({"name": name, "ratio": value, "target": target,
+                        "met": check(value) if check else None})
+    return out
+
+
+def _mark(met: bool | None) -> str:
+    return "" if met is None else ("  ok" if met else "  MISSED")
+
+
+def table(results: dict[str, Any]) -> str:
+    """Return the human-readable table of every scenario present."""
+    lines = []
+    fast = results.get("fastpath")
+    if fast:
+        s = fast["settings"]
+        rounds = fast.get("healthz@1", {}).get("rounds", 0)
+        lines += [f"FAST PATH  N={s['users']:,}  gunicorn {s['workers']}x{s['threads']} gthread, "
+                  f"{s['duration_s']:.0f}s runs, medians of {rounds}",
+                  f"{'target':<10}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+                  f"{'errors':>8}"]
+        for key, row in fast.items():
+            if isinstance(row, dict) and "rps" in row:
+                target, clients = key.split("@")
+                lines.append(f"{target:<10}{clients:>8}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}"
+                             f"{row['p99_ms']:>10.2f}{row['errors'] + row['non_2xx']:>8}")
+        if not fast.get("broker_available"):
+            lines.append("broker: not available (the token API does not answer yet)")
+        for item in ratios(fast):
+            lines.append(f"  broker/{item['name']:<38} {item['ratio']:6.2f}  "
+                         f"{('target ' + item['target']) if item['target'] else ''}"
+                         f"{_mark(item['met'])}")
+    size = results.get("size")
+    if size:
+        lines.append("SIZE (32 clients)")
+        if size.get("available"):
+            for key in ("small", "big"):
+                row, n = size[key], size[f"{key}_n"]
+                lines.append(f"  N={n:<10,} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:.2f} ms"
+                             f"  p99 {row['p99_ms']:.2f} ms  errors "
+                             f"{row['errors'] + row['non_2xx']}")
+            lines.append(f"  ratio N={size['big_n']:,}/N={size['small_n']:,} throughput "
+                         f"{size['ratio']:.2f}  target >= 0.9{_mark(size['ratio'] >= 0.9)}"
+                         + ("" if size["big_n"] >= 1_000_000 else
+                            f"  (--quick: big N is {size['big_n']:,}, not 1,000,000)"))
+            lines.append(f"  bulk load of {size['big_n']:,} users: {size['load_seconds']:.0f}s")
+        else:
+            lines.append(f"  not available: {size.get('reason')}")
+    stampede = results.get("stampede")
+    if stampede:
+        lines.append("STAMPEDE")
+        if stampede.get("available"):
+            lines.append(
+                f"  {stampede['count']} requests, {stampede['processes']} processes, upstream "
+                f"{stampede['upstream_latency_ms']} ms: upstream calls "
+                f"{stampede['upstream_calls']} (target 1){_mark(stampede['upstream_calls'] == 1)}"
+                f", p50 {stampede['p50_ms']:.0f} ms, p99 {stampede['p99_ms']:.0f} ms, "
+                f"statuses {stampede['statuses']}, peak db connections "
+                f"{stampede['peak_db_connections']} ({stampede['peak_db_active']} active)")
+        else:
+            lines.append(f"  not available: {stampede.get('reason')}")
+    worker = results.get("worker")
+    if worker:
+        lines.append("WORKER")
+        if worker.get("available"):
+            lines.append(f"  {worker['refreshed']:,}/{worker['connections']:,} due connections "
+                         f"refreshed in {worker['seconds']:.1f}s by {worker['processes']} "
+                         f"workers (--interval {worker['interval_s']}), upstream calls "
+                         f"{worker['upstream_calls']:,}")
+            if worker.get("error"):
+                lines.append(f"  {worker['error']}")
+        else:
+            lines.append(f"  not available: {worker.get('reason')}")
+    mem = results.get("memory")
+    if mem:
+        lines.append("MEMORY per gunicorn worker after the runs (target RSS < 100 MB)")
+        for label, workers in mem.items():
+            rss = ", ".join(f"{w['rss_mb']:.0f}" for w in workers)
+            pss = ", ".join(f"{w['pss_mb']:.0f}" for w in workers)
+            top = max((w["rss_mb"] for w in workers), default=0.0)
+            lines.append(f"  {label:<16} RSS MB [{rss}]  PSS MB [{pss}]"
+                         + (_mark(top < 100) if label.startswith("broker") else ""))
+    if results.get("profile"):
+        lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], command: str) -> Path:
+    """Write results to bench/results/<timestamp>.json and latest.json; return the path."""
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    document = {"command": command, "at": stamp, "machine": {
+        "python": platform.python_version(), "platform": platform.platform()}, **results}
+    if "fastpath" in results:
+        document["ratios"] = ratios(results["fastpath"])
+    path = RESULTS / f"bench-{stamp}.json"
+    text = json.dumps(document, indent=2, default=str)
+    path.write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / "latest.txt").write_text(f"$ {command}\n{table(results)}\n")
+    return path

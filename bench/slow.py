@@ -1,0 +1,186 @@
+"""Slow-path scenarios: a stampede on one stale token, and the worker refreshing due ones."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+
+from bench import data
+from bench.load import basic
+from bench.run import Dataset, Run
+from bench.stack import GOOGLE_CLIENT_ID, broker_command, child_env
+
+STAMPEDE_REQUESTS = 1_000
+STAMPEDE_PROCESSES = 4
+UPSTREAM_LATENCY_MS = 200
+WORKER_CONNECTIONS = 10_000
+WORKER_PROCESSES = 2
+WORKER_TIMEOUT = 600.0
+# `broker worker` sleeps this long between passes (default 15 s); each pass claims one batch.
+WORKER_INTERVAL = 0.5
+
+
+def refresh_calls(emulator_url: str) -> int:
+    """Return how many refresh_token grants the emulator has answered."""
+    calls = httpx.get(emulator_url + "/_emulator/calls", timeout=10).json()
+    return int(calls.get("token", {}).get("refresh_token", 0))
+
+
+def grant(http: httpx.Client, address: str, domain: str) -> str:
+    """Create an emulator account and a grant for the broker's client; return the refresh token."""
+    http.post("/_emulator/accounts", json={"email": address, "hd": domain}).raise_for_status()
+    answer = http.post("/_emulator/grants", json={
+        "email": address, "client_id": GOOGLE_CLIENT_ID,
+        "scopes": ["openid", "email", data.SCOPES[0]],
+    })
+    answer.raise_for_status()
+    return str(answer.json()["refresh_token"])
+
+
+def granted_dataset(run: Run, suffix: str, users: int, **load_args: Any) -> Dataset:
+    """Load users whose refresh tokens are live at the emulator."""
+    emulator = run.emulator()
+    name = run.stack.postgres.create(suffix)
+    url = run.stack.postgres.url(name)
+    keys = run.keys
+    tenants = data.prepare(url, keys, 1, prefix=suffix)
+    run.log(f"  granting {users:,} emulator accounts")
+    with httpx.Client(base_url=emulator, timeout=30) as http, ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(
+            lambda i: grant(http, data.email(tenants, i), tenants[0].domain), range(users)))
+    seconds = data.bulk_load(url, keys, data.Load(
+        tenants, 0, users, refresh_token=lambda i: tokens[i], **load_args), log=run.log)
+    return Dataset(name, url, tenants, users, seconds)
+
+
+class PeakConnections:
+    """Poll pg_stat_activity for a database from a thread and keep the peaks."""
+
+    def __init__(self, run: Run, database: str, every: float = 0.01) -> None:
+        self.run, self.database, self.every = run, database, every
+        self.peak_all = self.peak_active = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        with self.run.stack.postgres.admin() as conn:
+            deadline = time.monotonic() + 600
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                total, active = self.run.stack.postgres.connections(conn, self.database)
+                self.peak_all = max(self.peak_all, total)
+                self.peak_active = max(self.peak_active, active)
+                time.sleep(self.every)
+
+    def __enter__(self) -> PeakConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def stampede(run: Run) -> dict[str, Any]:
+    """Release 1,000 requests for one stale token on 4 broker processes; Google answers slowly."""
+    run.ensure_small()
+    if not run.broker_ok:
+        return {"available": False, "reason": "the token API does not answer yet"}
+    run.log(f"stampede: {STAMPEDE_REQUESTS} requests, {STAMPEDE_PROCESSES} broker processes, "
+            f"upstream latency {UPSTREAM_LATENCY_MS} ms")
+    stale = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    dataset = granted_dataset(run, "stampede", 1, token_expires_at=stale)
+    proc = run.broker("stampede", dataset, workers=STAMPEDE_PROCESSES)
+    tenant = dataset.tenants[0]
+    emulator = run.emulator()
+    httpx.post(emulator + "/_emulator/faults", json={
+        "endpoint": "token", "latency_ms": UPSTREAM_LATENCY_MS, "count": -1}, timeout=10)
+    before = refresh_calls(emulator)
+    parts = urlsplit(proc.url)
+    spec = {
+        "host": parts.hostname, "port": parts.port, "path": "/api/v1/token",
+        "count": STAMPEDE_REQUESTS, "authorization": basic(tenant.client_id, tenant.client_secret),
+        "body": {"user": data.email(dataset.tenants, 0), "scopes": ["gmail.readonly"],
+                 "min_ttl": 300},
+    }
+    try:
+        with PeakConnections(run, dataset.name) as peaks:
+            done = subprocess.run([sys.executable, "-m", "bench.burst"], input=json.dumps(spec),
+                                  capture_output=True, text=True, timeout=300, check=False,
+                                  env=child_env(os.environ))
+    finally:
+        httpx.delete(emulator + "/_emulator/faults", timeout=10)
+    if done.returncode != 0:
+        raise RuntimeError(f"burst failed: {done.stderr[-800:]}")
+    out: dict[str, Any] = {"available": True, **json.loads(done.stdout)}
+    out.update(upstream_calls=refresh_calls(emulator) - before, processes=STAMPEDE_PROCESSES,
+               threads=run.options.threads, peak_db_connections=peaks.peak_all,
+               peak_db_active=peaks.peak_active, upstream_latency_ms=UPSTREAM_LATENCY_MS)
+    run.log(f"  upstream calls {out['upstream_calls']}, p50 {out['p50_ms']:.0f} ms, "
+            f"p99 {out['p99_ms']:.0f} ms, statuses {out['statuses']}, peak db connections "
+            f"{out['peak_db_connections']} ({out['peak_db_active']} active)")
+    run.stack.retire(proc)
+    run.brokers.pop("stampede", None)
+    return out
+
+
+def worker_available() -> bool:
+    """Say whether this broker has a `broker worker` command."""
+    done = subprocess.run([*broker_command(), "worker", "--help"], capture_output=True,
+                          timeout=60, check=False)
+    return done.returncode == 0
+
+
+def _refreshed(url: str, since: dt.datetime) -> int:
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+        row = conn.execute("SELECT count(*) FROM access_tokens WHERE obtained_at >= %s",
+                           (since,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def worker(run: Run) -> dict[str, Any]:
+    """Time 2 `broker worker` processes refreshing every due connection; count Google calls."""
+    if not worker_available():
+        return {"available": False, "reason": "`broker worker` does not exist yet"}
+    count = 1_000 if run.options.quick else WORKER_CONNECTIONS
+    run.log(f"worker: {count:,} due connections, {WORKER_PROCESSES} worker processes")
+    now = dt.datetime.now(dt.UTC)
+    dataset = granted_dataset(run, "worker", count, last_used_at=now,
+                              token_expires_at=now + dt.timedelta(seconds=90))
+    emulator = run.emulator()
+    env = run.stack.broker_env(dataset.name, emulator)
+    before, started = refresh_calls(emulator), time.monotonic()
+    since = dt.datetime.now(dt.UTC)
+    argv = [*broker_command(), "worker", "--interval", str(WORKER_INTERVAL)]
+    procs = [run.stack.spawn(f"worker-{n}", argv, env, "")
+             for n in range(WORKER_PROCESSES)]
+    done = 0
+    try:
+        while time.monotonic() - started < WORKER_TIMEOUT:
+            done = _refreshed(dataset.url, since)
+            if done >= count or all(p.popen.poll() is not None for p in procs):
+                break
+            time.sleep(0.5)
+    finally:
+        seconds = time.monotonic() - started
+        exited = [p.log_tail(3) for p in procs if p.popen.poll() not in (None, 0)]
+        for proc in procs:
+            run.stack.retire(proc)
+    out = {"available": True, "connections": count, "refreshed": done, "seconds": seconds,
+           "upstream_calls": refresh_calls(emulator) - before, "processes": WORKER_PROCESSES,
+           "interval_s": WORKER_INTERVAL, "complete": done >= count}
+    if exited and done < count:
+        out["error"] = "`broker worker` exited: " + exited[0].strip()
+    run.log(f"  refreshed {done:,}/{count:,} in {seconds:.1f}s with "
+            f"{out['upstream_calls']:,} upstream calls")
+    return out

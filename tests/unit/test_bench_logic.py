@@ -1,0 +1,87 @@
+"""Pure logic of the benchmark harness: COPY text, percentiles, ratios, the floor's DSN."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from bench.burst import percentile, request_bytes
+from bench.copy import CopyRows, text
+from bench.floor import dsn_from_env
+from bench.report import ratios, table
+from broker.models import AccessToken, User
+
+
+def test_copy_text_escapes_and_encodes_each_type() -> None:
+    moment = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    ident = uuid.UUID(int=1)
+    assert text(None) == "\\N"
+    assert text(True) == "t" and text(False) == "f"
+    assert text(b"\x00\xff") == "\\\\x00ff"
+    assert text(moment) == "2026-01-02T03:04:05+00:00"
+    assert text(ident) == str(ident)
+    assert text("a\tb\nc\\d") == "a\\tb\\nc\\\\d"
+    assert text(["x", "y"], is_json=True) == '["x", "y"]'
+
+
+def test_copy_rows_fill_model_defaults_and_refuse_missing_unique_columns() -> None:
+    users = User.__table__
+    rows = CopyRows(users, ["id", "tenant_id", "email"], {"status": "active"})  # type: ignore[arg-type]
+    assert rows.columns[:3] == ["id", "tenant_id", "email"]
+    line = rows.line((uuid.UUID(int=1), uuid.UUID(int=2), "a@b.test"))
+    fields = line.rstrip("\n").split("\t")
+    assert len(fields) == len(rows.columns)
+    assert fields[rows.columns.index("status")] == "active"
+    assert fields[rows.columns.index("role")] == "member"  # the model's default
+    assert rows.statement.startswith("COPY users (id, tenant_id, email, ")
+    with pytest.raises(ValueError, match="unique"):
+        tokens = AccessToken.__table__
+        CopyRows(tokens, ["connection_id", "scope_key", "token"], {})  # type: ignore[arg-type]
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([], 99) == 0.0
+    assert percentile([3.0], 1) == 3.0
+
+
+def test_burst_request_is_one_complete_http_request() -> None:
+    raw = request_bytes({"path": "/api/v1/token", "host": "127.0.0.1", "port": 8080,
+                         "authorization": "Basic eDp5", "body": {"user": "u0@t0.test"}})
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /api/v1/token HTTP/1.1\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_ratios_compare_broker_to_floors_against_targets() -> None:
+    fast = {
+        "floor@32": {"rps": 1000.0, "p50_ms": 10.0, "p99_ms": 20.0},
+        "broker@32": {"rps": 700.0, "p50_ms": 12.0, "p99_ms": 50.0},
+        "floor@1": {"rps": 300.0, "p50_ms": 2.0, "p99_ms": 3.0},
+        "broker@1": {"rps": 150.0, "p50_ms": 4.0, "p99_ms": 6.0},
+    }
+    by_name = {r["name"]: r for r in ratios(fast)}
+    assert by_name["throughput @32 vs same-work floor"]["ratio"] == pytest.approx(0.7)
+    assert by_name["throughput @32 vs same-work floor"]["met"] is True
+    assert by_name["median @1 vs same-work floor"]["ratio"] == pytest.approx(2.0)
+    assert by_name["p99 @32 vs same-work floor"]["met"] is False
+    assert "throughput @32 vs /healthz" not in by_name  # no healthz figures given
+
+
+def test_table_says_when_a_scenario_is_not_available() -> None:
+    out = table({"stampede": {"available": False, "reason": "no API"},
+                 "worker": {"available": False, "reason": "no worker"}})
+    assert "STAMPEDE\n  not available: no API" in out
+    assert "not available: no worker" in out
+
+
+def test_floor_uses_the_brokers_database_with_the_plain_driver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BROKER_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1/x")
+    assert dsn_from_env() == "postgresql://postgres@127.0.0.1/x"
+
