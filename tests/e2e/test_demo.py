@@ -1,0 +1,87 @@
+"""The README's first command: the demo's printed account signs in and connects, and its
+printed curl line then returns a token."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.foundation.test_demo import _free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Run `broker demo` on free ports; yield its URL and everything it printed."""
+    port, eport = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env["BROKER_INSTANCE_PATH"] = str(tmp_path / "instance")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from broker.cli import main; main()", "demo", "--port",
+         str(port), "--emulator-port", str(eport)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    printed = ""
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    while "curl " not in printed:
+        assert process.poll() is None and time.monotonic() < deadline
+        printed += process.stdout.readline()
+    printed += process.stdout.readline()
+    try:
+        yield url, printed
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
+
+
+def _curl_request(line: str) -> httpx.Response:
+    """Do what the printed curl line does (-u, -H, -d, URL), with httpx."""
+    words = shlex.split(line)
+    user, secret = words[words.index("-u") + 1].split(":", 1)
+    body = words[words.index("-d") + 1]
+    return httpx.post(words[-1], content=body, auth=(user, secret),
+                      headers={"Content-Type": "application/json"}, timeout=30)
+
+
+def test_printed_account_signs_in_connects_and_curl_gets_a_token(
+    demo: tuple[str, str], page: Any, screenshots: Path
+) -> None:
+    url, printed = demo
+    account = re.search(r"sign in as\s+(\S+)", printed)
+    curl = re.search(r"^curl .*$", printed, re.MULTILINE)
+    assert account and curl, printed
+    before = _curl_request(curl.group(0))
+    assert before.status_code in (403, 404) and before.json()["error"] in {
+        "not_connected", "unknown_user", "login_required"}
+    page.goto(url + "/")
+    page.click("#signin")
+    page.click(f"button[value='{account.group(1)}']")
+    page.wait_for_load_state()
+    if not page.url.startswith(url):
+        page.click("button[value='allow']")
+    page.wait_for_url(url + "/connections")
+    page.click("#connect")
+    page.click("button[value='allow']")
+    page.wait_for_url(url + "/connections")
+    assert page.inner_text("#status").startswith("Active")
+    page.screenshot(path=str(screenshots / "demo-connected.png"), full_page=True)
+    answer = _curl_request(curl.group(0))
+    assert answer.status_code == 200, answer.text
+    token = answer.json()
+    assert token["access_token"].startswith("ya29.") and token["user"]["email"] == account.group(1)
+    assert token["scopes"] == ["https://www.googleapis.com/auth/gmail.readonly"] or (
+        "https://www.googleapis.com/auth/gmail.send" not in token["scopes"])
