@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from broker import audit, scopes
+from broker import audit, scopes, webhooks
 from broker.callbacks import complete
 from broker.config import Settings
 from broker.db import Database
@@ -158,11 +158,16 @@ class ConnectService:
         claims: dict[str, object],
     ) -> None:
         now = self.clock()
+        before = connection.status if connection is not None else None
         if connection is None:
             connection = Connection(
                 id=uuid.uuid4(), tenant_id=user.tenant_id, user_id=user.id, version=0
             )
             session.add(connection)
+        if before in (None, "revoked"):
+            event: str | None = "connection.created"
+        else:
+            event = "connection.recovered" if before in ("needs_reauth", "degraded") else None
         connection.google_sub = str(claims["sub"])
         connection.email = str(claims.get("email") or user.email)
         connection.granted_scopes = list(token.scopes)
@@ -191,6 +196,10 @@ class ConnectService:
             session, user.tenant_id, access.id, "access_token", token.access_token.encode()
         )
         session.add(access)
+        if event:
+            webhooks.enqueue(session, user.tenant_id, event, {
+                "connection_id": str(connection.id), "user_id": str(user.id),
+            })
 
 
 def _known(scope: str) -> bool:

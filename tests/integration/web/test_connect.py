@@ -214,3 +214,24 @@ def test_disconnect_erases_even_when_revocation_fails(
     assert connection.status == "revoked" and tokens == [] and refresh is not None
     assert connection.revocation_pending is True
     assert "keep trying" in text(signed_in.open("/connections"))
+
+
+def test_connect_and_disconnect_queue_signed_webhooks(
+    acme: Tenant, signed_in: WebBrowser, emulator: EmulatorControls
+) -> None:
+    from broker import webhook_admin
+    from broker.models import WebhookDelivery
+
+    app = signed_in.app
+    with get_db(app).transaction() as session:
+        webhook_admin.add(
+            session, get_keys(app), acme.id, url="https://hooks.acme.test/broker",
+            events=["connection.created", "connection.revoked"], allow_private=False,
+            actor="test",
+        )
+    _connect_auto(signed_in, emulator, READONLY)
+    signed_in.post("/connections/disconnect", {"csrf_token": signed_in.csrf()})
+    with get_db(app).transaction(write=False) as session:
+        events = [d.event for d in session.scalars(
+            select(WebhookDelivery).order_by(WebhookDelivery.created_at))]
+    assert events == ["connection.created", "connection.revoked"]
