@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.orm import Session
 
 from broker.logging import request_id
@@ -52,6 +52,33 @@ def record(
     )
     session.add(event)
     return event
+
+
+# Built once: the hot path's insert is compiled once per dialect and then only executed.
+_INSERT = insert(AuditEvent)
+
+
+def insert_event(
+    connection: Connection,
+    *,
+    action: str,
+    tenant_id: uuid.UUID | None,
+    actor_type: str,
+    actor_id: str | None = None,
+    outcome: str = "ok",
+    reason: str | None = None,
+    subject_user_id: uuid.UUID | None = None,
+    ip: str | None = None,
+    scopes: Iterable[str] = (),
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Insert one audit event in the caller's Core transaction; never pass secrets in details."""
+    connection.execute(_INSERT, {
+        "id": uuid.uuid4(), "tenant_id": tenant_id, "at": utcnow(), "actor_type": actor_type,
+        "actor_id": actor_id, "action": action, "subject_user_id": subject_user_id, "ip": ip,
+        "outcome": outcome, "reason": reason, "scopes": sorted(scopes),
+        "request_id": request_id() or None, "details": details or {},
+    })
 
 
 def canonical(event: AuditEvent) -> bytes:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from limits import parse as parse_limit
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
@@ -91,6 +93,11 @@ class Settings:
     AUTH_FAILURE_LIMIT: str = _setting("30/minute")
     REJECTED_TOKEN_COOLDOWN: float = _setting(30.0, float)
     REDIS_URL: str | None = _setting(None, opt_str)
+    REDIS_KEY_PREFIX: str = _setting("broker")
+    DB_POOL_SIZE: int = _setting(10, int)
+    DB_MAX_OVERFLOW: int = _setting(10, int)
+    # Seconds a pooled connection may sit idle before checkout pings it (0: ping every time).
+    DB_PING_IDLE: float = _setting(30.0, float)
     METRICS_TOKEN: str | None = _setting(None, opt_str, repr=False)
     METRICS_IP_RANGES: tuple[Network, ...] = _setting(
         ("127.0.0.0/8", "::1/128"), parse_networks
@@ -205,14 +212,33 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"BROKER_{name}: must be an absolute http(s) URL")
         elif scheme == "http" and not is_loopback_url(url):
             problems.append(f"BROKER_{name}: http:// is allowed only for the local emulator")
-    for name in ("REFRESH_BUDGET", "GOOGLE_TIMEOUT", "SEAL_BLOCK", "SEAL_ROTATE_THRESHOLD"):
+    for name in ("REFRESH_BUDGET", "GOOGLE_TIMEOUT", "SEAL_BLOCK", "SEAL_ROTATE_THRESHOLD",
+                 "DB_POOL_SIZE"):
         if getattr(settings, name) <= 0:
             problems.append(f"BROKER_{name}: must be positive")
+    for name in ("DB_MAX_OVERFLOW", "DB_PING_IDLE"):
+        if getattr(settings, name) < 0:
+            problems.append(f"BROKER_{name}: must not be negative")
+    for name in ("API_RATE_LIMIT", "LOGIN_RATE_LIMIT", "AUTH_FAILURE_LIMIT"):
+        problem = rate_limit_problem(getattr(settings, name))
+        if problem:
+            problems.append(f"BROKER_{name}: {problem}")
     if settings.SEAL_BLOCK > settings.SEAL_ROTATE_THRESHOLD:
         problems.append("BROKER_SEAL_BLOCK: must not exceed BROKER_SEAL_ROTATE_THRESHOLD")
     if bool(settings.GOOGLE_CLIENT_ID) != bool(settings.GOOGLE_CLIENT_SECRET):
         problems.append("BROKER_GOOGLE_CLIENT_ID and BROKER_GOOGLE_CLIENT_SECRET go together")
     return problems
+
+
+def rate_limit_problem(value: str) -> str | None:
+    """Return why a rate limit (`100/minute`, or `off`) cannot be read, or None."""
+    if value.strip().lower() == "off":
+        return None
+    try:
+        parse_limit(value)
+    except ValueError:
+        return f"not a rate limit (like 100/minute or off): {value[:60]!r}"
+    return None
 
 
 def issuers(settings: Settings, discovery_issuer: str) -> tuple[str, ...]:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 SQLITE_BEGIN_MODES = {"DEFERRED": "BEGIN DEFERRED", "IMMEDIATE": "BEGIN IMMEDIATE"}
 
@@ -33,7 +37,33 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(SQLITE_BEGIN_MODES[mode])
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only when it sat idle longer than `idle_seconds`.
+
+    pool_pre_ping costs a round trip on every checkout; a connection used a moment ago is
+    almost always alive, and when it is not (a database restart) the pool invalidates every
+    older connection on the first failure and `Database.run` retries once.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("stale pooled connection") from exc  # the pool reconnects
+
+
+def make_engine(
+    url: str, *, pool_size: int = 10, max_overflow: int = 10, ping_idle: float = 30.0,
+    **kwargs: Any,
+) -> Engine:
     """Create an engine with the broker's per-dialect settings."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -41,27 +71,35 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_timeout", 5)
-    return create_engine(url, **kwargs)
+    engine = create_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=ping_idle <= 0,
+        **kwargs,
+    )
+    if ping_idle > 0:
+        _ping_when_idle(engine, ping_idle)
+    return engine
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Say whether an error means the connection died (the pool has already dropped it)."""
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class Database:
     """Own one engine per process: a forked worker makes its own on first use."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int = 10, ping_idle: float = 30.0,
+    ) -> None:
         self.url = url
+        self.pool_size, self.max_overflow, self.ping_idle = pool_size, max_overflow, ping_idle
+        # Parsed once: transaction() asks on every call.
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
         self._factory: sessionmaker[Session] | None = None
-
-    @property
-    def is_sqlite(self) -> bool:
-        """Say whether the database is SQLite."""
-        return make_url(self.url).get_backend_name() == "sqlite"
 
     @property
     def engine(self) -> Engine:
@@ -71,7 +109,10 @@ class Database:
                 if self._engine is None or self._pid != os.getpid():
                     if self._engine is not None:
                         self._engine.dispose(close=False)
-                    self._engine = make_engine(self.url)
+                    self._engine = make_engine(
+                        self.url, pool_size=self.pool_size, max_overflow=self.max_overflow,
+                        ping_idle=self.ping_idle,
+                    )
                     self._factory = sessionmaker(self._engine, expire_on_commit=False)
                     self._pid = os.getpid()
         return self._engine
@@ -94,10 +135,30 @@ class Database:
         finally:
             session.close()
 
+    def run(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run `work` in one Core transaction and commit; retry once if the connection was dead.
+
+        Only a failure before COMMIT is retried: nothing of the first attempt was kept, so
+        `work` must have no effect outside the transaction. A failed COMMIT is not retried.
+        """
+        for attempt in (1, 2):
+            with self.engine.connect() as conn:
+                if write and self.is_sqlite:
+                    conn.execution_options(sqlite_begin="IMMEDIATE")
+                transaction = conn.begin()  # closing the connection rolls back on failure
+                try:
+                    result = work(conn)
+                except DBAPIError as exc:
+                    if attempt == 1 and is_disconnect(exc):
+                        continue
+                    raise
+                transaction.commit()
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        self.run(lambda conn: conn.execute(text("SELECT 1")), write=False)
 
     def dispose(self) -> None:
         """Close every pooled connection."""
@@ -126,5 +187,9 @@ def _close_session(_exc: BaseException | None) -> None:
 
 def init_app(app: Flask) -> None:
     """Attach the Database to the app and close the context session at teardown."""
-    app.extensions["broker.db"] = Database(app.config["BROKER"].database_url)
+    settings = app.config["BROKER"]
+    app.extensions["broker.db"] = Database(
+        settings.database_url, pool_size=settings.DB_POOL_SIZE,
+        max_overflow=settings.DB_MAX_OVERFLOW, ping_idle=settings.DB_PING_IDLE,
+    )
     app.teardown_appcontext(_close_session)

@@ -1,4 +1,9 @@
-"""The hand-out decision of POST /api/v1/token, in DESIGN §7's order, every refusal audited."""
+"""The hand-out decision of POST /api/v1/token, in DESIGN §7's order, every refusal audited.
+
+The fast path is one Core transaction on one connection: one indexed read of user, policy,
+connection and tokens, then the audit insert (and `last_used_at` at most once a minute),
+then COMMIT. Statements are built once at import, so each request only binds and executes.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,19 @@ import datetime as dt
 import hmac
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
-from flask import Flask, current_app
-from sqlalchemy import select, update
+from flask import Flask
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, policy
 from broker.api.auth import ClientInfo
-from broker.clientip import IPAddress, ip_in
+from broker.clientip import IPAddress
 from broker.clock import get_clock
 from broker.crypto import SealError
 from broker.db import get_db
@@ -32,11 +39,39 @@ from broker.errors import (
     UnknownUser,
     UserSuspended,
 )
+from broker.keyring import get_keys
 from broker.models import AccessToken, Connection, Policy, User
 from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
 from broker.tokens import Issued, TokenService, Want, get_tokens
 
 LAST_USED_EVERY = dt.timedelta(minutes=1)
+
+_u, _p = User.__table__.c, Policy.__table__.c
+_c, _t = Connection.__table__.c, AccessToken.__table__.c
+_READ = (
+    select(
+        _u.id.label("user_id"), _u.email, _u.status.label("user_status"), _u.last_login_at,
+        _p.handout_login_max_age, _p.allow_broader_tokens,
+        _c.id.label("connection_id"), _c.status, _c.status_reason, _c.granted_scopes,
+        _c.last_used_at, _c.rejected_refresh_at,
+        _t.id.label("token_id"), _t.scope_key, _t.token, _t.scopes, _t.expires_at,
+        _t.obtained_at,
+    )
+    .select_from(
+        User.__table__.join(Policy.__table__, _p.tenant_id == _u.tenant_id)
+        .outerjoin(Connection.__table__, _c.user_id == _u.id)
+        .outerjoin(AccessToken.__table__, _t.connection_id == _c.id)
+    )
+    .where(_u.tenant_id == bindparam("tenant_id"))
+)
+READ_BY_ID = _READ.where(_u.id == bindparam("who"))
+READ_BY_EMAIL = _READ.where(_u.email == bindparam("who"))
+TOUCH = (
+    update(Connection)
+    .where(_c.id == bindparam("connection"),
+           or_(_c.last_used_at.is_(None), _c.last_used_at < bindparam("before")))
+    .values(last_used_at=bindparam("used_at"))
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +93,27 @@ class HandedOut:
     email: str
 
 
+@dataclass(frozen=True)
+class _StoredRow:
+    id: uuid.UUID
+    token: bytes
+    scopes: list[str]
+    expires_at: dt.datetime
+    obtained_at: dt.datetime
+
+
+@dataclass
+class _Step:
+    """What the fast transaction decided: a token, a refusal, or work for the slow path."""
+
+    want: Want | None = None
+    issued: Issued | None = None
+    refusal: BrokerError | None = None
+    unreadable: list[str] | None = None  # the granted scopes of a connection whose token broke
+    user: tuple[uuid.UUID, str] | None = None
+    last_used: dt.datetime | None = None
+
+
 class Handout:
     """Decide and hand out one token for an authenticated client."""
 
@@ -71,7 +127,6 @@ class Handout:
         self.address = ip
         self.now = get_clock(app)()
         self.user_id: uuid.UUID | None = None
-        self.last_used: dt.datetime | None = None
         self.scopes: list[str] = []
 
     def url(self, path: str, scopes: list[str] | None = None) -> str:
@@ -80,29 +135,28 @@ class Handout:
         wanted = gmail_only(scopes or [])
         return base + ("?" + urlencode({"scope": " ".join(wanted)}) if wanted else "")
 
-    def audit_refusal(self, exc: BrokerError, session: Session) -> None:
-        """Add the audit event of a refusal to `session`."""
+    def _audit_refusal(self, conn: DBConnection, exc: BrokerError) -> None:
         outcome = "error" if exc.status_code >= 500 else "denied"
-        metrics.HANDOUTS.labels(outcome=outcome, reason=exc.error).inc()
-        audit.record(
-            session, action="token.handout", tenant_id=self.client.tenant_id,
+        audit.insert_event(
+            conn, action="token.handout", tenant_id=self.client.tenant_id,
             actor_type="client", actor_id=self.client.id, ip=self.ip,
             outcome=outcome, reason=exc.error, subject_user_id=self.user_id, scopes=self.scopes,
             details={k: v for k, v in exc.extras.items() if k == "reason"},
         )
 
+    def _count_refusal(self, exc: BrokerError) -> None:
+        outcome = "error" if exc.status_code >= 500 else "denied"
+        metrics.HANDOUTS.labels(outcome=outcome, reason=exc.error).inc()
+
     def refuse(self, exc: BrokerError) -> NoReturn:
         """Audit a refusal in its own transaction, then raise it."""
-        with self.db.transaction() as session:
-            self.audit_refusal(exc, session)
+        self.db.run(lambda conn: self._audit_refusal(conn, exc))
+        self._count_refusal(exc)
         raise exc
 
     def check_ip(self) -> None:
         """Refuse callers outside the tenant's and the client's IP ranges."""
-        if not (
-            ip_in(self.address, self.client.token_ip_ranges)
-            and ip_in(self.address, self.client.allowed_ip_ranges)
-        ):
+        if not self.client.admits(self.address):
             self.refuse(IpNotAllowed())
 
     def run(self, req: TokenRequest) -> HandedOut:
@@ -118,143 +172,141 @@ class Handout:
             denied = policy.not_allowed(self.scopes, self.client.allowed_scopes)
             if denied:
                 self.refuse(ScopeNotAllowed(f"not allowed for this client: {' '.join(denied)}"))
-        with self.db.transaction(write=False) as session:
-            user, pol, conn, rows = self._read(session, req.user)
-            want, issued = self._decide(session, req, user, pol, conn, rows)
-        if issued is None:
-            try:
-                issued = self.tokens.obtain(want, started + self.settings.REFRESH_BUDGET)
-            except ReauthRequired as exc:
-                exc.extras["reauth_url"] = self.url("/connections/connect", self.scopes)
-                self.refuse(exc)
-            except ScopeNotGranted as exc:
-                exc.extras["consent_url"] = self.url("/connections/connect", self.scopes)
-                self.refuse(exc)
-            except NotConnected as exc:
-                exc.extras["connect_url"] = self.url("/connections/connect", self.scopes)
-                self.refuse(exc)
-            except BrokerError as exc:
-                self.refuse(exc)
-        self._record_handout(want, issued, conn_last_used=self.last_used)
+        step = self.db.run(lambda conn: self._fast(conn, req))
+        if step.refusal is not None:
+            self._count_refusal(step.refusal)
+            raise step.refusal
+        want, user = step.want, step.user
+        assert want is not None and user is not None  # noqa: S101 - set unless refused
+        if step.unreadable is not None:
+            self._unreadable(want, step.unreadable)
+        if step.issued is not None:
+            issued = step.issued
+        else:
+            issued = self._slow(want, started)
+            self.db.run(lambda conn: self._record_handout(conn, want, issued, step.last_used))
         metrics.HANDOUTS.labels(outcome="ok", reason="").inc()
-        return HandedOut(issued, user.id, user.email)
+        return HandedOut(issued, *user)
 
-    def _read(
-        self, session: Session, who: str
-    ) -> tuple[User, Policy, Connection | None, dict[str, AccessToken]]:
-        """Read user, policy, connection and its tokens in one indexed query."""
-        query = (
-            select(User, Policy, Connection, AccessToken)
-            .join(Policy, Policy.tenant_id == User.tenant_id)
-            .outerjoin(Connection, Connection.user_id == User.id)
-            .outerjoin(AccessToken, AccessToken.connection_id == Connection.id)
-            .where(User.tenant_id == self.client.tenant_id)
-        )
+    def _fast(self, conn: DBConnection, req: TokenRequest) -> _Step:
+        """Read, decide and audit in the caller's transaction (which `Database.run` may retry)."""
         try:
-            query = query.where(User.id == uuid.UUID(who))
+            who: Any = uuid.UUID(req.user)
+            query = READ_BY_ID
         except ValueError:
-            query = query.where(User.email == who.strip().lower())
-        result = session.execute(query).all()
-        if not result:
-            self.refuse(UnknownUser())
-        user, pol, conn, _ = result[0]
-        rows = {row[3].scope_key: row[3] for row in result if row[3] is not None}
-        return user, pol, conn, rows
+            who, query = req.user.strip().lower(), READ_BY_EMAIL
+        rows = conn.execute(query, {"tenant_id": self.client.tenant_id, "who": who}).all()
+        try:
+            step = self._decide(conn, req, rows)
+        except BrokerError as exc:
+            self._audit_refusal(conn, exc)
+            return _Step(refusal=exc)
+        if step.issued is not None and step.want is not None:
+            self._record_handout(conn, step.want, step.issued, step.last_used)
+        return step
 
-    def _decide(
-        self, session: Session, req: TokenRequest, user: User, pol: Policy,
-        conn: Connection | None, rows: dict[str, AccessToken],
-    ) -> tuple[Want, Issued | None]:
-        self.user_id = user.id
-        self.last_used = conn.last_used_at if conn is not None else None
-        if user.status != "active":
-            self.refuse(UserSuspended())
-        if not policy.login_fresh(user.last_login_at, pol.handout_login_max_age, self.now):
-            self.refuse(LoginRequired(login_url=self.url("/auth/login")))
+    def _decide(self, conn: DBConnection, req: TokenRequest, rows: Sequence[Any]) -> _Step:
+        if not rows:
+            raise UnknownUser()
+        first = rows[0]
+        self.user_id = first.user_id
+        if first.user_status != "active":
+            raise UserSuspended()
+        if not policy.login_fresh(first.last_login_at, first.handout_login_max_age, self.now):
+            raise LoginRequired(login_url=self.url("/auth/login"))
+        granted: list[str] = first.granted_scopes or []
         if req.scopes is None:
-            self.scopes = policy.requested_scopes(
-                None, self.client.allowed_scopes, conn.granted_scopes if conn else []
-            )
-        if conn is None or conn.status == "revoked":
+            self.scopes = policy.requested_scopes(None, self.client.allowed_scopes, granted)
+        if first.connection_id is None or first.status == "revoked":
             wanted = self.scopes or list(self.client.allowed_scopes)
-            self.refuse(NotConnected(connect_url=self.url("/connections/connect", wanted)))
-        if conn.status == "needs_reauth":
-            self.refuse(ReauthRequired(
-                reason=conn.status_reason or "revoked_or_expired",
-                reauth_url=self.url("/connections/connect", conn.granted_scopes),
-            ))
-        missing = policy.not_granted(self.scopes, conn.granted_scopes) if self.scopes else []
+            raise NotConnected(connect_url=self.url("/connections/connect", wanted))
+        if first.status == "needs_reauth":
+            raise ReauthRequired(
+                reason=first.status_reason or "revoked_or_expired",
+                reauth_url=self.url("/connections/connect", granted),
+            )
+        missing = policy.not_granted(self.scopes, granted) if self.scopes else []
         if missing or not self.scopes:
             wanted = missing or list(self.client.allowed_scopes)
-            self.refuse(ScopeNotGranted(
+            raise ScopeNotGranted(
                 f"not granted by the user: {' '.join(wanted)}",
                 consent_url=self.url("/connections/connect", wanted),
-            ))
+            )
         key = scope_key(self.scopes)
-        row = rows.get(key)
         want = Want(
-            connection_id=conn.id, tenant_id=conn.tenant_id, user_id=user.id,
-            scopes=self.scopes, scope_key=key, min_ttl=req.min_ttl,
-            allow_broader=pol.allow_broader_tokens, actor_id=self.client.id, ip=self.ip,
+            connection_id=first.connection_id, tenant_id=self.client.tenant_id,
+            user_id=first.user_id, scopes=self.scopes, scope_key=key, min_ttl=req.min_ttl,
+            allow_broader=first.allow_broader_tokens, actor_id=self.client.id, ip=self.ip,
         )
-        if row is None:
-            return want, None
+        step = _Step(want=want, user=(first.user_id, first.email), last_used=first.last_used_at)
+        found = next((r for r in rows if r.scope_key == key), None)
+        if found is None:
+            return step
+        row = _StoredRow(found.token_id, found.token, found.scopes, found.expires_at,
+                         found.obtained_at)
         try:
-            token = self.tokens.open(session, conn.tenant_id, row)
+            # The session is only touched when the data key is not cached yet.
+            token = get_keys(self.app).open(
+                Session(bind=conn), want.tenant_id, row.id, "access_token", row.token
+            ).decode()
         except SealError:
-            self._unreadable(conn)
+            step.unreadable = granted
+            return step
         issued = Issued(token, row.expires_at, list(row.scopes), row.id)
         if req.rejected_token is not None and hmac.compare_digest(
             req.rejected_token.encode(), token.encode()
         ):
             cooldown = dt.timedelta(seconds=self.settings.REJECTED_TOKEN_COOLDOWN)
-            recent = conn.rejected_refresh_at and self.now - conn.rejected_refresh_at < cooldown
-            if recent:
-                return want, issued if row.expires_at > self.now else None
-            want = Want(**{**want.__dict__, "rejected_id": row.id})
-            return want, None
-        return want, issued if self.tokens.satisfies(row, want, self.now) else None
+            rejected_at = first.rejected_refresh_at
+            if rejected_at is not None and self.now - rejected_at < cooldown:
+                step.issued = issued if row.expires_at > self.now else None
+            else:
+                step.want = Want(**{**want.__dict__, "rejected_id": row.id})
+            return step
+        if self.tokens.satisfies(row, want, self.now):
+            step.issued = issued
+        return step
 
-    def _unreadable(self, conn: Connection) -> NoReturn:
+    def _slow(self, want: Want, started: float) -> Issued:
+        """Refresh under the lease, outside any transaction; audit a refusal on its own."""
+        try:
+            return self.tokens.obtain(want, started + self.settings.REFRESH_BUDGET)
+        except ReauthRequired as exc:
+            exc.extras["reauth_url"] = self.url("/connections/connect", self.scopes)
+            self.refuse(exc)
+        except ScopeNotGranted as exc:
+            exc.extras["consent_url"] = self.url("/connections/connect", self.scopes)
+            self.refuse(exc)
+        except NotConnected as exc:
+            exc.extras["connect_url"] = self.url("/connections/connect", self.scopes)
+            self.refuse(exc)
+        except BrokerError as exc:
+            self.refuse(exc)
+
+    def _unreadable(self, want: Want, granted: list[str]) -> NoReturn:
         exc = ReauthRequired(
             "The stored token cannot be opened.", reason="token_unreadable",
-            reauth_url=self.url("/connections/connect", conn.granted_scopes),
+            reauth_url=self.url("/connections/connect", granted),
         )
         with self.db.transaction() as session:
-            fresh = session.get(Connection, conn.id)
+            fresh = session.get(Connection, want.connection_id)
             if fresh is not None and fresh.status in ("active", "degraded"):
-                self.tokens.mark_needs_reauth(
-                    session, fresh, "token_unreadable",
-                    Want(conn.id, conn.tenant_id, conn.user_id, self.scopes, "", 0, False,
-                         actor_id=self.client.id, ip=self.ip),
-                )
-            self.audit_refusal(exc, session)
+                self.tokens.mark_needs_reauth(session, fresh, "token_unreadable", want)
+            self._audit_refusal(session.connection(), exc)
+        self._count_refusal(exc)
         raise exc
 
     def _record_handout(
-        self, want: Want, issued: Issued, conn_last_used: dt.datetime | None
+        self, conn: DBConnection, want: Want, issued: Issued, last_used: dt.datetime | None
     ) -> None:
         """Audit the hand-out; if this write fails, no token leaves the broker."""
-        with self.db.transaction() as session:
-            audit.record(
-                session, action="token.handout", tenant_id=self.client.tenant_id,
-                actor_type="client", actor_id=self.client.id, ip=self.ip,
-                subject_user_id=want.user_id, scopes=issued.scopes,
-                details={"expires_at": issued.expires_at.isoformat()},
-            )
-            if conn_last_used is not None and conn_last_used >= self.now - LAST_USED_EVERY:
-                return  # written within the minute: skip the contended UPDATE
-            session.execute(
-                update(Connection)
-                .where(Connection.id == want.connection_id,
-                       (Connection.last_used_at.is_(None))
-                       | (Connection.last_used_at < self.now - LAST_USED_EVERY))
-                .values(last_used_at=self.now)
-                .execution_options(synchronize_session=False)
-            )
-
-
-def hand_out(client: ClientInfo, ip: IPAddress, req: TokenRequest) -> HandedOut:
-    """Run the hand-out for the current app."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    return Handout(app, client, ip).run(req)
+        audit.insert_event(
+            conn, action="token.handout", tenant_id=self.client.tenant_id,
+            actor_type="client", actor_id=self.client.id, ip=self.ip,
+            subject_user_id=want.user_id, scopes=issued.scopes,
+            details={"expires_at": issued.expires_at.isoformat()},
+        )
+        before = self.now - LAST_USED_EVERY
+        if last_used is None or last_used < before:  # else written within the minute: no UPDATE
+            conn.execute(TOUCH, {"connection": want.connection_id, "before": before,
+                                 "used_at": self.now})

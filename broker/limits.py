@@ -1,4 +1,4 @@
-"""Rate limits: per API client after authentication and the IP check, failed auth per source IP."""
+"""Rate limits: per API client (after auth and the IP check), failed auth and sign-ins per IP."""
 
 from __future__ import annotations
 
@@ -53,17 +53,24 @@ class _Windows:
         return ends, max(0, item.amount - count)
 
 
-class Limits:
-    """The broker's API limits in memory, or in Redis when BROKER_REDIS_URL is set."""
+def _item(text: str) -> RateLimitItem | None:
+    return None if text.strip().lower() == "off" else parse(text)
 
-    def __init__(self, api: str, auth_failures: str, redis_url: str | None = None) -> None:
+
+class Limits:
+    """The broker's rate limits in memory, or in Redis (shared by every process) when set."""
+
+    def __init__(
+        self, api: str, auth_failures: str, redis_url: str | None = None, *,
+        login: str = "off", key_prefix: str = "broker",
+    ) -> None:
         self.limiter: _Windows | FixedWindowRateLimiter = (
-            FixedWindowRateLimiter(storage_from_string(redis_url)) if redis_url else _Windows()
+            FixedWindowRateLimiter(storage_from_string(redis_url, key_prefix=key_prefix))
+            if redis_url else _Windows()
         )
-        self.api: RateLimitItem | None = None if api.strip().lower() == "off" else parse(api)
-        self.auth_failures: RateLimitItem | None = (
-            None if auth_failures.strip().lower() == "off" else parse(auth_failures)
-        )
+        self.api = _item(api)
+        self.auth_failures = _item(auth_failures)
+        self.login = _item(login)
 
     def _refuse(self, item: RateLimitItem, *key: str) -> RateLimited:
         reset, _ = self.limiter.get_window_stats(item, *key)
@@ -74,6 +81,11 @@ class Limits:
         """Count one request of a client; raise RateLimited past its limit."""
         if self.api is not None and not self.limiter.hit(self.api, "client", client_id):
             raise self._refuse(self.api, "client", client_id)
+
+    def hit_login(self, ip: str) -> None:
+        """Count one sign-in start from this address; raise RateLimited past the limit."""
+        if self.login is not None and not self.limiter.hit(self.login, "login", ip):
+            raise self._refuse(self.login, "login", ip)
 
     def check_auth_failures(self, ip: str) -> None:
         """Raise RateLimited while this address has failed authentication too often."""
@@ -98,5 +110,6 @@ def init_app(app: Flask) -> None:
     """Build the limits from the settings."""
     settings = app.config["BROKER"]
     app.extensions[EXTENSION] = Limits(
-        settings.API_RATE_LIMIT, settings.AUTH_FAILURE_LIMIT, settings.REDIS_URL
+        settings.API_RATE_LIMIT, settings.AUTH_FAILURE_LIMIT, settings.REDIS_URL,
+        login=settings.LOGIN_RATE_LIMIT, key_prefix=settings.REDIS_KEY_PREFIX,
     )

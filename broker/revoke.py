@@ -138,7 +138,3 @@ def revoke_before_delete(
             )
     return failed
 
-
-def revoke_callback(app: Flask) -> object:
-    """Kept until the API package stops registering it: deletion now revokes first."""
-    return None

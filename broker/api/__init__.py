@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Flask, Response, jsonify, request
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from broker import errors
@@ -40,8 +42,18 @@ def unexpected(exc: Exception) -> Response:
     """Answer any unexpected failure with a generic error and no traceback."""
     if isinstance(exc, HTTPException):
         return http_error(exc)
+    if database_down(exc):
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return error_response(errors.DatabaseUnavailable(headers={"Retry-After": "1"}))
     log.error("unexpected %s", type(exc).__name__, exc_info=exc)
     return error_response(errors.ServerError())
+
+
+def database_down(exc: BaseException) -> bool:
+    """Say whether an error means the database cannot be reached (retry later), not a bug."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
 
 
 def _api_routing_errors() -> Response | None:
@@ -62,13 +74,12 @@ def json_errors(blueprint: Blueprint) -> Blueprint:
 
 def init_app(app: Flask) -> None:
     """Register the API blueprints, their services and the JSON error handlers."""
-    from broker import limits, revoke, tokens
+    from broker import limits, tokens
     from broker.api import auth, openapi, v1
 
     limits.init_app(app)
     auth.init_app(app)
     app.extensions[tokens.EXTENSION] = tokens.TokenService(app)
-    app.extensions["broker.revoke_connection"] = revoke.revoke_callback(app)
     app.register_error_handler(errors.BrokerError, error_response)
     for blueprint in (v1.bp, openapi.bp):
         app.register_blueprint(blueprint)

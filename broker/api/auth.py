@@ -6,17 +6,21 @@ import base64
 import binascii
 import datetime as dt
 import hmac
+import ipaddress
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from flask import Flask, Request, current_app
 from sqlalchemy import select
 
+from broker.clientip import IPAddress, ip_in
 from broker.clients import hash_secret
+from broker.config import Network
 from broker.db import get_db
 from broker.errors import InvalidClient
 from broker.models import ApiClient, Policy
@@ -38,9 +42,13 @@ class ClientInfo:
     previous_secret_sha256: str | None
     previous_secret_expires_at: dt.datetime | None
     allowed_scopes: tuple[str, ...]
-    allowed_ip_ranges: tuple[str, ...]
-    token_ip_ranges: tuple[str, ...]
+    allowed_ip_ranges: tuple[Network, ...]
+    token_ip_ranges: tuple[Network, ...]
     status: str
+
+    def admits(self, address: IPAddress) -> bool:
+        """Say whether an address lies within the tenant's and the client's IP ranges."""
+        return ip_in(address, self.token_ip_ranges) and ip_in(address, self.allowed_ip_ranges)
 
 
 class ClientCache:
@@ -86,9 +94,14 @@ def _load(app: Flask, client_id: str) -> ClientInfo | None:
         previous_secret_sha256=client.previous_secret_sha256,
         previous_secret_expires_at=client.previous_secret_expires_at,
         allowed_scopes=tuple(client.allowed_scopes),
-        allowed_ip_ranges=tuple(client.allowed_ip_ranges),
-        token_ip_ranges=tuple(token_ranges or ()), status=client.status,
+        # Parsed once per load, not per request.
+        allowed_ip_ranges=_networks(client.allowed_ip_ranges),
+        token_ip_ranges=_networks(token_ranges or ()), status=client.status,
     )
+
+
+def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:

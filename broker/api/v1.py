@@ -73,6 +73,28 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _strings(value: Any) -> list[str]:
+    """Return every string in a parsed JSON value, keys included (the body is shallow)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def _clean(text: str) -> bool:
+    """Say whether a string has no control characters and encodes as UTF-8 (no lone surrogates)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_token_request() -> TokenRequest:
     """Parse the JSON body strictly: known fields, types and sizes."""
     if not request.is_json:
@@ -81,10 +103,12 @@ def parse_token_request() -> TokenRequest:
         raise InvalidRequest("the body is too large")
     try:
         body = json.loads(request.get_data(cache=False), object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
+    if not all(_clean(v) for v in _strings(body)):
+        raise InvalidRequest("strings must be valid text without control characters")
     unknown = sorted(set(body) - TOKEN_FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(unknown)[:200]}")
@@ -160,7 +184,7 @@ def _query_args() -> tuple[str | None, uuid.UUID | None, int]:
         raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
     cursor = request.args.get("cursor")
     limit_text = request.args.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 500:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= 500:
         raise InvalidRequest("limit must be 1-500")
     return status, _decode_cursor(cursor) if cursor else None, int(limit_text)
 

@@ -8,9 +8,10 @@ from werkzeug.wrappers import Response
 from broker import audit
 from broker.callbacks import SilentSignInFailed, google_refusal
 from broker.db import get_db
-from broker.errors import BrokerError
+from broker.errors import BrokerError, RateLimited
 from broker.google import GoogleError, NotConfigured, get_google
 from broker.keyring import get_keys
+from broker.limits import get_limits
 from broker.refusals import Refusal
 from broker.sessions import end_session, new_secret
 from broker.signin import SignInService
@@ -36,6 +37,16 @@ def login() -> Response:
     next_url = guard.safe_next(request.args.get("next"))
     if state.valid:
         return redirect(next_url or url_for("connections.index"))
+    try:
+        get_limits().hit_login(str(guard.ip()))
+    except RateLimited as exc:
+        limited = RateLimited(
+            "Too many sign-in attempts from your network. Please wait a minute and try again.",
+            headers=exc.headers,
+        )
+        response = broker_error_page(limited)
+        response.headers.update(limited.headers)
+        return response
     service = _service()
     browser = guard.binding() or new_secret()
     # keep_connected: a session that ended by time comes back without a click, if Google agrees.

@@ -237,15 +237,21 @@ def test_unreadable_stored_token_marks_needs_reauth(world: World) -> None:
         assert session.scalars(select(Connection.status)).one() == "needs_reauth"
 
 
-def test_audit_failure_gates_the_hand_out(world: World) -> None:
-    def fail(*_: Any) -> None:
-        raise RuntimeError("audit table unavailable")
+@pytest.mark.parametrize("stored", [False, True], ids=["refreshed", "fast_path"])
+def test_audit_failure_gates_the_hand_out(world: World, stored: bool) -> None:
+    if stored:
+        assert world.token().status_code == 200  # a fresh stored token: the fast path next
+    engine = get_db(world.app).engine
 
-    event.listen(AuditEvent, "before_insert", fail)
+    def fail(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENTS"):
+            raise RuntimeError("audit table unavailable")
+
+    event.listen(engine, "before_cursor_execute", fail)
     try:
         response = world.token()
     finally:
-        event.remove(AuditEvent, "before_insert", fail)
+        event.remove(engine, "before_cursor_execute", fail)
     assert response.status_code == 500
     assert "access_token" not in response.json and response.json["error"] == "server_error"
 
