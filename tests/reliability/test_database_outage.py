@@ -11,12 +11,6 @@ from sqlalchemy.engine import make_url
 from tests.integration.api.conftest import World
 from tests.reliability.tcpproxy import TcpProxy
 
-API_DOWN = pytest.mark.xfail(
-    strict=True,
-    reason="bug: a lost database raises OperationalError into broker/api/__init__.py "
-    "unexpected(), which answers 500 server_error instead of 503 database_unavailable",
-)
-
 
 @pytest.fixture
 def proxy(database_url: str, postgres_only: None) -> Iterator[TcpProxy]:
@@ -55,7 +49,6 @@ def _assert_unavailable(response) -> None:  # type: ignore[no-untyped-def]
     assert "Traceback" not in response.get_data(as_text=True)
 
 
-@API_DOWN
 def test_api_answers_503_json_during_the_cut_and_recovers(
     proxied_world: World, proxy: TcpProxy
 ) -> None:
@@ -81,7 +74,6 @@ def test_api_answers_503_json_during_the_cut_and_recovers(
     assert client.get("/api/v1/connections", headers=auth).status_code == 200
 
 
-@API_DOWN
 def test_authentication_during_the_cut_is_503_not_401(
     proxied_world: World, proxy: TcpProxy
 ) -> None:
