@@ -135,16 +135,22 @@ class Database:
         finally:
             session.close()
 
-    def run(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
+    def run(
+        self, work: Callable[[Connection], T], *, write: bool = True, autocommit: bool = False
+    ) -> T:
         """Run `work` in one Core transaction and commit; retry once if the connection was dead.
 
         Only a failure before COMMIT is retried: nothing of the first attempt was kept, so
         `work` must have no effect outside the transaction. A failed COMMIT is not retried.
+        With `autocommit` (PostgreSQL), each statement commits alone and BEGIN/COMMIT cost no
+        round trips: for work whose only write is one statement, or idempotent ones before it.
         """
         for attempt in (1, 2):
             with self.engine.connect() as conn:
                 if write and self.is_sqlite:
                     conn.execution_options(sqlite_begin="IMMEDIATE")
+                elif autocommit and not self.is_sqlite:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
                 transaction = conn.begin()  # closing the connection rolls back on failure
                 try:
                     result = work(conn)
