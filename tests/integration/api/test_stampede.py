@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -121,7 +122,9 @@ def stampede(url: str, world: World, body: dict[str, Any], n: int = REQUESTS) ->
 
             return await asyncio.gather(*(one() for _ in range(n)))
 
-    return asyncio.run(run())
+    # Its own thread: a session-scoped Playwright may hold this thread's event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def refreshes(world: World) -> int:
