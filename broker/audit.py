@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.orm import Session
@@ -21,35 +21,36 @@ if TYPE_CHECKING:
     from broker.keys import KeyService
 
 
-def record(
-    session: Session,
-    *,
-    action: str,
-    tenant_id: uuid.UUID | None,
-    actor_type: str,
-    actor_id: str | None = None,
-    outcome: str = "ok",
-    reason: str | None = None,
-    subject_user_id: uuid.UUID | None = None,
-    ip: str | None = None,
-    scopes: Iterable[str] = (),
-    details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Add one audit event to the caller's transaction; never pass secrets in details."""
-    event = AuditEvent(
-        tenant_id=tenant_id,
-        at=utcnow(),
-        actor_type=actor_type,
-        actor_id=actor_id,
-        action=action,
-        subject_user_id=subject_user_id,
-        ip=ip,
-        outcome=outcome,
-        reason=reason,
-        scopes=sorted(scopes),
-        request_id=request_id() or None,
-        details=details or {},
-    )
+class AuditFields(TypedDict, total=False):
+    """What a caller says about an audited event (never secrets in details)."""
+
+    action: Required[str]
+    tenant_id: Required[uuid.UUID | None]
+    actor_type: Required[str]
+    actor_id: str | None
+    outcome: str
+    reason: str | None
+    subject_user_id: uuid.UUID | None
+    ip: str | None
+    scopes: Iterable[str]
+    details: dict[str, Any] | None
+
+
+def event_values(fields: AuditFields) -> dict[str, Any]:
+    """Return an audit row's column values, stamped with the time and the request id."""
+    return {
+        "id": uuid.uuid4(), "tenant_id": fields["tenant_id"], "at": utcnow(),
+        "actor_type": fields["actor_type"], "actor_id": fields.get("actor_id"),
+        "action": fields["action"], "subject_user_id": fields.get("subject_user_id"),
+        "ip": fields.get("ip"), "outcome": fields.get("outcome", "ok"),
+        "reason": fields.get("reason"), "scopes": sorted(fields.get("scopes", ())),
+        "request_id": request_id() or None, "details": fields.get("details") or {},
+    }
+
+
+def record(session: Session, **fields: Unpack[AuditFields]) -> AuditEvent:
+    """Add one audit event to the caller's ORM transaction."""
+    event = AuditEvent(**event_values(fields))
     session.add(event)
     return event
 
@@ -58,27 +59,9 @@ def record(
 _INSERT = insert(AuditEvent)
 
 
-def insert_event(
-    connection: Connection,
-    *,
-    action: str,
-    tenant_id: uuid.UUID | None,
-    actor_type: str,
-    actor_id: str | None = None,
-    outcome: str = "ok",
-    reason: str | None = None,
-    subject_user_id: uuid.UUID | None = None,
-    ip: str | None = None,
-    scopes: Iterable[str] = (),
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Insert one audit event in the caller's Core transaction; never pass secrets in details."""
-    connection.execute(_INSERT, {
-        "id": uuid.uuid4(), "tenant_id": tenant_id, "at": utcnow(), "actor_type": actor_type,
-        "actor_id": actor_id, "action": action, "subject_user_id": subject_user_id, "ip": ip,
-        "outcome": outcome, "reason": reason, "scopes": sorted(scopes),
-        "request_id": request_id() or None, "details": details or {},
-    })
+def insert_event(connection: Connection, **fields: Unpack[AuditFields]) -> None:
+    """Insert one audit event in the caller's Core transaction."""
+    connection.execute(_INSERT, event_values(fields))
 
 
 def canonical(event: AuditEvent) -> bytes:
