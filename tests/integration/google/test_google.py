@@ -28,6 +28,7 @@ def google(emulator) -> Google:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def grant(emulator) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    emulator.add_client(CLIENT_ID, SECRET, ["http://127.0.0.1:8080/auth/callback"])
     emulator.add_account("alice@acme.test", hd="acme.test")
     return emulator.grant("alice@acme.test", CLIENT_ID, ["openid", "email", READ, SEND])  # type: ignore[no-any-return]
 
