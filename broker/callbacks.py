@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
+from broker.config import Settings
 from broker.db import Database
 from broker.google import Google, GoogleError, IdTokenError, TokenResponse
 from broker.keys import KeyService
@@ -94,3 +96,19 @@ def complete(
     except GoogleError as failed:
         raise google_refusal(failed, **context) from None
     return Completed(transaction, token, claims)
+
+
+class FlowService:
+    """What both browser OAuth flows (sign-in, connect) are built from."""
+
+    callback_path = ""
+
+    def __init__(
+        self, db: Database, keys: KeyService, google: Google, settings: Settings,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self.db = db
+        self.keys = keys
+        self.google = google
+        self.clock = clock
+        self.redirect_uri = settings.PUBLIC_URL.rstrip("/") + self.callback_path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +12,8 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from broker import audit, scopes, webhooks
-from broker.callbacks import complete
-from broker.config import Settings
-from broker.db import Database
-from broker.google import Google, TokenResponse
-from broker.keys import KeyService
+from broker.callbacks import FlowService, complete
+from broker.google import TokenResponse
 from broker.models import AccessToken, Connection, Policy, User
 from broker.refusals import Refusal
 from broker.sessions import begin
@@ -54,18 +50,10 @@ def offered_scopes(policy: Policy) -> list[str]:
     return sorted(s for s in out if scopes.is_gmail(s))
 
 
-class ConnectService:
+class ConnectService(FlowService):
     """Ask Google for Gmail access for the signed-in user and keep the grant."""
 
-    def __init__(
-        self, db: Database, keys: KeyService, google: Google, settings: Settings,
-        clock: Callable[[], dt.datetime],
-    ) -> None:
-        self.db = db
-        self.keys = keys
-        self.google = google
-        self.clock = clock
-        self.redirect_uri = settings.PUBLIC_URL.rstrip("/") + "/connections/callback"
+    callback_path = "/connections/callback"
 
     def start(
         self, user_id: uuid.UUID, binding: str, requested: list[str], *,

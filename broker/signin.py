@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from werkzeug.datastructures import MultiDict
 
 from broker import audit
-from broker.callbacks import complete
+from broker.callbacks import FlowService, complete
 from broker.clientip import IPAddress, ip_in
-from broker.config import Settings
-from broker.db import Database
-from broker.google import Google
-from broker.keys import KeyService
 from broker.membership import ACTION, resolve_member
 from broker.models import Policy
 from broker.refusals import Refusal
@@ -36,18 +30,10 @@ class SignedIn:
     keep_connected: bool
 
 
-class SignInService:
+class SignInService(FlowService):
     """Run the OIDC authorization-code flow with PKCE, state and nonce for people."""
 
-    def __init__(
-        self, db: Database, keys: KeyService, google: Google, settings: Settings,
-        clock: Callable[[], dt.datetime],
-    ) -> None:
-        self.db = db
-        self.keys = keys
-        self.google = google
-        self.clock = clock
-        self.redirect_uri = settings.PUBLIC_URL.rstrip("/") + "/auth/callback"
+    callback_path = "/auth/callback"
 
     def start(self, *, binding: str, next_url: str | None, silent_hint: str | None = None) -> str:
         """Store a transaction bound to the browser and return Google's authorization URL."""
