@@ -8,11 +8,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from broker.cli import cli
 from broker.crypto import FileKeyProvider, Keyring, new_key, sealed_version
@@ -66,6 +67,25 @@ def _bulk_rows(app: Flask, world: World, count: int) -> None:
             conn.refresh_token = keys.seal(session, world.tenant.id, conn.id, "refresh_token",
                                            f"1//bulk-{n}".encode())
             session.add(conn)
+
+@contextmanager
+def _row_locked(app: Flask, email: str) -> Iterator[Callable[[], bool]]:
+    """Hold a lock on one user's connection row; yield a check that another backend waits on it."""
+    with get_db(app).engine.connect() as conn:
+        conn.execute(select(Connection.id).join(User, User.id == Connection.user_id)
+                     .where(User.email == email).with_for_update()).one()
+        holder = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+        def blocked() -> bool:
+            with get_db(app).engine.connect() as probe:
+                return bool(probe.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE :holder = ANY(pg_blocking_pids(pid))"), {"holder": holder},
+                ).scalar_one())
+
+        yield blocked
+        conn.rollback()
+
 
 class Fetchers:
     """Threads that fetch tokens in a loop, each reporting its last token dead to force a
@@ -132,16 +152,18 @@ def test_rotation_in_phases_under_load(
         for world in worlds:
             _cli(other, "keys", "rotate-tenant", world.tenant.slug, "--no-reseal")
         time.sleep(0.3)
-        # A re-seal pass SIGKILLed after its first batch, then resumed to completion.
-        process = subprocess.Popen([*BROKER, "keys", "reseal", big.slug], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while _on_newest(app, big.id)[0] < 1 and process.poll() is None:
-            assert time.monotonic() < deadline, "the re-seal pass made no progress"
-            time.sleep(0.01)
-        killed_midway = process.poll() is None
-        process.kill()
-        process.wait(timeout=10)
+        # A re-seal pass SIGKILLed midway, then resumed to completion. A lock held on the
+        # last bulk row stops the pass there, so the kill lands midway however fast it runs.
+        with _row_locked(app, f"bulk{BULK - 1}@{big.slug}.test") as blocked:
+            process = subprocess.Popen([*BROKER, "keys", "reseal", big.slug], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while not blocked() and process.poll() is None:
+                assert time.monotonic() < deadline, "the re-seal pass never reached the lock"
+                time.sleep(0.05)
+            killed_midway = process.poll() is None
+            process.kill()
+            process.wait(timeout=10)
         done, total = _on_newest(app, big.id)
         time.sleep(1.2)  # past the data-key cache: every fetcher now seals under the new keys
         for world in worlds:
