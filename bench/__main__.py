@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scenarios asked for, print the table and write the JSON."""
     argv = sys.argv[1:] if argv is None else argv
     names, options = parse(argv)
-    ensure_wrk()
+    try:
+        ensure_wrk()
+    except RuntimeError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     stack = Stack(keep_workdir=options.keep)
     current = run.Run(options, stack)
     status = 0

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.orm import Session
 
+from broker.driver import DriverConnection
 from broker.logging import request_id
 from broker.models import AuditEvent, WorkerState, utcnow
 
@@ -59,7 +60,9 @@ def record(session: Session, **fields: Unpack[AuditFields]) -> AuditEvent:
 _INSERT = insert(AuditEvent)
 
 
-def insert_event(connection: Connection, **fields: Unpack[AuditFields]) -> None:
+def insert_event(
+    connection: Connection | DriverConnection, **fields: Unpack[AuditFields]
+) -> None:
     """Insert one audit event in the caller's Core transaction."""
     connection.execute(_INSERT, event_values(fields))
 

@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.driver import DriverConnection, run_on_driver
+
 T = TypeVar("T")
 
 SQLITE_BEGIN_MODES = {"DEFERRED": "BEGIN DEFERRED", "IMMEDIATE": "BEGIN IMMEDIATE"}
@@ -35,6 +37,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
     conn.exec_driver_sql(SQLITE_BEGIN_MODES[mode])
+
+
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    # The hand-out reads timestamps through the bare driver, which renders them in the
+    # session's zone: make that UTC, as SQLAlchemy's UTCDateTime returns them.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
@@ -76,6 +86,7 @@ def make_engine(
         url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=ping_idle <= 0,
         **kwargs,
     )
+    event.listen(engine, "connect", _utc_session)
     if ping_idle > 0:
         _ping_when_idle(engine, ping_idle)
     return engine
@@ -135,22 +146,16 @@ class Database:
         finally:
             session.close()
 
-    def run(
-        self, work: Callable[[Connection], T], *, write: bool = True, autocommit: bool = False
-    ) -> T:
+    def run(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
         """Run `work` in one Core transaction and commit; retry once if the connection was dead.
 
         Only a failure before COMMIT is retried: nothing of the first attempt was kept, so
         `work` must have no effect outside the transaction. A failed COMMIT is not retried.
-        With `autocommit` (PostgreSQL), each statement commits alone and BEGIN/COMMIT cost no
-        round trips: for work whose only write is one statement, or idempotent ones before it.
         """
         for attempt in (1, 2):
             with self.engine.connect() as conn:
                 if write and self.is_sqlite:
                     conn.execution_options(sqlite_begin="IMMEDIATE")
-                elif autocommit and not self.is_sqlite:
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
                 transaction = conn.begin()  # closing the connection rolls back on failure
                 try:
                     result = work(conn)
@@ -161,6 +166,21 @@ class Database:
                 transaction.commit()
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def run_hot(self, work: Callable[[Connection | DriverConnection], T]) -> T:
+        """Run the hand-out's statements; on PostgreSQL on the bare driver, in autocommit.
+
+        Each statement commits alone, so `work` may make one write that matters, last, and
+        idempotent ones before it. Retried once if the connection was found dead.
+        """
+        if self.is_sqlite:
+            return self.run(work)
+        try:
+            return run_on_driver(self.engine, work)
+        except DBAPIError as exc:
+            if not is_disconnect(exc):
+                raise
+        return run_on_driver(self.engine, work)
 
     def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""

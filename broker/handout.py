@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 from flask import Flask
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.orm import Session
 
 from broker import audit, metrics, policy
 from broker.api.auth import ClientInfo
@@ -27,6 +26,7 @@ from broker.clientip import IPAddress
 from broker.clock import get_clock
 from broker.crypto import SealError
 from broker.db import get_db
+from broker.driver import DriverConnection
 from broker.errors import (
     BrokerError,
     InvalidRequest,
@@ -45,6 +45,7 @@ from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
 from broker.tokens import Issued, TokenService, Want, get_tokens
 
 LAST_USED_EVERY = dt.timedelta(minutes=1)
+Hot = DBConnection | DriverConnection  # what Database.run_hot hands its work
 
 _u, _p = User.__table__.c, Policy.__table__.c
 _c, _t = Connection.__table__.c, AccessToken.__table__.c
@@ -70,7 +71,8 @@ TOUCH = (
     update(Connection)
     .where(_c.id == bindparam("connection"),
            or_(_c.last_used_at.is_(None), _c.last_used_at < bindparam("before")))
-    .values(last_used_at=bindparam("used_at"))
+    # updated_at explicitly: the bare driver applies no Python-side onupdate.
+    .values(last_used_at=bindparam("used_at"), updated_at=bindparam("used_at"))
 )
 
 
@@ -135,7 +137,7 @@ class Handout:
         wanted = gmail_only(scopes or [])
         return base + ("?" + urlencode({"scope": " ".join(wanted)}) if wanted else "")
 
-    def _audit_refusal(self, conn: DBConnection, exc: BrokerError) -> None:
+    def _audit_refusal(self, conn: Hot, exc: BrokerError) -> None:
         outcome = "error" if exc.status_code >= 500 else "denied"
         audit.insert_event(
             conn, action="token.handout", tenant_id=self.client.tenant_id,
@@ -174,7 +176,7 @@ class Handout:
                 self.refuse(ScopeNotAllowed(f"not allowed for this client: {' '.join(denied)}"))
         # Autocommit: the fast path's writes are the audit insert, one atomic statement, and an
         # idempotent last_used_at update made before it, so BEGIN/COMMIT would only add trips.
-        step = self.db.run(lambda conn: self._fast(conn, req), autocommit=True)
+        step = self.db.run_hot(lambda conn: self._fast(conn, req))
         if step.refusal is not None:
             self._count_refusal(step.refusal)
             raise step.refusal
@@ -190,7 +192,7 @@ class Handout:
         metrics.HANDOUTS.labels(outcome="ok", reason="").inc()
         return HandedOut(issued, *user)
 
-    def _fast(self, conn: DBConnection, req: TokenRequest) -> _Step:
+    def _fast(self, conn: Hot, req: TokenRequest) -> _Step:
         """Read, decide and audit in the caller's transaction (which `Database.run` may retry)."""
         try:
             who: Any = uuid.UUID(req.user)
@@ -207,7 +209,7 @@ class Handout:
             self._record_handout(conn, step.want, step.issued, step.last_used)
         return step
 
-    def _decide(self, conn: DBConnection, req: TokenRequest, rows: Sequence[Any]) -> _Step:
+    def _decide(self, conn: Hot, req: TokenRequest, rows: Sequence[Any]) -> _Step:
         if not rows:
             raise UnknownUser()
         first = rows[0]
@@ -247,9 +249,8 @@ class Handout:
         row = _StoredRow(found.token_id, found.token, found.scopes, found.expires_at,
                          found.obtained_at)
         try:
-            # The session is only touched when the data key is not cached yet.
-            token = get_keys(self.app).open(
-                Session(bind=conn), want.tenant_id, row.id, "access_token", row.token
+            token = get_keys(self.app).open_on(
+                conn, want.tenant_id, row.id, "access_token", row.token
             ).decode()
         except SealError:
             step.unreadable = granted
@@ -299,7 +300,7 @@ class Handout:
         raise exc
 
     def _record_handout(
-        self, conn: DBConnection, want: Want, issued: Issued, last_used: dt.datetime | None
+        self, conn: Hot, want: Want, issued: Issued, last_used: dt.datetime | None
     ) -> None:
         """Audit the hand-out; if this write fails, no token leaves the broker."""
         before = self.now - LAST_USED_EVERY

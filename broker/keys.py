@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from broker.crypto import (
@@ -24,9 +25,16 @@ from broker.crypto import (
     sealed_version,
 )
 from broker.db import Database
+from broker.driver import DriverConnection
 from broker.models import AccessToken, AuditKey, Connection, DataKey, Webhook, utcnow
 
 SYSTEM = "system"
+
+# The hand-out opens tokens on its own connection, which may be the bare driver's.
+_TENANT_DEK = select(
+    DataKey.tenant_id, DataKey.version, DataKey.wrapped, DataKey.master_key_id,
+    DataKey.retired_at,
+).where(DataKey.tenant_id == bindparam("tenant_id"), DataKey.version == bindparam("version"))
 
 
 def tenant_label(tenant_id: uuid.UUID | None) -> str:
@@ -149,22 +157,40 @@ class KeyService:
             self._blocks[label] = block
         return block
 
-    def _dek(self, session: Session, tenant_id: uuid.UUID | None, version: int) -> bytes:
-        cache_key = (tenant_label(tenant_id), version)
-        now = self.clock()
+    def open_on(
+        self, conn: DBConnection | DriverConnection, tenant_id: uuid.UUID, row_id: object,
+        field: str, blob: bytes,
+    ) -> bytes:
+        """Open a tenant's sealed value, reading its data key on `conn` only if not cached."""
+        version = sealed_version(blob)
+        key = self._cached(tenant_id, version)
+        if key is None:
+            found = conn.execute(_TENANT_DEK, {"tenant_id": tenant_id, "version": version}).all()
+            key = self._usable(found[0] if found else None)
+        return open_sealed(key, blob, _binding(tenant_id, row_id, field))
+
+    def _cached(self, tenant_id: uuid.UUID | None, version: int) -> bytes | None:
         with self._lock:
-            cached = self._deks.get(cache_key)
-        if cached and cached[1] > now:
-            return cached[0]
+            cached = self._deks.get((tenant_label(tenant_id), version))
+        return cached[0] if cached and cached[1] > self.clock() else None
+
+    def _dek(self, session: Session, tenant_id: uuid.UUID | None, version: int) -> bytes:
+        cached = self._cached(tenant_id, version)
+        if cached is not None:
+            return cached
         with session.no_autoflush:
             row = session.scalar(
                 select(DataKey).where(_tenant_is(tenant_id), DataKey.version == version)
             )
+        return self._usable(row)
+
+    def _usable(self, row: Any) -> bytes:
+        """Unwrap a data key row (ORM or Core) unless it is missing or retired."""
         if row is None or row.retired_at is not None or not row.wrapped:
             raise SealError("the data key of this sealed value is gone")
         return self._unwrap(row)
 
-    def _unwrap(self, row: DataKey) -> bytes:
+    def _unwrap(self, row: Any) -> bytes:
         key = self.keyring.unwrap(
             row.master_key_id, row.wrapped, dek_context(row.tenant_id, row.version)
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Request, Response, jsonify, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
@@ -72,8 +73,19 @@ def json_errors(blueprint: Blueprint) -> Blueprint:
     return blueprint
 
 
+class PagesOnlySessions(SecureCookieSessionInterface):
+    """Skip Flask's cookie session on the API: only pages flash messages through it."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        """Open the cookie session, except on /api/ paths (a null session there)."""
+        if request.path.startswith("/api/"):
+            return None
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
     """Register the API blueprints, their services and the JSON error handlers."""
+    app.session_interface = PagesOnlySessions()
     from broker import limits, tokens
     from broker.api import auth, openapi, v1
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -84,9 +85,12 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _clean(text: str) -> bool:
     """Say whether a string has no control characters and encodes as UTF-8 (no lone surrogates)."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         return False
     try:
         text.encode("utf-8")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 
 from broker.api.auth import get_cache
 from broker.db import get_db
@@ -237,21 +237,34 @@ def test_unreadable_stored_token_marks_needs_reauth(world: World) -> None:
         assert session.scalars(select(Connection.status)).one() == "needs_reauth"
 
 
+def _audit_count(world: World) -> int:
+    with get_db(world.app).transaction(write=False) as session:
+        return session.scalar(select(func.count()).select_from(AuditEvent)) or 0
+
+
 @pytest.mark.parametrize("stored", [False, True], ids=["refreshed", "fast_path"])
 def test_audit_failure_gates_the_hand_out(world: World, stored: bool) -> None:
     if stored:
         assert world.token().status_code == 200  # a fresh stored token: the fast path next
-    engine = get_db(world.app).engine
-
-    def fail(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENTS"):
-            raise RuntimeError("audit table unavailable")
-
-    event.listen(engine, "before_cursor_execute", fail)
+    db = get_db(world.app)
+    # A trigger makes the database itself refuse audit rows, whichever driver path inserts them.
+    if db.is_sqlite:
+        create = ["CREATE TRIGGER audit_down BEFORE INSERT ON audit_events"
+                  " BEGIN SELECT RAISE(ABORT, 'audit table unavailable'); END"]
+        drop = ["DROP TRIGGER audit_down"]
+    else:
+        create = ["CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql AS"
+                  " $$ BEGIN RAISE EXCEPTION 'audit table unavailable'; END $$",
+                  "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events"
+                  " FOR EACH ROW EXECUTE FUNCTION audit_down()"]
+        drop = ["DROP TRIGGER audit_down ON audit_events", "DROP FUNCTION audit_down()"]
+    before = _audit_count(world)
+    db.run(lambda conn: [conn.exec_driver_sql(sql) for sql in create])
     try:
         response = world.token()
     finally:
-        event.remove(engine, "before_cursor_execute", fail)
+        db.run(lambda conn: [conn.exec_driver_sql(sql) for sql in drop])
+    assert _audit_count(world) == before
     assert response.status_code == 500
     assert "access_token" not in response.json and response.json["error"] == "server_error"
 
