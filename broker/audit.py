@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from broker.driver import DriverConnection
@@ -37,6 +37,10 @@ class AuditFields(TypedDict, total=False):
     details: dict[str, Any] | None
 
 
+EVENT_COLUMNS = ("id", "tenant_id", "at", "actor_type", "actor_id", "action", "subject_user_id",
+                 "ip", "outcome", "reason", "scopes", "request_id", "details")
+
+
 def event_values(fields: AuditFields) -> dict[str, Any]:
     """Return an audit row's column values, stamped with the time and the request id."""
     return {
@@ -56,15 +60,16 @@ def record(session: Session, **fields: Unpack[AuditFields]) -> AuditEvent:
     return event
 
 
-# Built once: the hot path's insert is compiled once per dialect and then only executed.
-_INSERT = insert(AuditEvent)
+# Built once, every column an explicit parameter: compiled once per dialect, then only
+# executed, by SQLAlchemy or by the bare driver (which applies no Python-side defaults).
+INSERT = insert(AuditEvent).values({name: bindparam(name) for name in EVENT_COLUMNS})
 
 
 def insert_event(
     connection: Connection | DriverConnection, **fields: Unpack[AuditFields]
 ) -> None:
     """Insert one audit event in the caller's Core transaction."""
-    connection.execute(_INSERT, event_values(fields))
+    connection.execute(INSERT, event_values(fields))
 
 
 def canonical(event: AuditEvent) -> bytes:

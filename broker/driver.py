@@ -20,7 +20,7 @@ from psycopg import Error as PGError
 from psycopg.types.json import Json
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
-from sqlalchemy.sql import ClauseElement, Insert
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import JSON
 
@@ -34,7 +34,7 @@ class _Compiled:
     row: Callable[[Sequence[Any]], Any] | None  # makes a named tuple of a selected row
 
 
-_cache: dict[tuple[ClauseElement, tuple[str, ...]], _Compiled] = {}
+_cache: dict[ClauseElement, _Compiled] = {}
 _cache_lock = threading.Lock()
 
 
@@ -70,14 +70,9 @@ class DriverConnection:
         return DriverResult([make(r) for r in rows] if make is not None else rows)
 
     def _compiled(self, statement: ClauseElement, parameters: Mapping[str, Any]) -> _Compiled:
-        # An INSERT's text depends on which columns are given, so they are part of the key.
-        key = (statement, tuple(parameters))
-        found = _cache.get(key)
+        found = _cache.get(statement)
         if found is None:
-            # A bare INSERT takes its columns from the parameters; other statements name theirs.
-            columns = list(parameters) if isinstance(statement, Insert) else None
-            compiled = cast(SQLCompiler, statement.compile(
-                dialect=self.engine.dialect, column_keys=columns))
+            compiled = cast(SQLCompiler, statement.compile(dialect=self.engine.dialect))
             missing = set(compiled.binds) - set(parameters)
             if missing:  # a Python-side default or onupdate, which only SQLAlchemy applies
                 raise ValueError(f"no value for {', '.join(sorted(missing))} in {statement}")
@@ -88,7 +83,7 @@ class DriverConnection:
             row = _row_maker(list(selected.keys())) if selected is not None else None
             found = _Compiled(str(compiled), json_params, row)
             with _cache_lock:
-                _cache[key] = found
+                _cache[statement] = found
         return found
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 09:58:34.173596
+Create Date: 2026-11-25 12:48:30.630329
 """
 
 from __future__ import annotations
@@ -271,6 +271,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_connections")),
         sa.UniqueConstraint("user_id", name=op.f("uq_connections_user_id")),
+        postgresql_with={"fillfactor": 80},
     )
     with op.batch_alter_table("connections", schema=None) as batch_op:
         batch_op.create_index("ix_connections_tenant_status", ["tenant_id", "status"], unique=False)

@@ -193,6 +193,27 @@ def test_login_max_age_uses_the_injected_clock(world: World, clock: Clock) -> No
     assert response.json["login_url"] == PUBLIC_URL + "/auth/login"
 
 
+def test_last_use_is_recorded_at_most_once_a_minute_and_every_hand_out_audited(
+    world: World, clock: Clock,
+) -> None:
+    clock.now = utcnow()
+    world.app.extensions["broker.clock"] = clock
+
+    def last_used() -> dt.datetime | None:
+        with get_db(world.app).transaction(write=False) as session:
+            return session.scalars(select(Connection.last_used_at)).one()
+
+    audited = _audit_count(world, "token.handout")
+    first = world.token()  # refreshed; the next ones are served from the store
+    assert first.status_code == 200 and last_used() == clock.now
+    touched = clock.now
+    clock.advance(seconds=30)
+    assert world.token().status_code == 200 and last_used() == touched
+    clock.advance(seconds=31)
+    assert world.token().status_code == 200 and last_used() == clock.now
+    assert _audit_count(world, "token.handout") == audited + 3
+
+
 def test_not_connected_and_revoked_are_404_with_connect_url(
     make_world: Callable[..., World], world: World
 ) -> None:
@@ -237,9 +258,12 @@ def test_unreadable_stored_token_marks_needs_reauth(world: World) -> None:
         assert session.scalars(select(Connection.status)).one() == "needs_reauth"
 
 
-def _audit_count(world: World) -> int:
+def _audit_count(world: World, action: str | None = None) -> int:
+    query = select(func.count()).select_from(AuditEvent)
+    if action is not None:
+        query = query.where(AuditEvent.action == action)
     with get_db(world.app).transaction(write=False) as session:
-        return session.scalar(select(func.count()).select_from(AuditEvent)) or 0
+        return session.scalar(query) or 0
 
 
 @pytest.mark.parametrize("stored", [False, True], ids=["refreshed", "fast_path"])

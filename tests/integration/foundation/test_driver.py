@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from broker import audit
 from broker.db import Database, get_db
 from broker.driver import DriverConnection, run_on_driver
-from broker.models import AuditEvent, Connection, Tenant, utcnow
+from broker.models import AuditEvent, Connection, Tenant
 from tests.factories import make_tenant
 
 BY_SLUG = select(Tenant.id, Tenant.slug, Tenant.created_at).where(Tenant.slug == bindparam("s"))
@@ -77,20 +77,21 @@ def test_a_statement_needing_a_python_default_is_refused_by_name(db: Database) -
     touch = update(Connection).where(Connection.id == bindparam("c")).values(last_used_at=None)
     with pytest.raises(ValueError, match="updated_at"):
         run_on_driver(db.engine, lambda conn: conn.execute(touch, {"c": uuid.uuid4()}))
+    with pytest.raises(ValueError, match="chain_seq"):  # a bare INSERT names every column
+        run_on_driver(db.engine, lambda conn: conn.execute(insert(AuditEvent), {}))
 
 
 def test_errors_are_sqlalchemy_errors_and_the_connection_is_dropped(
     db: Database, tenant: Tenant,
 ) -> None:
-    row: dict[str, Any] = {"id": uuid.uuid4(), "tenant_id": tenant.id, "at": utcnow(),
-                           "actor_type": "system", "action": "test.dup", "outcome": "ok",
-                           "scopes": [], "details": {}}
+    row = audit.event_values({"action": "test.dup", "tenant_id": tenant.id,
+                              "actor_type": "system"})
     pids: list[int] = []
 
     def twice(conn: DriverConnection) -> None:
         pids.append(_pid(conn))
-        conn.execute(insert(AuditEvent), row)
-        conn.execute(insert(AuditEvent), row)
+        conn.execute(audit.INSERT, row)
+        conn.execute(audit.INSERT, row)
 
     with pytest.raises(IntegrityError):
         run_on_driver(db.engine, twice)
