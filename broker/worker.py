@@ -7,7 +7,9 @@ import datetime as dt
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask
 from sqlalchemy import and_, func, or_, select
@@ -35,12 +37,15 @@ class Windows:
     keep_alive: dt.timedelta = dt.timedelta(days=14)
     audit_lag: dt.timedelta = dt.timedelta(seconds=2)
     batch: int = 50
+    # Refreshed at once, each claimed just before its call: a lease lasts one refresh budget,
+    # so a long batch claimed up front expired under its last rows (and others took them).
+    parallel: int = 8
 
 
 Due = tuple[Connection, str | None, list[str] | None]
 
 
-def _due(session: Session, now: dt.datetime, w: Windows) -> list[Due]:
+def _due(session: Session, now: dt.datetime, w: Windows, limit: int) -> list[Due]:
     """Lock due connections, skipping rows another worker holds."""
     last_refresh = func.coalesce(Connection.last_refresh_at, Connection.created_at)
     rows = session.execute(
@@ -60,7 +65,7 @@ def _due(session: Session, now: dt.datetime, w: Windows) -> list[Due]:
             ),
         )
         .order_by(Connection.id)
-        .limit(w.batch)
+        .limit(limit)
         .with_for_update(skip_locked=True, of=Connection)
     ).all()
     seen: set[uuid.UUID] = set()
@@ -72,13 +77,12 @@ def _due(session: Session, now: dt.datetime, w: Windows) -> list[Due]:
     return out
 
 
-def refresh_due(app: Flask, w: Windows | None = None) -> int:
-    """Refresh soon-expiring tokens of recently used connections and keep idle grants alive."""
-    w = w or Windows()
+def _claim_due(app: Flask, w: Windows, limit: int) -> list[tuple[Want, Any]]:
+    """Claim the leases of up to `limit` due connections in one short transaction."""
     tokens, now = get_tokens(app), get_clock(app)()
     claimed = []
     with get_db(app).transaction() as session:
-        for conn, key, scopes in _due(session, now, w):
+        for conn, key, scopes in _due(session, now, w, limit):
             lease = tokens.claim_locked(session, conn, now)
             if lease is None:
                 continue
@@ -88,8 +92,23 @@ def refresh_due(app: Flask, w: Windows | None = None) -> int:
                         key if key is not None else scope_key(wanted), 0, False,
                         actor_id="worker")
             claimed.append((want, lease))
-    # Google is called after the claim commits: no transaction stays open meanwhile.
-    return sum(tokens.refresh_held(want, lease) for want, lease in claimed)
+    return claimed
+
+
+def refresh_due(app: Flask, w: Windows | None = None) -> int:
+    """Refresh soon-expiring tokens of recently used connections and keep idle grants alive."""
+    w = w or Windows()
+    tokens = get_tokens(app)
+    stored = handled = 0
+    with ThreadPoolExecutor(w.parallel, thread_name_prefix="refresh") as pool:
+        while handled < w.batch:
+            claimed = _claim_due(app, w, min(w.parallel, w.batch - handled))
+            if not claimed:
+                break
+            handled += len(claimed)
+            # Google is called after the claim commits: no transaction stays open meanwhile.
+            stored += sum(pool.map(lambda held: tokens.refresh_held(*held), claimed))
+    return stored
 
 
 def chain_audit(app: Flask, w: Windows | None = None) -> int:

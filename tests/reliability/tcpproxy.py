@@ -35,6 +35,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 5 s was for connecting: an idle pooled link may wait
             with self._lock:
                 self._sockets.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):

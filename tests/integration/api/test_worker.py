@@ -75,7 +75,9 @@ def test_two_workers_never_refresh_the_same_row(
     before = refreshes(worlds[0])
     emulator.fault("token", latency_ms=300, count=-1)
     counts: list[int] = []
-    threads = [threading.Thread(target=lambda a=a: counts.append(worker.refresh_due(a)))
+    # Two at a time each, so both workers claim while the other's refreshes are in flight.
+    pairs = worker.Windows(parallel=2)
+    threads = [threading.Thread(target=lambda a=a: counts.append(worker.refresh_due(a, pairs)))
                for a in (worlds[0].app, other)]
     for t in threads:
         t.start()
@@ -83,6 +85,27 @@ def test_two_workers_never_refresh_the_same_row(
         t.join()
     emulator.clear_faults()
     assert sum(counts) == 6 and refreshes(worlds[0]) - before == 6
+
+
+def test_each_lease_is_claimed_just_before_its_refresh(
+    make_app: Callable[..., Flask], emulator: EmulatorControls, make_world: Callable[..., World],
+) -> None:
+    # Google takes longer than a lease can wait for a whole batch claimed at once: six rows at
+    # 0.8 s each would outlive a 2 s lease from the third row on.
+    app = make_app(**broker_config(emulator, REFRESH_BUDGET=2))
+    worlds = [make_world(app=app) for _ in range(6)]
+    for w in worlds:
+        assert w.token().status_code == 200
+    expire_soon(app)
+    before = refreshes(worlds[0])
+    emulator.fault("token", latency_ms=800, count=-1)
+    try:
+        stored = worker.refresh_due(app, worker.Windows(parallel=2))
+    finally:
+        emulator.clear_faults()
+    assert stored == 6 and refreshes(worlds[0]) - before == 6
+    with get_db(app).transaction(write=False) as session:
+        assert session.scalars(select(Connection.status)).all() == ["active"] * 6
 
 
 def test_revocations_left_pending_are_retried(world: World) -> None:
