@@ -1,4 +1,7 @@
-"""`python -m bench all|fastpath|size|stampede|worker|profile [--quick]`: print and save figures."""
+"""`python -m bench all|fastpath|size|stampede|worker|profile|crash [--quick]`: print, save figures.
+
+`all` runs every scenario but `crash`, the long crash-consistency run, which is asked for alone.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +23,12 @@ SCENARIOS: dict[str, Callable[[run.Run], dict[str, Any]]] = {
 }
 
 
+def _crash(r: run.Run) -> dict[str, Any]:
+    from bench.crash import crash
+
+    return crash(r)
+
+
 def _profile(r: run.Run) -> dict[str, Any]:
     from bench.profile import profile
 
@@ -30,8 +39,8 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     """Read the scenario names and options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="+",
-                        choices=["all", *SCENARIOS, "profile"], metavar="SCENARIO",
-                        help="all, fastpath, size, stampede, worker or profile")
+                        choices=["all", *SCENARIOS, "profile", "crash"], metavar="SCENARIO",
+                        help="all, fastpath, size, stampede, worker, profile or crash")
     parser.add_argument("--quick", action="store_true",
                         help="short runs, one round, big N of 100,000 (for development)")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
@@ -50,7 +59,7 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     options.big_n = args.big_n or options.big_n
     names = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
     if "all" in args.scenarios:
-        names.append("profile")
+        names += ["profile", *(n for n in args.scenarios if n == "crash")]
     return list(dict.fromkeys(names)), options
 
 
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             if stale:
                 current.log(f"dropped databases of dead runs: {', '.join(stale)}")
             for name in names:
-                scenario = _profile if name == "profile" else SCENARIOS[name]
+                extra = {"profile": _profile, "crash": _crash}
+                scenario = extra.get(name) or SCENARIOS[name]
                 current.results[name] = scenario(current)
             current.results["memory"] = run.rss(current)
         except KeyboardInterrupt:

@@ -107,6 +107,14 @@ def table(results: dict[str, Any]) -> str:
             top = max((w["rss_mb"] for w in workers), default=0.0)
             lines.append(f"  {label:<16} RSS MB [{rss}]  PSS MB [{pss}]"
                          + (_mark(top < 100) if label.startswith("broker") else ""))
+    crash = results.get("crash")
+    if crash:
+        lines.append(f"CRASH  {crash.get('rounds', 0)} rounds of SIGKILL during refreshes")
+        if crash.get("available"):
+            lines.append(f"  {crash.get('summary') or 'no summary'}"
+                         + _mark(bool(crash.get("passed"))) + f"  ({crash.get('seed', '')})")
+        else:
+            lines.append(f"  not available: {crash.get('reason')}")
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
     return "\n".join(lines)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
-from broker.driver import DriverConnection
 from broker.logging import request_id
 from broker.models import AuditEvent, WorkerState, utcnow
 
 if TYPE_CHECKING:
+    from broker.driver import DriverConnection
     from broker.keys import KeyService
 
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.driver import DriverConnection, run_on_driver
+if TYPE_CHECKING:
+    from broker.driver import DriverConnection
 
 T = TypeVar("T")
 
@@ -175,6 +176,8 @@ class Database:
         """
         if self.is_sqlite:
             return self.run(work)
+        from broker.driver import run_on_driver  # psycopg: only PostgreSQL installs have it
+
         try:
             return run_on_driver(self.engine, work)
         except DBAPIError as exc:

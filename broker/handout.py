@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
 from flask import Flask
@@ -26,7 +26,6 @@ from broker.clientip import IPAddress
 from broker.clock import get_clock
 from broker.crypto import SealError
 from broker.db import get_db
-from broker.driver import DriverConnection
 from broker.errors import (
     BrokerError,
     InvalidRequest,
@@ -44,8 +43,12 @@ from broker.models import AccessToken, Connection, Policy, User
 from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
 from broker.tokens import Issued, TokenService, Want, get_tokens
 
+if TYPE_CHECKING:
+    from broker.driver import DriverConnection
+
+    Hot = DBConnection | DriverConnection  # what Database.run_hot hands its work
+
 LAST_USED_EVERY = dt.timedelta(minutes=1)
-Hot = DBConnection | DriverConnection  # what Database.run_hot hands its work
 
 _u, _p = User.__table__.c, Policy.__table__.c
 _c, _t = Connection.__table__.c, AccessToken.__table__.c
@@ -317,7 +320,7 @@ class Handout:
             conn.execute(audit.INSERT, event)
             return
         touch = {"connection": want.connection_id, "before": before, "used_at": self.now}
-        if isinstance(conn, DriverConnection):
+        if not isinstance(conn, DBConnection):  # the bare driver, on PostgreSQL
             conn.execute(TOUCH_AND_AUDIT, {**touch, **event})
         else:  # SQLAlchemy would read the audit values as SET columns of the CTE's UPDATE
             conn.execute(TOUCH, touch)

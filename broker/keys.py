@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import bindparam, func, insert, select, update
@@ -25,8 +25,10 @@ from broker.crypto import (
     sealed_version,
 )
 from broker.db import Database
-from broker.driver import DriverConnection
 from broker.models import AccessToken, AuditKey, Connection, DataKey, Webhook, utcnow
+
+if TYPE_CHECKING:
+    from broker.driver import DriverConnection
 
 SYSTEM = "system"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from flask import Flask
 
@@ -33,3 +36,20 @@ def test_missing_master_key_stops_start_up(tmp_path) -> None:  # type: ignore[no
 def test_bad_settings_stop_start_up() -> None:
     with pytest.raises(ConfigError):
         create_app({"REFRESH_BUDGET": "-1"})
+
+
+SQLITE_ONLY = """
+import importlib, pkgutil, sys
+sys.modules["psycopg"] = None  # as on an install without the postgres extra
+import broker
+for module in pkgutil.walk_packages(broker.__path__, "broker."):
+    if module.name not in ("broker.driver", "broker.wsgi"):
+        importlib.import_module(module.name)
+print("imported")
+"""
+
+
+def test_every_module_but_the_bare_driver_imports_without_psycopg() -> None:
+    done = subprocess.run([sys.executable, "-c", SQLITE_ONLY], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]
