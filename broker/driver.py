@@ -55,15 +55,15 @@ class DriverConnection:
     def __init__(self, engine: Engine, connection: PGConnection[Any]) -> None:
         self.engine = engine
         self.connection = connection
+        self.cursor = connection.cursor()  # one for all the work's statements
 
     def execute(self, statement: ClauseElement, parameters: Mapping[str, Any]) -> DriverResult:
         """Execute a Core statement with named parameters; return its rows, if any."""
         compiled = self._compiled(statement, parameters)
         params = {k: Json(v) if k in compiled.json_params else v for k, v in parameters.items()}
         try:
-            with self.connection.cursor() as cursor:
-                cursor.execute(compiled.sql, params, prepare=True)
-                rows = cursor.fetchall() if compiled.row is not None else []
+            self.cursor.execute(compiled.sql, params, prepare=True)
+            rows = self.cursor.fetchall() if compiled.row is not None else []
         except PGError as exc:
             raise _as_sqlalchemy(self.engine, exc, compiled.sql, self.connection) from exc
         make = compiled.row
@@ -111,7 +111,11 @@ def run_on_driver(engine: Engine, work: Callable[[DriverConnection], T]) -> T:
     connection: PGConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
     try:
         connection.autocommit = True  # no round trip while idle: psycopg only sets a flag
-        result = work(DriverConnection(engine, connection))
+        driver = DriverConnection(engine, connection)
+        try:
+            result = work(driver)
+        finally:
+            driver.cursor.close()
         connection.autocommit = False  # as SQLAlchemy expects of a pooled connection
         return result
     except BaseException as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from broker import audit, webhooks
@@ -45,10 +45,10 @@ class Windows:
 Due = tuple[Connection, str | None, list[str] | None]
 
 
-def _due(session: Session, now: dt.datetime, w: Windows, limit: int) -> list[Due]:
-    """Lock due connections, skipping rows another worker holds."""
+def _due_query(now: dt.datetime, w: Windows) -> Select[Connection, str, list[str]]:
+    """Select due connections with their stored tokens' scope keys and scopes."""
     last_refresh = func.coalesce(Connection.last_refresh_at, Connection.created_at)
-    rows = session.execute(
+    return (
         select(Connection, AccessToken.scope_key, AccessToken.scopes)
         .join(User, User.id == Connection.user_id)
         .outerjoin(AccessToken, AccessToken.connection_id == Connection.id)
@@ -65,9 +65,22 @@ def _due(session: Session, now: dt.datetime, w: Windows, limit: int) -> list[Due
             ),
         )
         .order_by(Connection.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=Connection)
+    )
+
+
+def _due(session: Session, now: dt.datetime, w: Windows, limit: int) -> list[Due]:
+    """Lock due connections, skipping rows another worker holds."""
+    query = _due_query(now, w)
+    locked = session.execute(
+        query.limit(limit).with_for_update(skip_locked=True, of=Connection)
     ).all()
+    if not locked:
+        return []
+    # Asked again now that the rows are ours: when a row's lock is won after another worker
+    # refreshed it, PostgreSQL re-checks the locked connection but not its joined token, whose
+    # old expiry would have it refreshed twice. A new statement sees the new token.
+    ids = {conn.id for conn, _, _ in locked}
+    rows = session.execute(query.where(Connection.id.in_(ids))).all()
     seen: set[uuid.UUID] = set()
     out: list[Due] = []
     for conn, key, scopes in rows:
