@@ -1,8 +1,9 @@
 """The hand-out decision of POST /api/v1/token, in DESIGN §7's order, every refusal audited.
 
-The fast path is one Core transaction on one connection: one indexed read of user, policy,
-connection and tokens, then the audit insert (and `last_used_at` at most once a minute),
-then COMMIT. Statements are built once at import, so each request only binds and executes.
+The fast path is one connection and two statements: one indexed read of user, policy,
+connection and tokens, then the audit insert (carrying `last_used_at` at most once a minute).
+On PostgreSQL both run in autocommit on the bare driver (`broker.driver`); on SQLite, in one
+transaction. Statements are built once at import, so each request only binds and executes.
 """
 
 from __future__ import annotations
