@@ -3,13 +3,9 @@ printed curl line then returns a token."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.foundation.test_demo import _free_port
+from tests.integration.foundation.test_demo import start_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -25,24 +21,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """Run `broker demo` on free ports; yield its URL and everything it printed."""
-    port, eport = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    env["BROKER_INSTANCE_PATH"] = str(tmp_path / "instance")
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from broker.cli import main; main()", "demo", "--port",
-         str(port), "--emulator-port", str(eport)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    printed = ""
-    assert process.stdout is not None
-    deadline = time.monotonic() + 60
-    while "curl " not in printed:
-        assert process.poll() is None and time.monotonic() < deadline
-        printed += process.stdout.readline()
-    printed += process.stdout.readline()
+    process, port, _, printed = start_demo(tmp_path / "instance")
     try:
-        yield url, printed
+        yield f"http://127.0.0.1:{port}", printed
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=20)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from flask import Flask
 from tests.factories import make_tenant, make_user
 from tests.integration.api.conftest import READONLY, SEND, World, broker_config, connect
 from tests.plugins.emulator import EmulatorControls
+from tests.ports import free_port
 
 
 @pytest.fixture
@@ -58,13 +58,6 @@ def make_world(broker_app: Flask, emulator: EmulatorControls) -> Callable[..., W
         return world
 
     return factory
-
-
-def free_port() -> int:
-    """Return a free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def broker_env(app: Flask, emulator: EmulatorControls, tmp_path: Path, **settings: Any) -> dict[

@@ -7,7 +7,6 @@ import concurrent.futures
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,19 +24,13 @@ from broker.db import get_db
 from broker.models import AccessToken, Connection, utcnow
 from tests.conftest import MASTER_KEYS
 from tests.integration.api.conftest import World, broker_config
+from tests.ports import free_port
 
 REQUESTS = 200
 PROCESSES = 4
 # Threads per process: PostgreSQL's 100 connections are shared with other test runs, so each
 # process serves at most this many requests at once (the rest queue in its accept backlog).
 THREADS = 12
-
-
-def free_port() -> int:
-    """Return a free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

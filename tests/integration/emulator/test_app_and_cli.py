@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from flask import Flask
 from broker.emulator import _template_folder, create_app, routes
 from broker.emulator.cli import emulator_command
 from broker.emulator.server import serve_in_thread
+from tests.ports import free_port
 
 SEED = {
     "clients": [
@@ -126,16 +126,10 @@ def test_cli_help() -> None:
         assert option in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_command_serves_a_discovery_document_whose_endpoints_answer(tmp_path: Path) -> None:
     config = tmp_path / "emulator-config.json"
     config.write_text(json.dumps(SEED))
-    port = _free_port()
+    port = free_port()
     script = "from broker.emulator.cli import emulator_command; emulator_command()"
     command = [
         sys.executable,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 
 def broker(
     instance: Path, *args: str, env: dict[str, str] | None = None
@@ -96,14 +98,6 @@ def test_unreachable_database_is_one_line(instance: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("workers", ["1", "3"])
 def test_serve_answers_health_and_readiness(instance: Path, workers: str) -> None:
     import time
@@ -111,7 +105,7 @@ def test_serve_answers_health_and_readiness(instance: Path, workers: str) -> Non
     import httpx
 
     assert broker(instance, "init").returncode == 0
-    port = _free_port()
+    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     clean["BROKER_INSTANCE_PATH"] = str(instance)
     process = subprocess.Popen(

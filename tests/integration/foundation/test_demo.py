@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,39 +12,44 @@ from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ports import free_port
 
 
-def _start(instance: Path, port: int, eport: int) -> subprocess.Popen[str]:
+def start_demo(instance: Path, attempts: int = 5) -> tuple[subprocess.Popen[str], int, int, str]:
+    """Start `broker demo` on free ports; return it, its ports and what it printed up to curl.
+
+    A port found free can be taken by a parallel test before the demo binds it: then the
+    demo says so and exits, and it is started again on other ports.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     env["BROKER_INSTANCE_PATH"] = str(instance)
-    return subprocess.Popen(
-        [sys.executable, "-c", "from broker.cli import main; main()", "demo", "--port",
-         str(port), "--emulator-port", str(eport)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def _wait(url: str, process: subprocess.Popen[str]) -> httpx.Response:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            assert process.poll() is None, process.communicate()[1][-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+    errors = instance.parent / "demo-stderr.log"
+    for _ in range(attempts):
+        port, eport = free_port(), free_port()
+        with errors.open("w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-c", "from broker.cli import main; main()", "demo", "--port",
+                 str(port), "--emulator-port", str(eport)],
+                env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            )
+        assert process.stdout is not None
+        printed, deadline = "", time.monotonic() + 60
+        while "curl " not in printed and process.poll() is None:
+            assert time.monotonic() < deadline, printed
+            printed += process.stdout.readline()
+        if "curl " in printed:
+            return process, port, eport, printed + process.stdout.readline()
+        process.communicate()  # exited: close its pipe before deciding
+        if "in use" not in errors.read_text():
+            raise AssertionError(f"broker demo exited {process.returncode}: "
+                                 f"{errors.read_text()[-2000:]}")
+    raise AssertionError(f"no free ports for broker demo in {attempts} attempts")
 
 
 def _run_once(instance: Path) -> str:
-    port, eport = _free_port(), _free_port()
-    process = _start(instance, port, eport)
+    process, port, eport, printed = start_demo(instance)
     try:
-        assert _wait(f"http://127.0.0.1:{port}/readyz", process).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
         discovery = httpx.get(f"http://localhost:{eport}/.well-known/openid-configuration")
         assert discovery.json()["issuer"] == f"http://localhost:{eport}"
         clients = httpx.get(f"http://127.0.0.1:{eport}/_emulator/accounts").json()
@@ -53,7 +57,8 @@ def _run_once(instance: Path) -> str:
         assert {"admin@demo.test", "alice@demo.test"} <= emails
     finally:
         process.send_signal(signal.SIGINT)  # one Ctrl-C stops both
-        out, _ = process.communicate(timeout=20)
+        rest, _ = process.communicate(timeout=20)
+    out = printed + rest
     assert process.returncode == 0
     assert "stopping the broker and the emulator" in out
     curl = re.search(r"^curl .*$", out, re.MULTILINE)
