@@ -13,14 +13,14 @@ import psycopg
 from sqlalchemy import Table
 
 from bench.copy import CopyRows
-from broker.clients import create_client
-from broker.crypto import Binding, EnvKeyProvider, Keyring, seal
 from broker.db import Database
-from broker.keys import KeyService, dek_context, tenant_label
+from broker.keys.sealed import Binding, EnvKeyProvider, Keyring, seal
+from broker.keys.service import KeyService, dek_context, tenant_label
 from broker.migrate import upgrade
 from broker.models import AccessToken, Connection, User
 from broker.scopes import PREFIX
-from broker.tenants import create_tenant
+from broker.tenancy.clients import create_client
+from broker.tenancy.tenants import create_tenant
 
 SCOPES = [PREFIX + "gmail.readonly"]
 BATCH = 20_000

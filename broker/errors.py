@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from flask import Response, jsonify
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 
 class BrokerError(Exception):
     """A refusal: `error` code, human `description`, HTTP status, extra fields and headers."""
@@ -132,3 +136,19 @@ class UnsupportedMediaType(BrokerError):
 class ServerError(BrokerError):
     error, status_code = "server_error", 500
     default_description = "Internal error; quote the request id when reporting it."
+
+
+def error_response(exc: BrokerError) -> Response:
+    """Render a refusal as JSON with its status and headers (every surface's API answer)."""
+    response = jsonify(exc.body())
+    response.status_code = exc.status_code
+    response.headers.update(exc.headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def database_down(exc: BaseException) -> bool:
+    """Say whether an error means the database cannot be reached (retry later), not a bug."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)

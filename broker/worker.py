@@ -17,11 +17,10 @@ from sqlalchemy.orm import Session
 
 from broker import audit, webhooks
 from broker.clock import get_clock
+from broker.connections import disconnect, revoke_grants
 from broker.db import get_db
-from broker.keyring import get_keys
-from broker.keys import reseal_tenant
+from broker.keys import get_keys, reseal_tenant
 from broker.models import AccessToken, AuditEvent, Connection, DataKey, Policy, User
-from broker.revoke import disconnect, revoke_grants
 from broker.scopes import gmail_only, scope_key
 from broker.tokens import Want, get_tokens
 

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, Request, Response, jsonify, request
+from flask import Blueprint, Flask, Request, Response, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from broker import errors
+from broker.errors import database_down, error_response
 
 log = logging.getLogger(__name__)
 _BY_STATUS: dict[int, type[errors.BrokerError]] = {
     400: errors.InvalidRequest, 404: errors.NotFound, 405: errors.MethodNotAllowed,
     413: errors.PayloadTooLarge, 415: errors.UnsupportedMediaType,
 }
-
-
-def error_response(exc: errors.BrokerError) -> Response:
-    """Render a refusal as JSON with its status and headers."""
-    response = jsonify(exc.body())
-    response.status_code = exc.status_code
-    response.headers.update(exc.headers)
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def http_error(exc: HTTPException) -> Response:
@@ -48,13 +38,6 @@ def unexpected(exc: Exception) -> Response:
         return error_response(errors.DatabaseUnavailable(headers={"Retry-After": "1"}))
     log.error("unexpected %s", type(exc).__name__, exc_info=exc)
     return error_response(errors.ServerError())
-
-
-def database_down(exc: BaseException) -> bool:
-    """Say whether an error means the database cannot be reached (retry later), not a bug."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout)
 
 
 def _api_routing_errors() -> Response | None:
@@ -87,10 +70,11 @@ def init_app(app: Flask) -> None:
     """Register the API blueprints, their services and the JSON error handlers."""
     app.session_interface = PagesOnlySessions()
     from broker import limits, tokens
-    from broker.api import auth, openapi, v1
+    from broker.api import openapi, v1
+    from broker.tenancy import client_auth
 
     limits.init_app(app)
-    auth.init_app(app)
+    client_auth.init_app(app)
     app.extensions[tokens.EXTENSION] = tokens.TokenService(app)
     app.register_error_handler(errors.BrokerError, error_response)
     for blueprint in (v1.bp, openapi.bp):

@@ -1,107 +1,18 @@
-"""API-client authentication (HTTP Basic, constant time) with a brief client cache."""
+"""API-client authentication over HTTP: Basic credentials (RFC 6749 form-encoding)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import datetime as dt
-import hmac
-import ipaddress
-import logging
-import threading
-import time
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import unquote
 
 from flask import Flask, Request, current_app
-from sqlalchemy import select
 
-from broker.clientip import IPAddress, ip_in
-from broker.clients import hash_secret
-from broker.config import Network
-from broker.db import get_db
 from broker.errors import InvalidClient
-from broker.models import ApiClient, Policy
+from broker.tenancy import ClientInfo, client_auth
 
-log = logging.getLogger(__name__)
-EXTENSION = "broker.client_cache"
-# Compared against when the id is unknown, so an unknown id costs the same as a wrong secret.
-_DUMMY = hash_secret("no such client")
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="broker", charset="UTF-8"'}
-
-
-@dataclass(frozen=True)
-class ClientInfo:
-    """What a request needs of its client, cached briefly."""
-
-    id: str
-    tenant_id: uuid.UUID
-    secret_sha256: str
-    previous_secret_sha256: str | None
-    previous_secret_expires_at: dt.datetime | None
-    allowed_scopes: tuple[str, ...]
-    allowed_ip_ranges: tuple[Network, ...]
-    token_ip_ranges: tuple[Network, ...]
-    status: str
-
-    def admits(self, address: IPAddress) -> bool:
-        """Say whether an address lies within the tenant's and the client's IP ranges."""
-        return ip_in(address, self.token_ip_ranges) and ip_in(address, self.allowed_ip_ranges)
-
-
-class ClientCache:
-    """Client rows by id (unknown ids too) for a few seconds."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._rows: dict[str, tuple[float, ClientInfo | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, app: Flask, client_id: str) -> ClientInfo | None:
-        """Return a client by id from the cache, else from the database."""
-        now = time.monotonic()
-        with self._lock:
-            hit = self._rows.get(client_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        info = _load(app, client_id)
-        with self._lock:
-            if len(self._rows) > 10_000:  # unknown ids must not grow the cache without bound
-                self._rows.clear()
-            self._rows[client_id] = (now + self.seconds, info)
-        return info
-
-    def clear(self) -> None:
-        """Forget every cached client."""
-        with self._lock:
-            self._rows.clear()
-
-
-def _load(app: Flask, client_id: str) -> ClientInfo | None:
-    with get_db(app).transaction(write=False) as session:
-        row = session.execute(
-            select(ApiClient, Policy.token_ip_ranges)
-            .join(Policy, Policy.tenant_id == ApiClient.tenant_id)
-            .where(ApiClient.id == client_id)
-        ).one_or_none()
-    if row is None:
-        return None
-    client, token_ranges = row
-    return ClientInfo(
-        id=client.id, tenant_id=client.tenant_id, secret_sha256=client.secret_sha256,
-        previous_secret_sha256=client.previous_secret_sha256,
-        previous_secret_expires_at=client.previous_secret_expires_at,
-        allowed_scopes=tuple(client.allowed_scopes),
-        # Parsed once per load, not per request.
-        allowed_ip_ranges=_networks(client.allowed_ip_ranges),
-        token_ip_ranges=_networks(token_ranges or ()), status=client.status,
-    )
-
-
-def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -118,13 +29,6 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
 
 
-def get_cache(app: Flask | None = None) -> ClientCache:
-    """Return the app's client cache."""
-    app = app or current_app
-    cache: ClientCache = app.extensions[EXTENSION]
-    return cache
-
-
 def authenticate(request: Request, now: dt.datetime) -> ClientInfo:
     """Return the authenticated client or raise InvalidClient (same cost for unknown ids)."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -132,20 +36,4 @@ def authenticate(request: Request, now: dt.datetime) -> ClientInfo:
     if credentials is None:
         raise InvalidClient("HTTP Basic client credentials are required.", headers=CHALLENGE)
     client_id, secret = credentials
-    info = get_cache(app).get(app, client_id)
-    digest = hash_secret(secret)
-    current = hmac.compare_digest(digest, info.secret_sha256 if info else _DUMMY)
-    previous = hmac.compare_digest(
-        digest, (info.previous_secret_sha256 if info else None) or _DUMMY
-    )
-    in_grace = bool(
-        info and info.previous_secret_expires_at and now < info.previous_secret_expires_at
-    )
-    if info is None or info.status != "active" or not (current or (previous and in_grace)):
-        raise InvalidClient(headers=CHALLENGE)
-    return info
-
-
-def init_app(app: Flask) -> None:
-    """Attach the client cache."""
-    app.extensions[EXTENSION] = ClientCache(app.config["BROKER"].CLIENT_CACHE_SECONDS)
+    return client_auth.verify_secret(app, client_id, secret, now, headers=CHALLENGE)

@@ -26,9 +26,9 @@ from broker.errors import (
     RateLimited,
     UnsupportedMediaType,
 )
-from broker.handout import Handout, TokenRequest
 from broker.limits import get_limits
 from broker.models import Connection, User
+from broker.tokens import Handout, TokenRequest
 
 bp = json_errors(Blueprint("api_v1", __name__, url_prefix="/api/v1"))
 log = logging.getLogger(__name__)

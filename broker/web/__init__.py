@@ -10,7 +10,7 @@ from flask import Flask, current_app, redirect, request
 from werkzeug.wrappers import Response
 
 from broker import scopes
-from broker.models import utcnow
+from broker.clock import utcnow
 
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"

@@ -6,15 +6,19 @@ from flask import Blueprint, flash, g, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from broker import audit
-from broker.callbacks import SilentSignInFailed, google_refusal
 from broker.db import get_db
 from broker.errors import BrokerError, RateLimited
 from broker.google import GoogleError, NotConfigured, get_google
-from broker.keyring import get_keys
+from broker.identity import (
+    Refusal,
+    SignInService,
+    SilentSignInFailed,
+    end_session,
+    google_refusal,
+    new_secret,
+)
+from broker.keys import get_keys
 from broker.limits import get_limits
-from broker.refusals import Refusal
-from broker.sessions import end_session, new_secret
-from broker.signin import SignInService
 from broker.web import guard
 from broker.web.errors import broker_error_page
 

@@ -7,15 +7,13 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from broker import scopes
-from broker.callbacks import google_refusal
-from broker.connect import ACTION, ConnectService, offered_scopes
+from broker.connections import ACTION, ConnectService, disconnect, offered_scopes
 from broker.db import get_db
 from broker.errors import BrokerError
 from broker.google import GoogleError, NotConfigured, get_google
-from broker.keyring import get_keys
+from broker.identity import Refusal, google_refusal
+from broker.keys import get_keys
 from broker.models import Connection, Policy, Tenant
-from broker.refusals import Refusal
-from broker.revoke import disconnect
 from broker.web import guard
 from broker.web.errors import broker_error_page
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from flask import current_app, request
 from markupsafe import Markup, escape
 
-from broker.refusals import Refusal
+from broker.identity import Refusal
 from broker.web import guard
 
 FIELD = "csrf_token"

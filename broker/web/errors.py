@@ -10,9 +10,9 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.wrappers import Response
 
 from broker import audit, errors
-from broker.api import error_response
 from broker.db import get_db
-from broker.refusals import Refusal
+from broker.errors import error_response
+from broker.identity import Refusal
 from broker.web import guard
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from flask import current_app, flash, g, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from broker.clientip import IPAddress, client_ip
+from broker.clock import utcnow
 from broker.config import Settings
 from broker.db import get_db
-from broker.models import User, utcnow
-from broker.sessions import (
+from broker.identity import (
     BINDING_COOKIE,
     SESSION_COOKIE,
     TRANSACTION_TTL,
@@ -23,6 +23,7 @@ from broker.sessions import (
     load_session,
     well_formed,
 )
+from broker.models import User
 
 View = TypeVar("View", bound=Callable[..., Any])
 KEEP_CONNECTED_COOKIE_AGE = 30 * 24 * 3600

@@ -7,9 +7,9 @@ from typing import Any
 from flask import Blueprint, render_template, request
 from werkzeug.wrappers import Response
 
-from broker import audit_view
+from broker import audit
 from broker.db import get_db
-from broker.keyring import get_keys
+from broker.keys import get_keys
 from broker.web import guard
 from broker.web.admin import access
 
@@ -19,23 +19,23 @@ bp = Blueprint("audit", __name__, url_prefix="/audit")
 @bp.get("")
 def index() -> str:
     """Show one page of the tenant's audit events matching the filter."""
-    wanted = audit_view.parse_filter(request.args)
+    wanted = audit.parse_filter(request.args)
     with get_db().transaction(write=False) as session:
-        page = audit_view.page_of_events(session, access.tenant_id(), wanted)
-        actions = audit_view.actions(session, access.tenant_id())
-        chain = audit_view.chain_status(session, access.tenant_id(), get_keys())
+        page = audit.page_of_events(session, access.tenant_id(), wanted)
+        actions = audit.actions(session, access.tenant_id())
+        chain = audit.chain_status(session, access.tenant_id(), get_keys())
     return render_template(
         "admin/audit.html", page=page, wanted=wanted, actions=actions, chain=chain,
-        outcomes=audit_view.OUTCOMES,
+        outcomes=audit.OUTCOMES,
     )
 
 
 @bp.get("/export.csv")
 def export() -> Response:
     """Download every matching event as CSV, cells formula-escaped."""
-    wanted = audit_view.parse_filter(request.args)
+    wanted = audit.parse_filter(request.args)
     with get_db().transaction(write=False) as session:
-        body = audit_view.export_csv(session, access.tenant_id(), wanted)
+        body = audit.export_csv(session, access.tenant_id(), wanted)
     stamp = guard.now().strftime("%Y%m%dT%H%M%SZ")
     headers: dict[str, Any] = {
         "Content-Disposition": f'attachment; filename="audit-{stamp}.csv"',

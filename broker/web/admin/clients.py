@@ -5,12 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from broker import client_admin
-from broker import clients as client_service
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
-from broker.policies import split_ranges
 from broker.scopes import GMAIL_SCOPES
+from broker.tenancy import client_admin, policy
+from broker.tenancy import clients as client_service
 from broker.web import guard
 from broker.web.admin import access
 
@@ -43,7 +42,7 @@ def create() -> Response | str:
             issued = client_service.create_client(
                 session, tenant, name=request.form.get("name", ""),
                 scopes=request.form.getlist("scopes"),
-                ip_ranges=split_ranges(request.form.get("ip_ranges", "")),
+                ip_ranges=policy.split_ranges(request.form.get("ip_ranges", "")),
                 actor=access.actor(),
             )
     except InvalidRequest as refused:
@@ -67,7 +66,7 @@ def update(client_id: str) -> Response:
         with get_db().transaction() as session:
             changes = client_admin.update(
                 session, access.tenant_id(), client_id, scopes=request.form.getlist("scopes"),
-                ip_ranges=split_ranges(request.form.get("ip_ranges", "")),
+                ip_ranges=policy.split_ranges(request.form.get("ip_ranges", "")),
                 actor=access.actor(), ip=access.ip(),
             )
     except InvalidRequest as refused:

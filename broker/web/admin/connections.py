@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
-from broker import user_admin
 from broker.db import get_db
+from broker.tenancy import user_admin
 from broker.web.admin import access
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, render_template
 from werkzeug.wrappers import Response
 
-from broker import key_admin
 from broker.db import get_db
-from broker.keyring import get_keys
+from broker.keys import get_keys
+from broker.tenancy import key_rotation
 from broker.web.admin import access
 
 bp = Blueprint("keys", __name__, url_prefix="/keys")
@@ -17,7 +17,7 @@ bp = Blueprint("keys", __name__, url_prefix="/keys")
 def index() -> str:
     """List data key versions with their dates and seal counts."""
     with get_db().transaction(write=False) as session:
-        rows = key_admin.list_keys(session, access.tenant_id())
+        rows = key_rotation.list_keys(session, access.tenant_id())
     return render_template("admin/keys.html", keys=rows)
 
 
@@ -25,7 +25,7 @@ def index() -> str:
 def rotate() -> Response:
     """Make a new data key for new writes; the worker re-seals older rows."""
     with get_db().transaction() as session:
-        version = key_admin.rotate(
+        version = key_rotation.rotate(
             session, get_keys(), access.tenant_id(), actor=access.actor(), ip=access.ip()
         )
     return access.done(

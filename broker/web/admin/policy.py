@@ -7,9 +7,9 @@ from typing import Any
 from flask import Blueprint, render_template, request
 from werkzeug.wrappers import Response
 
-from broker import policies
 from broker.db import get_db
 from broker.scopes import GMAIL_SCOPES
+from broker.tenancy import policy as policies
 from broker.web import guard
 from broker.web.admin import access
 

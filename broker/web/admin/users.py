@@ -9,11 +9,11 @@ from flask import Blueprint, current_app, render_template, request
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from broker import user_admin, users
+from broker.connections import revoke_before_delete
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
 from broker.models import Tenant
-from broker.revoke import revoke_before_delete
+from broker.tenancy import user_admin, users
 from broker.web import guard
 from broker.web.admin import access
 

@@ -7,10 +7,10 @@ import uuid
 from flask import Blueprint, current_app, render_template, request
 from werkzeug.wrappers import Response
 
-from broker import webhook_admin
+from broker import webhooks
 from broker.db import get_db
 from broker.errors import InvalidRequest
-from broker.keyring import get_keys
+from broker.keys import get_keys
 from broker.web.admin import access
 from broker.webhooks import EVENTS
 
@@ -21,8 +21,8 @@ bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 def index() -> str:
     """List webhooks and their latest deliveries, with a form to add one."""
     with get_db().transaction(write=False) as session:
-        hooks = webhook_admin.list_webhooks(session, access.tenant_id())
-        deliveries = webhook_admin.recent_deliveries(session, access.tenant_id())
+        hooks = webhooks.list_webhooks(session, access.tenant_id())
+        deliveries = webhooks.recent_deliveries(session, access.tenant_id())
     return render_template(
         "admin/webhooks.html", webhooks=hooks, deliveries=deliveries, events=EVENTS
     )
@@ -33,7 +33,7 @@ def add() -> Response | str:
     """Register a webhook and show its signing secret this once."""
     try:
         with get_db().transaction() as session:
-            added = webhook_admin.add(
+            added = webhooks.add(
                 session, get_keys(), access.tenant_id(), url=request.form.get("url", ""),
                 events=request.form.getlist("events"),
                 allow_private=current_app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE,
@@ -50,7 +50,7 @@ def add() -> Response | str:
 def disable(webhook_id: uuid.UUID) -> Response:
     """Stop deliveries to a webhook."""
     with get_db().transaction() as session:
-        hook = webhook_admin.disable(
+        hook = webhooks.disable(
             session, access.tenant_id(), webhook_id, actor=access.actor(), ip=access.ip()
         )
     return access.done(f"Webhook {hook.url} is disabled.", "admin.webhooks.index")

@@ -1,0 +1,168 @@
+"""The `broker` command: a FlaskGroup whose app is built lazily, per command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, ScriptInfo
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from broker.config import ConfigError
+from broker.errors import BrokerError
+from broker.keys import CryptoError
+
+
+def _create_app() -> Flask:
+    from broker import create_app
+
+    # Keys load on first use, so `--help`, `init` and `emulator` need none.
+    return create_app(require_keys=False)
+
+
+class BrokerGroup(FlaskGroup):
+    """FlaskGroup that turns known failures into one line and exit status 1."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The app is fixed: Flask's --app/--env-file/--debug options would only mislead.
+        self.params = [p for p in self.params if p.name not in {"app", "env_file", "debug"}]
+
+    def _load_plugin_commands(self) -> None:
+        """Show only the broker's own commands (no third-party `flask` plugins)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+        except BrokerError as exc:
+            raise click.ClickException(exc.description) from None
+        except CryptoError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OperationalError as exc:
+            reason = str(exc.orig).splitlines()[0] if exc.orig else "database error"
+            raise click.ClickException(
+                f"database unavailable ({reason}); run `broker init` or check "
+                "BROKER_DATABASE_URL"
+            ) from None
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database error: {type(exc).__name__}") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("BROKER_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}; set BROKER_DEBUG=1 for details"
+            ) from None
+
+
+@click.group(
+    cls=BrokerGroup,
+    create_app=_create_app,
+    add_default_commands=False,
+    add_version_option=False,
+    load_dotenv=False,
+    set_debug_flag=False,
+)
+def cli() -> None:
+    """Gmail OAuth token broker."""
+
+
+@cli.command()
+def init() -> None:
+    """Create the instance folder, secret key, master key and schema (idempotent)."""
+    from broker.cli.bootstrap import initialise
+
+    for line in initialise(current_app._get_current_object()):  # type: ignore[attr-defined]
+        click.echo(line)
+
+
+@cli.group()
+def db() -> None:
+    """Schema migrations."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Upgrade the schema (default: to the newest revision)."""
+    from broker.db import get_db
+    from broker.migrate import upgrade
+
+    upgrade(get_db().engine, revision)
+    click.echo(f"upgraded to {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision", default="-1")
+def db_downgrade(revision: str) -> None:
+    """Downgrade the schema (default: one revision)."""
+    from broker.db import get_db
+    from broker.migrate import downgrade
+
+    downgrade(get_db().engine, revision)
+    click.echo(f"downgraded to {revision}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes")
+@click.option("--threads", type=click.IntRange(1, 256), help="threads per worker")
+@click.option("--dev", is_flag=True, help="Flask's development server (never in production)")
+def serve(host: str, port: int, workers: int | None, threads: int | None, dev: bool) -> None:
+    """Serve the broker with gunicorn (or Flask's development server with --dev)."""
+    from broker.db import get_db
+    from broker.keys import get_keys
+    from broker.server import run_gunicorn, sensible_workers
+
+    get_keys()  # a missing or malformed master key stops start-up here
+    if dev:
+        current_app.run(host=host, port=port, threaded=True, use_reloader=False)
+        return
+    sqlite = get_db().is_sqlite
+    if sqlite and workers and workers > 1:
+        click.echo("SQLite: serving with one worker process and threads (asked for "
+                   f"{workers}); use PostgreSQL for more processes", err=True)
+    n_workers, n_threads = sensible_workers(sqlite, workers, threads)
+    click.echo(f"broker on http://{host}:{port} ({n_workers} workers x {n_threads} threads)")
+    run_gunicorn(host, port, n_workers, n_threads)
+
+
+@cli.command(with_appcontext=False)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--emulator-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
+def demo(port: int, emulator_port: int) -> None:
+    """Run the emulator and the broker on loopback with a demo tenant (Ctrl-C stops both)."""
+    from broker.cli.demo import run
+
+    run(port, emulator_port)
+
+
+def _register_commands() -> None:
+    from broker.cli import clients as cli_clients
+    from broker.cli import keys as cli_keys
+    from broker.cli import tenants as cli_tenants
+
+    for module in (cli_tenants, cli_keys, cli_clients):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+    try:
+        from broker.emulator.cli import emulator_command
+    except ImportError:  # pragma: no cover - the emulator ships with the package
+        return
+    cli.add_command(emulator_command, "emulator")
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Run the `broker` console script."""
+    cli.main(args=sys.argv[1:], prog_name="broker", obj=ScriptInfo(create_app=_create_app,
+             load_dotenv_defaults=False, set_debug_flag=False))

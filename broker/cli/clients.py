@@ -1,0 +1,185 @@
+"""`broker client …`, `broker webhook …`, `broker audit verify` and `broker worker`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+
+import click
+from flask import current_app
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
+
+from broker import audit, webhooks
+from broker.db import get_db
+from broker.errors import NotFound
+from broker.keys import get_keys
+from broker.models import AuditEvent, Webhook
+from broker.tenancy import clients, tenants
+
+
+@click.group(cls=AppGroup)
+def client() -> None:
+    """Manage API clients of a tenant."""
+
+
+def _print_issued(issued: clients.Issued, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"client_id": issued.client_id,
+                               "client_secret": issued.client_secret}))
+    else:
+        click.echo(f"client_id:     {issued.client_id}")
+        click.echo(f"client_secret: {issued.client_secret}")
+        click.echo("The secret is shown once; store it now.", err=True)
+
+
+@client.command("create")
+@click.option("--tenant", "slug", required=True)
+@click.option("--name", required=True)
+@click.option("--scope", "scopes", multiple=True, required=True, help="repeatable")
+@click.option("--ip-range", "ip_ranges", multiple=True, help="CIDR (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def client_create(
+    slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], as_json: bool
+) -> None:
+    """Create an API client; print its id and secret once."""
+    with get_db().transaction() as session:
+        issued = clients.create_client(
+            session, tenants.get_tenant(session, slug), name=name, scopes=scopes,
+            ip_ranges=ip_ranges,
+        )
+    _print_issued(issued, as_json)
+
+
+@client.command("rotate-secret")
+@click.argument("client_id")
+@click.option("--grace", default="24h", show_default=True, help="old secret keeps working")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def client_rotate(client_id: str, grace: str, as_json: bool) -> None:
+    """Give a client a new secret; the old one works through the grace period."""
+    with get_db().transaction() as session:
+        issued = clients.rotate_secret(session, client_id, grace=clients.parse_duration(grace))
+    _print_issued(issued, as_json)
+
+
+@client.command("disable")
+@click.argument("client_id")
+def client_disable(client_id: str) -> None:
+    """Disable a client."""
+    with get_db().transaction() as session:
+        clients.disable_client(session, client_id)
+    click.echo(f"disabled {client_id}")
+
+
+@client.command("list")
+@click.option("--tenant", "slug", required=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def client_list(slug: str, as_json: bool) -> None:
+    """List a tenant's clients (never their secrets)."""
+    with get_db().transaction(write=False) as session:
+        rows = [
+            {"client_id": c.id, "name": c.name, "status": c.status,
+             "scopes": c.allowed_scopes, "ip_ranges": c.allowed_ip_ranges}
+            for c in clients.list_clients(session, tenants.get_tenant(session, slug))
+        ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['client_id']}\t{r['status']}\t{r['name']}\t{' '.join(r['scopes'])}")
+
+
+@click.group(cls=AppGroup)
+def webhook() -> None:
+    """Manage webhook endpoints for connection events."""
+
+
+@webhook.command("add")
+@click.argument("url")
+@click.option("--tenant", "slug", required=True)
+@click.option("--event", "events", multiple=True, type=click.Choice(webhooks.EVENTS))
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> None:
+    """Register an endpoint; print its signing secret once."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    with get_db().transaction() as session:
+        hook, secret = webhooks.add_webhook(
+            session, app, tenants.get_tenant(session, slug), url, list(events)
+        )
+        hook_id = str(hook.id)
+    if as_json:
+        click.echo(json.dumps({"id": hook_id, "secret": secret}))
+    else:
+        click.echo(f"webhook {hook_id}\nsigning secret: {secret}")
+
+
+@webhook.command("list")
+@click.option("--tenant", "slug", required=True)
+def webhook_list(slug: str) -> None:
+    """List a tenant's webhooks."""
+    with get_db().transaction(write=False) as session:
+        tenant = tenants.get_tenant(session, slug)
+        for hook in session.scalars(select(Webhook).where(Webhook.tenant_id == tenant.id)):
+            click.echo(f"{hook.id}\t{hook.status}\t{hook.url}\t{','.join(hook.events) or '*'}")
+
+
+@webhook.command("disable")
+@click.argument("webhook_id")
+def webhook_disable(webhook_id: str) -> None:
+    """Stop deliveries to a webhook."""
+    with get_db().transaction() as session:
+        hook = session.get(Webhook, uuid.UUID(webhook_id))
+        if hook is None:
+            raise NotFound(f"no webhook {webhook_id}")
+        hook.status = "disabled"
+    click.echo(f"disabled {webhook_id}")
+
+
+@click.group("audit", cls=AppGroup)
+def audit_group() -> None:
+    """Audit log integrity."""
+
+
+@audit_group.command("verify")
+@click.option("--tenant", "slug", help="one tenant (default: every chain)")
+def audit_verify(slug: str | None) -> None:
+    """Verify the audit chains read-only; exit 1 naming the first bad event."""
+    keys, bad = get_keys(), False
+    targets: list[tuple[str, uuid.UUID | None]]
+    with get_db().transaction(write=False) as session:
+        if slug:
+            targets = [(slug, tenants.get_tenant(session, slug).id)]
+        else:
+            ids = session.scalars(select(AuditEvent.tenant_id).distinct()).all()
+            targets = [(str(t) if t else "system", t) for t in ids]
+        for label, tenant_id in targets:
+            verdict = audit.verify(session, keys, tenant_id)
+            if verdict.ok:
+                click.echo(f"{label}: ok, {verdict.chained} chained, {verdict.pending} pending, "
+                           f"head {verdict.head[:16] or '-'}")
+            else:
+                bad = True
+                click.echo(f"{label}: BROKEN at event {verdict.first_bad}: {verdict.problem}",
+                           err=True)
+    if bad:
+        sys.exit(1)
+
+
+@click.command("worker")
+@with_appcontext
+@click.option("--once", is_flag=True, help="run every duty once and exit")
+@click.option("--interval", default=15.0, show_default=True, help="seconds between passes")
+def worker_command(once: bool, interval: float) -> None:
+    """Run the background worker."""
+    from broker import worker
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    get_keys(app)
+    if once:
+        click.echo(json.dumps(worker.run_once(app)))
+        return
+    worker.run(app, interval=interval)
+
+
+COMMANDS = [client, webhook, audit_group, worker_command]

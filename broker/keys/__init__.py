@@ -1,0 +1,21 @@
+"""Keys: the sealed format, master key providers and keyring, tenant data keys, re-seal (§5)."""
+
+from broker.keys.extension import build_key_service, get_keys, init_app
+from broker.keys.sealed import (
+    CryptoError,
+    FileKeyProvider,
+    KeyProvider,
+    Keyring,
+    KeySourceError,
+    SealError,
+    format_key_line,
+    new_key,
+    new_key_id,
+)
+from broker.keys.service import KeyService, ResealReport, reseal_tenant
+
+__all__ = [
+    "CryptoError", "FileKeyProvider", "KeyProvider", "KeyService", "KeySourceError",
+    "Keyring", "ResealReport", "SealError", "build_key_service", "format_key_line",
+    "get_keys", "init_app", "new_key", "new_key_id", "reseal_tenant",
+]

@@ -1,0 +1,328 @@
+"""The hand-out decision of POST /api/v1/token, in DESIGN §7's order, every refusal audited.
+
+The fast path is one connection and two statements: one indexed read of user, policy,
+connection and tokens, then the audit insert (carrying `last_used_at` at most once a minute).
+On PostgreSQL both run in autocommit on the bare driver (`broker.driver`); on SQLite, in one
+transaction. Statements are built once at import, so each request only binds and executes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlencode
+
+from flask import Flask
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import bindparam, or_, select, update
+
+from broker import audit, metrics
+from broker.clientip import IPAddress
+from broker.clock import get_clock
+from broker.db import get_db
+from broker.errors import (
+    BrokerError,
+    InvalidRequest,
+    IpNotAllowed,
+    LoginRequired,
+    NotConnected,
+    ReauthRequired,
+    ScopeNotAllowed,
+    ScopeNotGranted,
+    UnknownUser,
+    UserSuspended,
+)
+from broker.keys import SealError, get_keys
+from broker.models import AccessToken, Connection, Policy, User
+from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
+from broker.tenancy import ClientInfo
+from broker.tokens import rules
+from broker.tokens.service import Issued, TokenService, Want, get_tokens
+
+if TYPE_CHECKING:
+    from broker.driver import DriverConnection
+
+    Hot = DBConnection | DriverConnection  # what Database.run_hot hands its work
+
+LAST_USED_EVERY = dt.timedelta(minutes=1)
+
+_u, _p = User.__table__.c, Policy.__table__.c
+_c, _t = Connection.__table__.c, AccessToken.__table__.c
+_READ = (
+    select(
+        _u.id.label("user_id"), _u.email, _u.status.label("user_status"), _u.last_login_at,
+        _p.handout_login_max_age, _p.allow_broader_tokens,
+        _c.id.label("connection_id"), _c.status, _c.status_reason, _c.granted_scopes,
+        _c.last_used_at, _c.rejected_refresh_at,
+        _t.id.label("token_id"), _t.scope_key, _t.token, _t.scopes, _t.expires_at,
+        _t.obtained_at,
+    )
+    .select_from(
+        User.__table__.join(Policy.__table__, _p.tenant_id == _u.tenant_id)
+        .outerjoin(Connection.__table__, _c.user_id == _u.id)
+        .outerjoin(AccessToken.__table__, _t.connection_id == _c.id)
+    )
+    .where(_u.tenant_id == bindparam("tenant_id"))
+)
+READ_BY_ID = _READ.where(_u.id == bindparam("who"))
+READ_BY_EMAIL = _READ.where(_u.email == bindparam("who"))
+TOUCH = (
+    update(Connection)
+    .where(_c.id == bindparam("connection"),
+           or_(_c.last_used_at.is_(None), _c.last_used_at < bindparam("before")))
+    # updated_at explicitly: the bare driver applies no Python-side onupdate.
+    .values(last_used_at=bindparam("used_at"), updated_at=bindparam("used_at"))
+)
+# On the bare driver (PostgreSQL) the touch rides in the audit insert as a data-modifying CTE:
+# no extra round trip, and both commit together.
+TOUCH_AND_AUDIT = audit.INSERT.add_cte(TOUCH.cte("touched"))
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """A parsed, size-checked request body."""
+
+    user: str
+    scopes: list[str] | None
+    min_ttl: int
+    rejected_token: str | None
+
+
+@dataclass(frozen=True)
+class HandedOut:
+    """What the API answers on success."""
+
+    token: Issued
+    user_id: uuid.UUID
+    email: str
+
+
+@dataclass(frozen=True)
+class _StoredRow:
+    id: uuid.UUID
+    token: bytes
+    scopes: list[str]
+    expires_at: dt.datetime
+    obtained_at: dt.datetime
+
+
+@dataclass
+class _Step:
+    """What the fast transaction decided: a token, a refusal, or work for the slow path."""
+
+    want: Want | None = None
+    issued: Issued | None = None
+    refusal: BrokerError | None = None
+    unreadable: list[str] | None = None  # the granted scopes of a connection whose token broke
+    user: tuple[uuid.UUID, str] | None = None
+    last_used: dt.datetime | None = None
+
+
+class Handout:
+    """Decide and hand out one token for an authenticated client."""
+
+    def __init__(self, app: Flask, client: ClientInfo, ip: IPAddress) -> None:
+        self.app = app
+        self.db = get_db(app)
+        self.settings = app.config["BROKER"]
+        self.tokens: TokenService = get_tokens(app)
+        self.client = client
+        self.ip = str(ip)
+        self.address = ip
+        self.now = get_clock(app)()
+        self.user_id: uuid.UUID | None = None
+        self.scopes: list[str] = []
+
+    def url(self, path: str, scopes: list[str] | None = None) -> str:
+        """Return an absolute broker URL for people (never carrying a secret)."""
+        base = str(self.settings.PUBLIC_URL).rstrip("/") + path
+        wanted = gmail_only(scopes or [])
+        return base + ("?" + urlencode({"scope": " ".join(wanted)}) if wanted else "")
+
+    def _audit_refusal(self, conn: Hot, exc: BrokerError) -> None:
+        outcome = "error" if exc.status_code >= 500 else "denied"
+        audit.insert_event(
+            conn, action="token.handout", tenant_id=self.client.tenant_id,
+            actor_type="client", actor_id=self.client.id, ip=self.ip,
+            outcome=outcome, reason=exc.error, subject_user_id=self.user_id, scopes=self.scopes,
+            details={k: v for k, v in exc.extras.items() if k == "reason"},
+        )
+
+    def _count_refusal(self, exc: BrokerError) -> None:
+        outcome = "error" if exc.status_code >= 500 else "denied"
+        metrics.HANDOUTS.labels(outcome=outcome, reason=exc.error).inc()
+
+    def refuse(self, exc: BrokerError) -> NoReturn:
+        """Audit a refusal in its own transaction, then raise it."""
+        self.db.run(lambda conn: self._audit_refusal(conn, exc))
+        self._count_refusal(exc)
+        raise exc
+
+    def check_ip(self) -> None:
+        """Refuse callers outside the tenant's and the client's IP ranges."""
+        if not self.client.admits(self.address):
+            self.refuse(IpNotAllowed())
+
+    def run(self, req: TokenRequest) -> HandedOut:
+        """Apply every check in order, then serve the stored token or refresh it."""
+        started = time.monotonic()
+        if req.scopes is not None:
+            try:
+                self.scopes = normalise(req.scopes)
+            except InvalidScope as exc:
+                self.refuse(InvalidRequest(str(exc)))
+            if not self.scopes:
+                self.refuse(InvalidRequest("scopes must not be empty"))
+            denied = rules.not_allowed(self.scopes, self.client.allowed_scopes)
+            if denied:
+                self.refuse(ScopeNotAllowed(f"not allowed for this client: {' '.join(denied)}"))
+        # Autocommit: the fast path's writes are the audit insert, one atomic statement, and an
+        # idempotent last_used_at update made before it, so BEGIN/COMMIT would only add trips.
+        step = self.db.run_hot(lambda conn: self._fast(conn, req))
+        if step.refusal is not None:
+            self._count_refusal(step.refusal)
+            raise step.refusal
+        want, user = step.want, step.user
+        assert want is not None and user is not None  # noqa: S101 - set unless refused
+        if step.unreadable is not None:
+            self._unreadable(want, step.unreadable)
+        if step.issued is not None:
+            issued = step.issued
+        else:
+            issued = self._slow(want, started)
+            self.db.run(lambda conn: self._record_handout(conn, want, issued, step.last_used))
+        metrics.HANDOUTS.labels(outcome="ok", reason="").inc()
+        return HandedOut(issued, *user)
+
+    def _fast(self, conn: Hot, req: TokenRequest) -> _Step:
+        """Read, decide and audit in the caller's transaction (which `Database.run` may retry)."""
+        try:
+            who: Any = uuid.UUID(req.user)
+            query = READ_BY_ID
+        except ValueError:
+            who, query = req.user.strip().lower(), READ_BY_EMAIL
+        rows = conn.execute(query, {"tenant_id": self.client.tenant_id, "who": who}).all()
+        try:
+            step = self._decide(conn, req, rows)
+        except BrokerError as exc:
+            self._audit_refusal(conn, exc)
+            return _Step(refusal=exc)
+        if step.issued is not None and step.want is not None:
+            self._record_handout(conn, step.want, step.issued, step.last_used)
+        return step
+
+    def _decide(self, conn: Hot, req: TokenRequest, rows: Sequence[Any]) -> _Step:
+        if not rows:
+            raise UnknownUser()
+        first = rows[0]
+        self.user_id = first.user_id
+        if first.user_status != "active":
+            raise UserSuspended()
+        if not rules.login_fresh(first.last_login_at, first.handout_login_max_age, self.now):
+            raise LoginRequired(login_url=self.url("/auth/login"))
+        granted: list[str] = first.granted_scopes or []
+        if req.scopes is None:
+            self.scopes = rules.requested_scopes(None, self.client.allowed_scopes, granted)
+        if first.connection_id is None or first.status == "revoked":
+            wanted = self.scopes or list(self.client.allowed_scopes)
+            raise NotConnected(connect_url=self.url("/connections/connect", wanted))
+        if first.status == "needs_reauth":
+            raise ReauthRequired(
+                reason=first.status_reason or "revoked_or_expired",
+                reauth_url=self.url("/connections/connect", granted),
+            )
+        missing = rules.not_granted(self.scopes, granted) if self.scopes else []
+        if missing or not self.scopes:
+            wanted = missing or list(self.client.allowed_scopes)
+            raise ScopeNotGranted(
+                f"not granted by the user: {' '.join(wanted)}",
+                consent_url=self.url("/connections/connect", wanted),
+            )
+        key = scope_key(self.scopes)
+        want = Want(
+            connection_id=first.connection_id, tenant_id=self.client.tenant_id,
+            user_id=first.user_id, scopes=self.scopes, scope_key=key, min_ttl=req.min_ttl,
+            allow_broader=first.allow_broader_tokens, actor_id=self.client.id, ip=self.ip,
+        )
+        step = _Step(want=want, user=(first.user_id, first.email), last_used=first.last_used_at)
+        found = next((r for r in rows if r.scope_key == key), None)
+        if found is None:
+            return step
+        row = _StoredRow(found.token_id, found.token, found.scopes, found.expires_at,
+                         found.obtained_at)
+        try:
+            token = get_keys(self.app).open_on(
+                conn, want.tenant_id, row.id, "access_token", row.token
+            ).decode()
+        except SealError:
+            step.unreadable = granted
+            return step
+        issued = Issued(token, row.expires_at, list(row.scopes), row.id)
+        if req.rejected_token is not None and hmac.compare_digest(
+            req.rejected_token.encode(), token.encode()
+        ):
+            cooldown = dt.timedelta(seconds=self.settings.REJECTED_TOKEN_COOLDOWN)
+            rejected_at = first.rejected_refresh_at
+            if rejected_at is not None and self.now - rejected_at < cooldown:
+                step.issued = issued if row.expires_at > self.now else None
+            else:
+                step.want = Want(**{**want.__dict__, "rejected_id": row.id})
+            return step
+        if self.tokens.satisfies(row, want, self.now):
+            step.issued = issued
+        return step
+
+    def _slow(self, want: Want, started: float) -> Issued:
+        """Refresh under the lease, outside any transaction; audit a refusal on its own."""
+        try:
+            return self.tokens.obtain(want, started + self.settings.REFRESH_BUDGET)
+        except ReauthRequired as exc:
+            exc.extras["reauth_url"] = self.url("/connections/connect", self.scopes)
+            self.refuse(exc)
+        except ScopeNotGranted as exc:
+            exc.extras["consent_url"] = self.url("/connections/connect", self.scopes)
+            self.refuse(exc)
+        except NotConnected as exc:
+            exc.extras["connect_url"] = self.url("/connections/connect", self.scopes)
+            self.refuse(exc)
+        except BrokerError as exc:
+            self.refuse(exc)
+
+    def _unreadable(self, want: Want, granted: list[str]) -> NoReturn:
+        exc = ReauthRequired(
+            "The stored token cannot be opened.", reason="token_unreadable",
+            reauth_url=self.url("/connections/connect", granted),
+        )
+        with self.db.transaction() as session:
+            fresh = session.get(Connection, want.connection_id)
+            if fresh is not None and fresh.status in ("active", "degraded"):
+                self.tokens.mark_needs_reauth(session, fresh, "token_unreadable", want)
+            self._audit_refusal(session.connection(), exc)
+        self._count_refusal(exc)
+        raise exc
+
+    def _record_handout(
+        self, conn: Hot, want: Want, issued: Issued, last_used: dt.datetime | None
+    ) -> None:
+        """Audit the hand-out; if this write fails, no token leaves the broker."""
+        event = audit.event_values({
+            "action": "token.handout", "tenant_id": self.client.tenant_id,
+            "actor_type": "client", "actor_id": self.client.id, "ip": self.ip,
+            "subject_user_id": want.user_id, "scopes": issued.scopes,
+            "details": {"expires_at": issued.expires_at.isoformat()},
+        })
+        before = self.now - LAST_USED_EVERY
+        if last_used is not None and last_used >= before:  # written within the minute
+            conn.execute(audit.INSERT, event)
+            return
+        touch = {"connection": want.connection_id, "before": before, "used_at": self.now}
+        if not isinstance(conn, DBConnection):  # the bare driver, on PostgreSQL
+            conn.execute(TOUCH_AND_AUDIT, {**touch, **event})
+        else:  # SQLAlchemy would read the audit values as SET columns of the CTE's UPDATE
+            conn.execute(TOUCH, touch)
+            conn.execute(audit.INSERT, event)

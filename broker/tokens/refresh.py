@@ -1,0 +1,344 @@
+"""The single-flight refresh: claim the lease, call Google outside any transaction, CAS (§8)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Flask
+from sqlalchemy import or_, update
+from sqlalchemy.orm import Session
+
+from broker import audit, metrics, webhooks
+from broker.clock import backoff
+from broker.errors import (
+    BrokerError,
+    BrokerMisconfigured,
+    ReauthRequired,
+    ScopeNotGranted,
+    UpstreamUnavailable,
+)
+from broker.google import Google, GoogleError, NotConfigured, TokenResponse, get_google
+from broker.keys import SealError, get_keys
+from broker.models import AccessToken, Connection
+from broker.tokens import rules
+from broker.tokens.store import Issued, TokenStore, Want, event_payload
+
+log = logging.getLogger(__name__)
+# Our Google call must end this long before the lease does, so nobody else starts meanwhile.
+LEASE_MARGIN = 0.5
+MISCONFIGURED_PAUSE = 5.0
+
+
+@dataclass(frozen=True)
+class _Lease:
+    version: int
+    refresh_token: str
+    status: str
+    failures: int
+    created_at: dt.datetime
+    last_refresh_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    until: float  # monotonic
+
+
+@dataclass(frozen=True)
+class _Busy:
+    backoff_until: dt.datetime | None = None
+
+
+class Refresher(TokenStore):
+    """Obtain tokens: re-read, claim the lease, refresh outside any transaction, CAS."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(app)
+        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._events: dict[uuid.UUID, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+
+    @property
+    def google(self) -> Google:
+        """Return the Google client; an unconfigured broker cannot refresh."""
+        try:
+            return get_google(self.app)
+        except NotConfigured:
+            raise BrokerMisconfigured("Google is not configured on this broker.") from None
+
+    def obtain(self, want: Want, deadline: float) -> Issued:
+        """Return a token for `want` by `deadline` (monotonic), refreshing at most once."""
+        while True:
+            step = self._claim(want)
+            if isinstance(step, Issued):
+                return step
+            if isinstance(step, _Lease):
+                issued = self._hold(want, step, deadline)
+                if issued is not None:
+                    return issued
+                continue
+            remaining = deadline - time.monotonic()
+            if step.backoff_until is not None or remaining <= 0:
+                retry = 1.0
+                if step.backoff_until is not None:
+                    retry = (step.backoff_until - self.clock()).total_seconds()
+                return self.fallback(want, retry, "Google failed recently; retry later.")
+            self._wait(want.connection_id, remaining)
+
+    def _wait(self, connection_id: uuid.UUID, remaining: float) -> None:
+        with self._lock:
+            event = self._events.get(connection_id)
+        if event is not None:
+            event.wait(min(remaining, self.settings.REFRESH_BUDGET))
+        else:
+            time.sleep(min(remaining, 0.04 + random.uniform(0, 0.04)))  # noqa: S311 - jitter
+
+    def _claim(self, want: Want) -> Issued | _Lease | _Busy:
+        now = self.clock()
+        with self.db.transaction(write=False) as session:
+            conn, row = self.read(session, want)
+            if row is not None and self.satisfies(row, want, now):
+                return self.issued(session, want, row)
+            if conn.next_retry_at is not None and conn.next_retry_at > now:
+                return _Busy(backoff_until=conn.next_retry_at)
+            if conn.refresh_lease_until is not None and conn.refresh_lease_until > now:
+                return _Busy()
+            if time.monotonic() < self._paused_until:
+                raise BrokerMisconfigured()
+        seconds = self.settings.REFRESH_BUDGET
+        unreadable = False
+        with self.db.transaction() as session:
+            claimed = session.execute(
+                update(Connection)
+                .where(
+                    Connection.id == want.connection_id,
+                    Connection.status.in_(("active", "degraded")),
+                    or_(
+                        Connection.refresh_lease_until.is_(None),
+                        Connection.refresh_lease_until <= now,
+                    ),
+                )
+                .values(
+                    refresh_lease_until=now + dt.timedelta(seconds=seconds),
+                    refresh_lease_owner=self.owner,
+                )
+                .returning(Connection.version)
+                .execution_options(synchronize_session=False)
+            ).one_or_none()
+            if claimed is None:
+                return _Busy()
+            held = session.get(Connection, want.connection_id, populate_existing=True)
+            assert held is not None  # noqa: S101 - just claimed under this id
+            conn = held
+            try:
+                refresh_token = get_keys(self.app).open(
+                    session, conn.tenant_id, conn.id, "refresh_token", conn.refresh_token or b""
+                ).decode()
+            except SealError:
+                unreadable = True
+                self.mark_needs_reauth(session, conn, "token_unreadable", want)
+            else:
+                return _Lease(
+                    claimed.version, refresh_token, conn.status, conn.consecutive_failures,
+                    conn.created_at, conn.last_refresh_at, conn.last_used_at,
+                    time.monotonic() + seconds,
+                )
+        assert unreadable  # noqa: S101 - every other path returned
+        raise ReauthRequired(
+            "The stored refresh token cannot be opened.", reason="token_unreadable"
+        )
+
+    def claim_locked(
+        self, session: Session, conn: Connection, now: dt.datetime
+    ) -> _Lease | None:
+        """Claim the lease of a row the caller holds locked (the worker); None when taken."""
+        if conn.refresh_lease_until is not None and conn.refresh_lease_until > now:
+            return None
+        seconds = self.settings.REFRESH_BUDGET
+        try:
+            refresh_token = get_keys(self.app).open(
+                session, conn.tenant_id, conn.id, "refresh_token", conn.refresh_token or b""
+            ).decode()
+        except SealError:
+            self.mark_needs_reauth(session, conn, "token_unreadable", Want(
+                conn.id, conn.tenant_id, conn.user_id, [], "", 0, False))
+            return None
+        conn.refresh_lease_until = now + dt.timedelta(seconds=seconds)
+        conn.refresh_lease_owner = self.owner
+        return _Lease(conn.version, refresh_token, conn.status, conn.consecutive_failures,
+                      conn.created_at, conn.last_refresh_at, conn.last_used_at,
+                      time.monotonic() + seconds)
+
+    def refresh_held(self, want: Want, lease: _Lease) -> bool:
+        """Refresh under a lease claimed by `claim_locked`; say whether a token was stored."""
+        try:
+            return self._hold(want, lease, lease.until) is not None
+        except BrokerError as exc:
+            log.info("worker refresh refused: %s", exc.error, extra={"event": "worker"})
+            return False
+
+    def _hold(self, want: Want, lease: _Lease, deadline: float) -> Issued | None:
+        event = threading.Event()
+        with self._lock:
+            self._events[want.connection_id] = event
+        try:
+            stop = min(deadline, lease.until - LEASE_MARGIN)
+            try:
+                answer = self._call(lease.refresh_token, want.scopes, stop)
+            except GoogleError as exc:
+                return self._failed(want, lease, exc)
+            extra = rules.broader(answer.scopes, want.scopes)
+            if extra and not want.allow_broader:
+                self._release(want, lease)
+                raise UpstreamUnavailable(
+                    "Google answered a broader scope than asked and this tenant does not allow "
+                    "broader tokens.", headers={"Retry-After": "60"},
+                )
+            return self._store(want, lease, answer)
+        finally:
+            with self._lock:
+                self._events.pop(want.connection_id, None)
+            event.set()
+
+    def _call(self, refresh_token: str, scopes: list[str], stop: float) -> TokenResponse:
+        """Call the token endpoint, retrying transient failures with jitter until `stop`."""
+        attempt = 0
+        while True:
+            timeout = min(stop - time.monotonic(), self.settings.GOOGLE_TIMEOUT)
+            if timeout < 0.1:
+                raise GoogleError("transient", error="budget_exhausted")
+            try:
+                with metrics.UPSTREAM_SECONDS.labels(endpoint="token").time():
+                    answer = self.google.refresh(refresh_token, scopes, timeout=timeout)
+                metrics.REFRESHES.labels(result="ok").inc()
+                return answer
+            except GoogleError as exc:
+                metrics.REFRESHES.labels(result=exc.kind).inc()
+                if exc.kind != "transient":
+                    raise
+                attempt += 1
+                delay = exc.retry_after or backoff(attempt, base=0.1, cap=2.0)
+                if time.monotonic() + delay + 0.1 >= stop:
+                    raise
+                time.sleep(delay)
+
+    def _store(self, want: Want, lease: _Lease, answer: TokenResponse) -> Issued:
+        now = self.clock()
+        expires_at = now + dt.timedelta(seconds=answer.expires_in)
+        token_id = uuid.uuid4()
+        keys = get_keys(self.app)
+        with self.db.transaction() as session:
+            values: dict[str, object] = {
+                "version": lease.version + 1, "refresh_lease_until": None,
+                "refresh_lease_owner": None, "last_refresh_at": now, "status": "active",
+                "status_reason": None, "consecutive_failures": 0, "next_retry_at": None,
+            }
+            if answer.refresh_token:  # never overwrite a refresh token with nothing
+                values["refresh_token"] = keys.seal(
+                    session, want.tenant_id, want.connection_id, "refresh_token",
+                    answer.refresh_token.encode(),
+                )
+            if want.rejected_id is not None:
+                values["rejected_refresh_at"] = now
+            swapped = session.execute(
+                update(Connection)
+                .where(
+                    Connection.id == want.connection_id,
+                    Connection.version == lease.version,
+                    Connection.refresh_lease_owner == self.owner,
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if swapped != 1:
+                # Our lease expired and someone else took over; our token is still valid.
+                log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
+                return Issued(answer.access_token, expires_at, answer.scopes, token_id)
+            row = session.get(AccessToken, (want.connection_id, want.scope_key))
+            if row is None:
+                row = AccessToken(connection_id=want.connection_id, scope_key=want.scope_key)
+                session.add(row)
+            row.id, row.scopes, row.expires_at, row.obtained_at = (
+                token_id, answer.scopes, expires_at, now,
+            )
+            row.token = keys.seal(
+                session, want.tenant_id, token_id, "access_token", answer.access_token.encode()
+            )
+            audit.record(
+                session, action="token.refresh", tenant_id=want.tenant_id,
+                actor_type=want.actor_type, actor_id=want.actor_id,
+                subject_user_id=want.user_id, ip=want.ip,
+                scopes=answer.scopes,
+                details={"reason": "rejected_token" if want.rejected_id else "expiring"},
+            )
+            if lease.status == "degraded":
+                webhooks.enqueue(session, want.tenant_id, "connection.recovered",
+                                 event_payload(want.connection_id, want.user_id))
+        return Issued(answer.access_token, expires_at, answer.scopes, token_id)
+
+    def _release(self, want: Want, lease: _Lease, **values: object) -> int:
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(Connection)
+                .where(
+                    Connection.id == want.connection_id,
+                    Connection.refresh_lease_owner == self.owner,
+                )
+                .values(refresh_lease_until=None, refresh_lease_owner=None, **values)
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def _failed(self, want: Want, lease: _Lease, exc: GoogleError) -> Issued | None:
+        if exc.kind == "invalid_grant":
+            with self.db.transaction() as session:
+                conn = session.get(Connection, want.connection_id)
+                if conn is None or conn.version != lease.version:
+                    return None  # a sibling refreshed meanwhile: re-read
+                reason = rules.diagnose_invalid_grant(
+                    exc.error_subtype, lease.created_at, lease.last_refresh_at,
+                    lease.last_used_at, self.clock(),
+                )
+                self.mark_needs_reauth(session, conn, reason, want)
+            raise ReauthRequired(reason=reason)
+        if exc.kind == "misconfigured":
+            self._release(want, lease)
+            self._paused_until = time.monotonic() + MISCONFIGURED_PAUSE
+            metrics.MISCONFIGURED.inc()
+            log.error("ALERT: Google rejected the broker's OAuth client (%s)", exc.error,
+                      extra={"event": "broker_misconfigured"})
+            raise BrokerMisconfigured()
+        if exc.kind == "invalid_scope":
+            self._release(want, lease)
+            raise ScopeNotGranted("Google says the grant lacks a requested scope.")
+        now = self.clock()
+        failures = lease.failures + 1
+        wait = exc.retry_after or backoff(failures, base=1.0, cap=300.0)
+        with self.db.transaction() as session:
+            session.execute(
+                update(Connection)
+                .where(Connection.id == want.connection_id,
+                       Connection.refresh_lease_owner == self.owner)
+                .values(refresh_lease_until=None, refresh_lease_owner=None, status="degraded",
+                        status_reason="upstream_" + exc.kind, consecutive_failures=failures,
+                        next_retry_at=now + dt.timedelta(seconds=wait))
+                .execution_options(synchronize_session=False)
+            )
+            audit.record(
+                session, action="token.refresh", tenant_id=want.tenant_id,
+                actor_type=want.actor_type, actor_id=want.actor_id,
+                subject_user_id=want.user_id, ip=want.ip,
+                outcome="error", reason=exc.kind, scopes=want.scopes,
+                details={"error": exc.error[:60], "status": exc.status},
+            )
+            if lease.status == "active":
+                webhooks.enqueue(session, want.tenant_id, "connection.degraded",
+                                 event_payload(want.connection_id, want.user_id))
+        log.warning("refresh failed (%s %s)", exc.kind, exc.error, extra={"event": "refresh"})
+        return self.fallback(want, wait, "Google could not refresh the token in time.")

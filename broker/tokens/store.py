@@ -1,0 +1,143 @@
+"""Stored access tokens: what a hand-out wants, reading, opening and judging rows (DESIGN §8)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlencode
+
+from flask import Flask
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from broker import audit, webhooks
+from broker.clock import get_clock
+from broker.db import get_db
+from broker.errors import NotConnected, ReauthRequired, UpstreamUnavailable
+from broker.keys import SealError, get_keys
+from broker.models import AccessToken, Connection
+from broker.scopes import gmail_only
+from broker.tokens import rules
+
+
+@dataclass(frozen=True)
+class Issued:
+    """An access token ready to hand out."""
+
+    access_token: str
+    expires_at: dt.datetime
+    scopes: list[str]
+    token_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Want:
+    """What a hand-out needs from the slow path."""
+
+    connection_id: uuid.UUID
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    scopes: list[str]
+    scope_key: str
+    min_ttl: int
+    allow_broader: bool
+    # A job reported this token dead: only a different token satisfies the request.
+    rejected_id: uuid.UUID | None = None
+    actor_id: str | None = None
+    ip: str | None = None
+
+    @property
+    def actor_type(self) -> str:
+        """Return who asked: the worker (system) or an API client."""
+        return "system" if self.actor_id == "worker" else "client"
+
+
+class StoredToken(Protocol):
+    """A stored access token as judging and opening need it: an AccessToken or a read row."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def token(self) -> bytes: ...
+    @property
+    def scopes(self) -> list[str]: ...
+    @property
+    def expires_at(self) -> dt.datetime: ...
+    @property
+    def obtained_at(self) -> dt.datetime: ...
+
+
+class TokenStore:
+    """Read, open and judge stored tokens; mark a connection needs_reauth."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.db = get_db(app)
+        self.settings = app.config["BROKER"]
+        self.clock: Callable[[], dt.datetime] = lambda: get_clock(app)()
+
+    def open(self, session: Session, tenant_id: uuid.UUID, row: StoredToken) -> str:
+        """Open a stored access token (raise SealError if it does not open)."""
+        keys = get_keys(self.app)
+        return keys.open(session, tenant_id, row.id, "access_token", row.token).decode()
+
+    def satisfies(self, row: StoredToken | None, want: Want, now: dt.datetime) -> bool:
+        """Say whether a stored token serves this request."""
+        if row is None or (want.rejected_id is not None and row.id == want.rejected_id):
+            return False
+        return rules.token_ready(
+            row.expires_at, row.obtained_at, want.min_ttl, self.settings.CLOCK_SKEW, now
+        )
+
+    def read(self, session: Session, want: Want) -> tuple[Connection, AccessToken | None]:
+        conn = session.get(Connection, want.connection_id)
+        if conn is None or conn.status == "revoked":
+            raise NotConnected()
+        if conn.status == "needs_reauth":
+            raise ReauthRequired(reason=conn.status_reason or "revoked_or_expired")
+        return conn, session.get(AccessToken, (want.connection_id, want.scope_key))
+
+    def issued(self, session: Session, want: Want, row: AccessToken) -> Issued:
+        try:
+            token = self.open(session, want.tenant_id, row)
+        except SealError:
+            raise ReauthRequired(reason="token_unreadable") from None
+        return Issued(token, row.expires_at, list(row.scopes), row.id)
+
+    def fallback(self, want: Want, retry: float, description: str) -> Issued:
+        """Serve the stored token while it is valid at all, else 503 with Retry-After."""
+        now = self.clock()
+        with self.db.transaction(write=False) as session:
+            _, row = self.read(session, want)
+            usable = row is not None and row.expires_at > now + dt.timedelta(seconds=5)
+            if usable and row is not None and row.id != want.rejected_id:
+                return self.issued(session, want, row)
+        raise UpstreamUnavailable(
+            description, headers={"Retry-After": str(max(1, int(retry + 0.999)))}
+        )
+
+    def mark_needs_reauth(
+        self, session: Session, conn: Connection, reason: str, want: Want
+    ) -> None:
+        """Mark a connection needs_reauth, drop its tokens, audit it and queue the webhook."""
+        conn.status, conn.status_reason = "needs_reauth", reason
+        conn.refresh_lease_until = conn.refresh_lease_owner = None
+        session.execute(delete(AccessToken).where(AccessToken.connection_id == conn.id))
+        audit.record(
+            session, action="connection.needs_reauth", tenant_id=conn.tenant_id,
+            actor_type="system", subject_user_id=conn.user_id, outcome="error", reason=reason,
+            ip=want.ip, details={"client_id": want.actor_id},
+        )
+        scope = urlencode({"scope": " ".join(gmail_only(conn.granted_scopes))})
+        reauth_url = f"{str(self.settings.PUBLIC_URL).rstrip('/')}/connections/connect?{scope}"
+        webhooks.enqueue(session, conn.tenant_id, "connection.needs_reauth",
+                         {**event_payload(conn.id, conn.user_id), "reason": reason,
+                          "reauth_url": reauth_url})
+
+
+def event_payload(connection_id: uuid.UUID, user_id: uuid.UUID) -> dict[str, object]:
+    """Return the common part of a connection webhook's payload."""
+    return {"connection_id": str(connection_id), "user_id": str(user_id)}

@@ -1,0 +1,133 @@
+"""A tenant admin's webhooks: add with a secret shown once, disable, recent deliveries."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker import audit
+from broker.errors import InvalidRequest, NotFound
+from broker.keys import KeyService
+from broker.models import Webhook, WebhookDelivery
+from broker.webhooks.delivery import EVENTS
+
+MAX_URL = 2000
+RECENT_DELIVERIES = 50
+# The sealing binding keys.reseal_tenant uses for this column (a field name, not a secret).
+SECRET_FIELD = "webhook_secret"  # noqa: S105
+
+
+@dataclass(frozen=True)
+class Added:
+    """A new webhook with its signing secret, shown once."""
+
+    webhook: Webhook
+    secret: str
+
+
+def check_url(url: str, *, allow_private: bool) -> str:
+    """Return a webhook target URL, or raise InvalidRequest (the worker re-checks at send)."""
+    url = url.strip()
+    if not url or len(url) > MAX_URL or not url.isascii() or any(c.isspace() for c in url):
+        raise InvalidRequest("a webhook URL is an https:// address of at most 2000 characters")
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (allow_private and parts.scheme == "http"):
+        raise InvalidRequest("a webhook URL must start with https://")
+    if not parts.hostname or parts.username or parts.password or parts.fragment:
+        raise InvalidRequest("a webhook URL needs a host, and no credentials or fragment")
+    if not allow_private and _private_host(parts.hostname):
+        raise InvalidRequest("private, loopback and link-local webhook targets are refused")
+    return url
+
+
+def _private_host(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: resolved and pinned by the worker when it sends
+    return not address.is_global
+
+
+def check_events(events: Iterable[str]) -> list[str]:
+    """Return the chosen events in canonical order, or raise InvalidRequest."""
+    chosen = set(events)
+    unknown = chosen - set(EVENTS)
+    if unknown:
+        raise InvalidRequest(f"unknown event {sorted(unknown)[0][:60]!r}")
+    if not chosen:
+        raise InvalidRequest("choose at least one event")
+    return [e for e in EVENTS if e in chosen]
+
+
+def add(
+    session: Session, keys: KeyService, tenant_id: uuid.UUID, *, url: str,
+    events: Iterable[str], allow_private: bool, actor: str, ip: str | None = None,
+) -> Added:
+    """Register a webhook; its secret is stored sealed and returned once."""
+    hook = Webhook(
+        id=uuid.uuid4(), tenant_id=tenant_id, url=check_url(url, allow_private=allow_private),
+        events=check_events(events), status="active",
+    )
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    hook.secret = keys.seal(session, tenant_id, hook.id, SECRET_FIELD, secret.encode())
+    session.add(hook)
+    audit.record(
+        session, action="webhook.create", tenant_id=tenant_id, actor_type="admin",
+        actor_id=actor, ip=ip,
+        details={"webhook_id": str(hook.id), "url": hook.url, "events": hook.events},
+    )
+    return Added(hook, secret)
+
+
+def get_webhook(session: Session, tenant_id: uuid.UUID, webhook_id: uuid.UUID) -> Webhook:
+    """Return a webhook of this tenant; another tenant's id is as absent as an unknown one."""
+    hook = session.scalar(
+        select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant_id == tenant_id)
+    )
+    if hook is None:
+        raise NotFound("There is no such webhook in your organization.")
+    return hook
+
+
+def disable(
+    session: Session, tenant_id: uuid.UUID, webhook_id: uuid.UUID, *, actor: str,
+    ip: str | None = None,
+) -> Webhook:
+    """Stop sending to a webhook."""
+    hook = get_webhook(session, tenant_id, webhook_id)
+    hook.status = "disabled"
+    audit.record(
+        session, action="webhook.disable", tenant_id=tenant_id, actor_type="admin",
+        actor_id=actor, ip=ip, details={"webhook_id": str(hook.id), "url": hook.url},
+    )
+    return hook
+
+
+def list_webhooks(session: Session, tenant_id: uuid.UUID) -> list[Webhook]:
+    """Return the tenant's webhooks, newest first."""
+    return list(session.scalars(
+        select(Webhook).where(Webhook.tenant_id == tenant_id).order_by(Webhook.created_at.desc())
+    ))
+
+
+def recent_deliveries(
+    session: Session, tenant_id: uuid.UUID, limit: int = RECENT_DELIVERIES
+) -> list[tuple[WebhookDelivery, str]]:
+    """Return the tenant's latest deliveries with their target URLs, newest first."""
+    rows = session.execute(
+        select(WebhookDelivery, Webhook.url)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(WebhookDelivery.tenant_id == tenant_id)
+        .order_by(WebhookDelivery.created_at.desc())
+        .limit(limit)
+    )
+    return [(delivery, url) for delivery, url in rows]
