@@ -17,12 +17,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from broker import create_app
-from broker.crypto import format_key_line, new_key
 from broker.db import Database, get_db, make_engine
+from broker.keys.sealed import format_key_line, new_key
 from broker.migrate import upgrade
 from broker.models import Base
 
-pytest_plugins = ["tests.plugins.emulator"]
+pytest_plugins = ["tests.plugins.emulator", "tests.plugins.world"]
 
 MASTER_KEYS = ",".join(format_key_line(f"test-{i}", new_key()) for i in (1, 2))
 

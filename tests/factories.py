@@ -8,10 +8,11 @@ from typing import Any
 
 from flask import Flask
 
+from broker.clock import utcnow
 from broker.db import get_db
-from broker.keyring import get_keys
-from broker.models import Connection, Tenant, User, utcnow
-from broker.tenants import create_tenant
+from broker.keys.extension import get_keys
+from broker.models import Connection, Tenant, User
+from broker.tenancy.tenants import create_tenant
 
 
 def make_tenant(

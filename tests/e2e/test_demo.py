@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.foundation.test_demo import start_demo
+from tests.integration.cli.test_demo import start_demo
 
 pytestmark = pytest.mark.e2e
 

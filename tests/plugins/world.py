@@ -12,10 +12,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from broker import clients
 from broker.db import get_db
 from broker.models import Connection, Tenant, User
 from broker.scopes import normalise, parse_google
+from broker.tenancy import clients
 from tests.factories import make_connection, make_tenant, make_user
 from tests.plugins.emulator import EmulatorControls
 

@@ -17,8 +17,8 @@ import pytest
 from flask import Flask
 
 from tests.factories import make_tenant, make_user
-from tests.integration.api.conftest import READONLY, SEND, World, broker_config, connect
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import READONLY, SEND, World, broker_config, connect
 from tests.ports import free_port
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from werkzeug.test import TestResponse
 
-from tests.integration.api.conftest import READONLY, World
+from tests.plugins.world import READONLY, World
 
 TOKEN = "/api/v1/token"
 NUL = ["\x00", "a\x00b", "\u0000@acme.test"]

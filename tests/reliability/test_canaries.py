@@ -32,17 +32,17 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 import broker.logging as broker_logging
-from broker import clients
-from broker.crypto import format_key_line, new_key
 from broker.db import get_db
-from broker.google import Google, TokenResponse
+from broker.google.client import Google, TokenResponse
+from broker.identity.sessions import BINDING_COOKIE, SESSION_COOKIE
+from broker.keys.sealed import format_key_line, new_key
 from broker.models import AuditEvent, Tenant
-from broker.sessions import BINDING_COOKIE, SESSION_COOKIE
+from broker.tenancy import clients
 from tests.factories import make_tenant
-from tests.integration.api.conftest import basic
 from tests.integration.web.conftest import sign_in
 from tests.integration.web.support import PUBLIC_URL, READONLY, SEND, WebBrowser
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import basic
 
 ADMIN = "admin@canary.test"
 TOKEN_PATH = "/api/v1/token"

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from flask import Flask
 
-from broker.models import utcnow
+from broker.clock import utcnow
 from tests.conftest import Clock
-from tests.integration.api.conftest import World
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import World
 
 LIFETIME = 3599
 MIN_TTL = 300

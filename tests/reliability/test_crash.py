@@ -22,13 +22,14 @@ import httpx
 from flask import Flask
 from sqlalchemy import func, select
 
+from broker.clock import utcnow
 from broker.db import get_db
-from broker.google import get_google
-from broker.keyring import get_keys
-from broker.models import AccessToken, AuditEvent, Connection, utcnow
+from broker.google.client import get_google
+from broker.keys.extension import get_keys
+from broker.models import AccessToken, AuditEvent, Connection
 from tests.factories import make_user
-from tests.integration.api.conftest import READONLY, SEND, World, connect
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import READONLY, SEND, World, connect
 from tests.reliability.conftest import ServedBroker, broker_env
 
 TENANTS = 2

@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from sqlalchemy.engine import make_url
 
-from tests.integration.api.conftest import World
+from tests.plugins.world import World
 from tests.reliability.tcpproxy import TcpProxy
 
 

@@ -16,13 +16,13 @@ from flask import Flask
 from sqlalchemy import select, text
 
 from broker.cli import cli
-from broker.crypto import FileKeyProvider, Keyring, new_key, sealed_version
 from broker.db import get_db
-from broker.keyring import get_keys
-from broker.keys import KeyService
+from broker.keys.extension import get_keys
+from broker.keys.sealed import FileKeyProvider, Keyring, new_key, sealed_version
+from broker.keys.service import KeyService
 from broker.models import AccessToken, Connection, DataKey, User
-from tests.integration.api.conftest import World
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import World
 from tests.reliability.conftest import broker_env
 
 FETCHERS = 4

@@ -25,7 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.integration.api.conftest import World, basic
+from tests.plugins.world import World, basic
 
 REQUESTS = 3_000
 CHECKS = [

@@ -16,11 +16,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import delete, func, select, update
 
-from broker.crypto import HEADER, NONCE_BYTES, SealError
 from broker.db import get_db
-from broker.keyring import get_keys
+from broker.keys.extension import get_keys
+from broker.keys.sealed import HEADER, NONCE_BYTES, SealError
 from broker.models import AccessToken, AuditEvent, Connection
-from tests.integration.api.conftest import World
+from tests.plugins.world import World
 
 
 @dataclass(frozen=True)

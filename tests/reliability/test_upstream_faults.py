@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from broker.clock import utcnow
 from broker.db import get_db
-from broker.models import AccessToken, Connection, utcnow
-from tests.integration.api.conftest import World
+from broker.models import AccessToken, Connection
+from tests.plugins.world import World
 
 BUDGET = 3.0  # REFRESH_BUDGET of the test broker (GOOGLE_TIMEOUT is 2)
 SLACK = 1.5  # the test client, the database and a loaded CI machine

@@ -11,8 +11,8 @@ from sqlalchemy import update
 from broker.db import get_db
 from broker.models import Connection
 from tests.factories import make_user
-from tests.integration.api.conftest import READONLY, SEND, World, broker_config, connect
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import READONLY, SEND, World, broker_config, connect
 
 
 @pytest.mark.parametrize(

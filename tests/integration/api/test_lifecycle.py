@@ -6,8 +6,8 @@ from sqlalchemy import func, select
 
 from broker.db import get_db
 from broker.models import Connection
-from tests.integration.api.conftest import World
-from tests.integration.api.test_cli_audit import invoke
+from tests.integration.cli.test_audit import invoke
+from tests.plugins.world import World
 
 
 def connections(world: World) -> int:

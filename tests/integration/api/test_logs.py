@@ -11,8 +11,8 @@ from flask import Flask
 from broker import webhooks, worker
 from broker.db import get_db
 from broker.models import Tenant
-from tests.integration.api.conftest import World, broker_config
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import World, broker_config
 
 
 def test_full_flow_at_debug_logs_no_secret(

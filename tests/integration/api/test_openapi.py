@@ -10,8 +10,8 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from werkzeug.test import TestResponse
 
-from tests.integration.api.conftest import World, broker_config
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import World, broker_config
 
 
 def resolve(node: Any, spec: dict[str, Any]) -> Any:

@@ -15,7 +15,7 @@ from broker.client import (
     ReauthRequiredError,
     UnknownUserError,
 )
-from tests.integration.api.conftest import READONLY, World
+from tests.plugins.world import READONLY, World
 
 
 def sdk(world: World, secret: str | None = None) -> BrokerClient:

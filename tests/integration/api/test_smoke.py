@@ -1,4 +1,4 @@
-from tests.integration.api.conftest import READONLY, World
+from tests.plugins.world import READONLY, World
 
 
 def test_first_fetch_refreshes_then_fast_path(world: World) -> None:

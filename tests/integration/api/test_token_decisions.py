@@ -10,11 +10,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select, update
 
-from broker.api.auth import get_cache
+from broker.clock import utcnow
 from broker.db import get_db
-from broker.models import AccessToken, AuditEvent, Connection, Policy, User, utcnow
+from broker.models import AccessToken, AuditEvent, Connection, Policy, User
+from broker.tenancy.client_auth import get_cache
 from tests.conftest import Clock
-from tests.integration.api.conftest import (
+from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import (
     MODIFY,
     PUBLIC_URL,
     READONLY,
@@ -23,7 +25,6 @@ from tests.integration.api.conftest import (
     basic,
     broker_config,
 )
-from tests.plugins.emulator import EmulatorControls
 
 
 def audits(world: World, **where: Any) -> list[AuditEvent]:
@@ -296,7 +297,7 @@ def test_audit_failure_gates_the_hand_out(world: World, stored: bool) -> None:
 def test_rotated_secret_keeps_working_through_grace_then_disabled_client_fails(
     world: World,
 ) -> None:
-    from broker import clients
+    from broker.tenancy import clients
 
     with get_db(world.app).transaction() as session:
         issued = clients.rotate_secret(session, world.client_id, grace=dt.timedelta(hours=1))

@@ -17,7 +17,7 @@ from broker.cli import cli
 from broker.db import get_db
 from broker.models import AuditEvent
 from tests.factories import make_tenant
-from tests.integration.api.conftest import READONLY, World
+from tests.plugins.world import READONLY, World
 
 NO_LAG = worker.Windows(audit_lag=dt.timedelta(0))
 

@@ -10,7 +10,7 @@ from flask import Flask
 
 from broker import create_app
 from broker.config import ConfigError
-from broker.crypto import KeySourceError
+from broker.keys.sealed import KeySourceError
 
 
 def test_healthz_and_readyz(client) -> None:  # type: ignore[no-untyped-def]

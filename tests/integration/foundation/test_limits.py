@@ -12,8 +12,8 @@ from sqlalchemy import event
 
 from broker.db import get_db
 from tests.factories import make_tenant, make_user
-from tests.integration.api.conftest import READONLY, SEND, World, basic, broker_config, connect
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import READONLY, SEND, World, basic, broker_config, connect
 
 REDIS = "redis://127.0.0.1:6379/"
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from broker.config import load_settings
-from broker.google import Google, GoogleError, IdTokenError
+from broker.google.client import Google, GoogleError, IdTokenError
 from broker.scopes import PREFIX
 
 READ, SEND = PREFIX + "gmail.readonly", PREFIX + "gmail.send"

@@ -8,10 +8,10 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from broker.crypto import FileKeyProvider, Keyring, SealError, format_key_line, new_key
 from broker.db import get_db
-from broker.keyring import get_keys
-from broker.keys import KeyService, reseal_tenant
+from broker.keys.extension import get_keys
+from broker.keys.sealed import FileKeyProvider, Keyring, SealError, format_key_line, new_key
+from broker.keys.service import KeyService, reseal_tenant
 from broker.models import Connection, DataKey
 from tests.factories import make_connection, make_tenant, make_user
 

@@ -1,6 +1,6 @@
 """Serve the broker in real worker processes (gunicorn) for multi-process tests.
 
-Run as `python -m tests.integration.api.serve PORT WORKERS THREADS`; settings come from the
+Run as `python -m tests.integration.tokens.serve PORT WORKERS THREADS`; settings come from the
 BROKER_* environment like in production.
 """
 

@@ -9,11 +9,12 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from broker.clock import utcnow
 from broker.db import get_db
-from broker.models import AccessToken, Connection, Policy, WebhookDelivery, utcnow
+from broker.models import AccessToken, Connection, Policy, WebhookDelivery
 from broker.scopes import gmail_only
 from tests.conftest import Clock
-from tests.integration.api.conftest import READONLY, SEND, World
+from tests.plugins.world import READONLY, SEND, World
 
 
 def refreshes(world: World) -> int:

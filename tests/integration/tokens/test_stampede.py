@@ -20,10 +20,11 @@ import httpx
 import pytest
 from sqlalchemy import select, text, update
 
+from broker.clock import utcnow
 from broker.db import get_db
-from broker.models import AccessToken, Connection, utcnow
+from broker.models import AccessToken, Connection
 from tests.conftest import MASTER_KEYS
-from tests.integration.api.conftest import World, broker_config
+from tests.plugins.world import World, broker_config
 from tests.ports import free_port
 
 REQUESTS = 200
@@ -50,7 +51,7 @@ def served(world: World, tmp_path: Path, workers: int, **settings: Any) -> Itera
     }
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.api.serve", str(port), str(workers),
+        [sys.executable, "-m", "tests.integration.tokens.serve", str(port), str(workers),
          str(THREADS)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

@@ -9,7 +9,7 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from broker.db import get_db
-from broker.keyring import get_keys
+from broker.keys.extension import get_keys
 from broker.models import AccessToken, Connection, Policy, Tenant
 from broker.scopes import scope_key
 from tests.integration.web.conftest import sign_in
@@ -219,7 +219,7 @@ def test_disconnect_erases_even_when_revocation_fails(
 def test_connect_and_disconnect_queue_signed_webhooks(
     acme: Tenant, signed_in: WebBrowser, emulator: EmulatorControls
 ) -> None:
-    from broker import webhook_admin
+    from broker import webhooks as webhook_admin
     from broker.models import WebhookDelivery
 
     app = signed_in.app

@@ -126,8 +126,8 @@ def test_canonical_host_redirect(google_app: Flask) -> None:
 def test_https_cookies_and_hsts(
     make_google_app: Callable[..., Flask], emulator: EmulatorControls
 ) -> None:
-    from broker.keyring import get_keys
-    from broker.tenants import create_tenant
+    from broker.keys.extension import get_keys
+    from broker.tenancy.tenants import create_tenant
 
     app = make_google_app("https://broker.example.com")
     with get_db(app).transaction() as session:

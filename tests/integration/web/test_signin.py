@@ -10,8 +10,8 @@ from flask import Flask
 from sqlalchemy import select
 
 from broker.db import get_db
+from broker.identity.sessions import digest
 from broker.models import BrowserSession, OAuthTransaction, Policy, Tenant, User
-from broker.sessions import digest
 from tests.conftest import Clock
 from tests.factories import make_tenant
 from tests.integration.web.conftest import sign_in
@@ -153,7 +153,7 @@ def test_accounts_outside_any_tenant_are_refused(
 def test_suspended_user_is_refused(
     acme: Tenant, signed_in: WebBrowser, emulator: EmulatorControls
 ) -> None:
-    from broker.users import set_status
+    from broker.tenancy.users import set_status
 
     with get_db(signed_in.app).transaction() as session:
         user = session.scalar(select(User).where(User.email == "alice@acme.test"))

@@ -16,11 +16,12 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from broker import webhooks, worker
+from broker.clock import utcnow
+from broker.connections.revoke import disconnect
 from broker.db import get_db
-from broker.models import AccessToken, Connection, Tenant, User, WebhookDelivery, utcnow
-from broker.revoke import disconnect
-from tests.integration.api.conftest import World, broker_config
+from broker.models import AccessToken, Connection, Tenant, User, WebhookDelivery
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import World, broker_config
 
 
 def refreshes(world: World) -> int:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.crypto import (
+from broker.keys.sealed import (
     Binding,
     EnvKeyProvider,
     FileKeyProvider,

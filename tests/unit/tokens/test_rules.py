@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
-from broker import policy
+from broker.clock import backoff
 from broker.scopes import EMAIL, InvalidScope
+from broker.tokens import rules as policy
 
 NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
 R = "https://www.googleapis.com/auth/gmail.readonly"
@@ -56,6 +57,6 @@ def test_diagnose_invalid_grant() -> None:
 
 
 def test_backoff_grows_with_jitter_and_a_cap() -> None:
-    assert 0.5 <= policy.backoff(1) <= 1.0
-    assert 4.0 <= policy.backoff(4) <= 8.0
-    assert policy.backoff(50, cap=300) <= 300
+    assert 0.5 <= backoff(1) <= 1.0
+    assert 4.0 <= backoff(4) <= 8.0
+    assert backoff(50, cap=300) <= 300

@@ -13,12 +13,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
+from broker.clock import utcnow
 from broker.db import get_db
-from broker.models import Policy, Tenant, User, utcnow
-from broker.sessions import SESSION_COOKIE, open_session
+from broker.identity.sessions import SESSION_COOKIE, open_session
+from broker.models import Policy, Tenant, User
 from tests.factories import make_tenant, make_user
-from tests.integration.api.conftest import broker_config
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import broker_config
 
 READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 SEND = "https://www.googleapis.com/auth/gmail.send"

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from broker.db import get_db
 from broker.models import AuditEvent
-from tests.integration.admin.conftest import Browser, Org
+from tests.integration.web.admin.conftest import Browser, Org
 
 PAGES = ["/admin/users", "/admin/policy", "/admin/clients", "/admin/connections",
          "/admin/webhooks", "/admin/audit", "/admin/keys", "/admin/audit/export.csv"]
@@ -70,7 +70,7 @@ def test_ended_admin_sessions_stop_at_once(
 ) -> None:
     second = make_browser(org.admin)
     first = make_browser(org.admin)
-    from broker import users
+    from broker.tenancy import users
     with get_db(admin_app).transaction() as session:
         users.end_sessions(session, org.admin.id, "admin")
     assert first.get("/admin/users").status_code == 302

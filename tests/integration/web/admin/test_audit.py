@@ -10,11 +10,11 @@ from flask import Flask
 from sqlalchemy import select
 
 from broker import audit
-from broker.audit_view import escape_cell
+from broker.audit.queries import escape_cell
 from broker.db import get_db
-from broker.keyring import get_keys
+from broker.keys.extension import get_keys
 from broker.models import AuditEvent
-from tests.integration.admin.conftest import Browser, Org
+from tests.integration.web.admin.conftest import Browser, Org
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -7,11 +7,11 @@ import re
 from flask import Flask
 from sqlalchemy import select
 
-from broker import clients
 from broker.db import get_db
 from broker.models import ApiClient, AuditEvent
+from broker.tenancy import clients
 from tests.factories import make_tenant
-from tests.integration.admin.conftest import READONLY, SEND, Browser, Org
+from tests.integration.web.admin.conftest import READONLY, SEND, Browser, Org
 
 SECRET = re.compile(r'id="client-secret">([^<]+)<')
 CLIENT_ID = re.compile(r'id="client-id">(cl_[0-9a-f]+)<')

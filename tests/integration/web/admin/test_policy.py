@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from broker.db import get_db
 from broker.models import AuditEvent, Policy
-from tests.integration.admin.conftest import READONLY, SEND, Browser, Org
+from tests.integration.web.admin.conftest import READONLY, SEND, Browser, Org
 
 
 def form(**changes: Any) -> dict[str, Any]:

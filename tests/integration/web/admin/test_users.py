@@ -19,7 +19,7 @@ from broker.models import (
     utcnow,
 )
 from tests.factories import make_connection
-from tests.integration.admin.conftest import READONLY, Browser, Org
+from tests.integration.web.admin.conftest import READONLY, Browser, Org
 from tests.plugins.emulator import EmulatorControls
 
 

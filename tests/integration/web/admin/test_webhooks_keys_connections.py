@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from broker import webhooks
 from broker.db import get_db
-from broker.keyring import get_keys
+from broker.keys.extension import get_keys
 from broker.models import AuditEvent, DataKey, Webhook
 from tests.factories import make_connection, make_user
-from tests.integration.admin.conftest import READONLY, Browser, Org
+from tests.integration.web.admin.conftest import READONLY, Browser, Org
 
 SECRET = re.compile(r'id="webhook-secret">([^<]+)<')
 
