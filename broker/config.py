@@ -103,6 +103,8 @@ class Settings:
         ("127.0.0.0/8", "::1/128"), parse_networks
     )
     WEBHOOK_ALLOW_PRIVATE: bool = _setting(False, parse_bool)
+    # A buffering reverse proxy fronts `broker serve`: only then may it bind a public address.
+    BEHIND_PROXY: bool = _setting(False, parse_bool)
     SEAL_ROTATE_THRESHOLD: int = _setting(2**30, int)
     SEAL_BLOCK: int = _setting(1000, int)
     DATA_KEY_CACHE_SECONDS: float = _setting(300.0, float)

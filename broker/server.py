@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import tempfile
+
+UNBUFFERED = (
+    "refusing to serve on {host} without a buffering reverse proxy in front: gunicorn's "
+    "threads read request headers themselves, so a few slow clients can stall every request. "
+    "Put nginx (or another proxy that buffers requests) in front and pass --behind-proxy or "
+    "set BROKER_BEHIND_PROXY=on; or bind 127.0.0.1"
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Say whether a bind address only accepts connections from this machine."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def bind_problem(host: str, behind_proxy: bool) -> str | None:
+    """Return why `broker serve` must not bind `host`, or None when it may."""
+    if is_loopback_host(host) or behind_proxy:
+        return None
+    return UNBUFFERED.format(host=host)
 
 
 def sensible_workers(sqlite: bool, workers: int | None, threads: int | None) -> tuple[int, int]:

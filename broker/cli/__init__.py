@@ -115,12 +115,21 @@ def db_downgrade(revision: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes")
 @click.option("--threads", type=click.IntRange(1, 256), help="threads per worker")
 @click.option("--dev", is_flag=True, help="Flask's development server (never in production)")
-def serve(host: str, port: int, workers: int | None, threads: int | None, dev: bool) -> None:
+@click.option("--behind-proxy", is_flag=True,
+              help="a buffering reverse proxy fronts this server (needed to bind a public "
+                   "address; also BROKER_BEHIND_PROXY=on)")
+def serve(
+    host: str, port: int, workers: int | None, threads: int | None, dev: bool,
+    behind_proxy: bool,
+) -> None:
     """Serve the broker with gunicorn (or Flask's development server with --dev)."""
     from broker.db import get_db
     from broker.keys import get_keys
-    from broker.server import run_gunicorn, sensible_workers
+    from broker.server import bind_problem, run_gunicorn, sensible_workers
 
+    problem = bind_problem(host, behind_proxy or current_app.config["BROKER"].BEHIND_PROXY)
+    if problem:
+        raise click.ClickException(problem)
     get_keys()  # a missing or malformed master key stops start-up here
     if dev:
         current_app.run(host=host, port=port, threaded=True, use_reloader=False)
