@@ -16,13 +16,34 @@ UNSPECIFIED = ipaddress.IPv4Address(0)  # a peer with no address matches no rang
 
 def parse_ip(text: str) -> IPAddress | None:
     """Parse an address, unwrapping IPv4-mapped IPv6; None when it is not one."""
+    return _address(text.strip().strip("[]"))
+
+
+def _address(text: str) -> IPAddress | None:
     try:
-        address = ipaddress.ip_address(text.strip().strip("[]"))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def parse_hop(text: str) -> IPAddress | None:
+    """Parse one X-Forwarded-For hop: `ip`, `ip:port`, `[v6]` or `[v6]:port`; None otherwise."""
+    hop, port = text.strip(), None
+    if hop.startswith("["):
+        inside, bracket, rest = hop[1:].partition("]")
+        if not bracket or ":" not in inside or (rest and not rest.startswith(":")):
+            return None  # brackets hold IPv6 only, and only a port may follow them
+        hop, port = inside, (rest[1:] if rest else None)
+    elif hop.count(":") == 1:
+        hop, _, port = hop.partition(":")  # one colon is IPv4 and a port; IPv6 has several
+    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        return None
+    if "%" in hop:
+        return None  # a zone id names a link of the sender's, not an address we can judge
+    return _address(hop)
 
 
 def _trusted(address: IPAddress, proxies: Iterable[Network]) -> bool:
@@ -33,7 +54,10 @@ def client_ip(source: Request | Mapping[str, Any], trusted_proxies: Iterable[Net
     """Return the peer, or when the peer is a trusted proxy the first untrusted X-Forwarded-For hop.
 
     Forwarded, X-Real-IP and the like are ignored: only X-Forwarded-For from a trusted peer
-    counts, read from the right so a client cannot prepend a forged address.
+    counts, read from the right so a client cannot prepend a forged address. A hop that is no
+    address (`unknown`, an obfuscated name, garbage) before the first untrusted one fails closed
+    to UNSPECIFIED: the caller is unknown, so it matches no IP range but "any", and never
+    passes for the proxy itself.
     """
     environ = source.environ if isinstance(source, Request) else source
     proxies = tuple(trusted_proxies)
@@ -43,9 +67,9 @@ def client_ip(source: Request | Mapping[str, Any], trusted_proxies: Iterable[Net
     header = str(environ.get("HTTP_X_FORWARDED_FOR") or "")
     current = peer
     for hop in reversed([h for h in header.split(",") if h.strip()]):
-        address = parse_ip(hop)
+        address = parse_hop(hop)
         if address is None:
-            return current  # garbage from beyond our proxies: trust nothing further left
+            return UNSPECIFIED
         current = address
         if not _trusted(address, proxies):
             return address

@@ -87,16 +87,15 @@ class Limits:
         if self.login is not None and not self.limiter.hit(self.login, "login", ip):
             raise self._refuse(self.login, "login", ip)
 
-    def check_auth_failures(self, ip: str) -> None:
-        """Raise RateLimited while this address has failed authentication too often."""
-        item = self.auth_failures
-        if item is not None and not self.limiter.test(item, "authfail", ip):
-            raise self._refuse(item, "authfail", ip)
-
     def auth_failed(self, ip: str) -> None:
-        """Count one failed authentication from this address."""
-        if self.auth_failures is not None:
-            self.limiter.hit(self.auth_failures, "authfail", ip)
+        """Count one failed authentication from this address; raise RateLimited past the limit.
+
+        Only failures are counted and refused, so a good client behind the same address as a
+        failing one is never locked out.
+        """
+        item = self.auth_failures
+        if item is not None and not self.limiter.hit(item, "authfail", ip):
+            raise self._refuse(item, "authfail", ip)
 
 
 def get_limits(app: Flask | None = None) -> Limits:

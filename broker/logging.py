@@ -20,6 +20,9 @@ _SECRETISH = re.compile(
     r"[\"']?\s*[:=]\s*[\"']?[^\s\"'&,}]+)"
 )
 REDACTED = "[redacted]"
+# A caller's request id lands in logs, audit rows (64 characters) and a response header: only
+# a short ASCII token is kept (str.isalnum would pass any Unicode letter or digit).
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def redact(text: str) -> str:
@@ -82,8 +85,7 @@ def request_id() -> str:
 
 def _start_request() -> None:
     incoming = request.headers.get("X-Request-Id", "")
-    ok = 8 <= len(incoming) <= 64 and incoming.replace("-", "").isalnum()
-    g.request_id = incoming if ok else secrets.token_hex(12)
+    g.request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(12)
 
 
 def _finish_request(response: Response) -> Response:

@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, Flask, Request, Response, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.routing import RequestRedirect
 
 from broker import errors
 from broker.errors import database_down, error_response
@@ -20,6 +21,9 @@ _BY_STATUS: dict[int, type[errors.BrokerError]] = {
 
 def http_error(exc: HTTPException) -> Response:
     """Render a werkzeug HTTP error on an API path as JSON."""
+    if isinstance(exc, RequestRedirect):
+        # werkzeug redirects `//` to `/`; an API caller should fix its URL, not follow a 308.
+        return error_response(errors.NotFound())
     kind = _BY_STATUS.get(exc.code or 500, errors.ServerError)
     headers = {}
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:

@@ -40,22 +40,27 @@ TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token"}
 
 
 def admit() -> Handout:
-    """Authenticate the client, check its IP, then count it against its rate limit."""
+    """Authenticate the client, check its IP, then count it against its rate limit.
+
+    Authentication comes first and only failures count against the per-address limit, so
+    failing callers behind a shared address cannot lock out the good ones (issue 11 item 5).
+    """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     ip = client_ip(request, app.config["BROKER"].TRUSTED_PROXIES)
     limits = get_limits(app)
     try:
-        limits.check_auth_failures(str(ip))
         client = authenticate(request, get_clock(app)())
-    except (InvalidClient, RateLimited) as exc:
-        if isinstance(exc, InvalidClient):
+    except InvalidClient as failed:
+        metrics.AUTH_FAILURES.inc()
+        refusal: BrokerError = failed
+        try:
             limits.auth_failed(str(ip))
-            metrics.AUTH_FAILURES.inc()
-        else:
+        except RateLimited as limited:
             metrics.RATE_LIMITED.labels(kind="auth_failures").inc()
-        log.warning("api auth refused: %s", exc.error, extra={"event": "api_auth", "outcome":
-                    exc.error})
-        raise
+            refusal = limited
+        log.warning("api auth refused: %s", refusal.error, extra={"event": "api_auth",
+                    "outcome": refusal.error})
+        raise refusal from None
     handout = Handout(app, client, ip)
     handout.check_ip()
     try:

@@ -286,6 +286,11 @@ class Google:
         audiences = audience if isinstance(audience, list) else [audience]
         if self.client_id not in audiences:
             raise IdTokenError("id_token audience is not this client")
+        if len(audiences) > 1 and not (
+            isinstance(claims.get("azp"), str) and claims["azp"] == self.client_id
+        ):
+            # OIDC Core 3.1.3.7: with several audiences, azp names the party it was issued to.
+            raise IdTokenError("id_token has several audiences and its azp is not this client")
         if not isinstance(claims.get("exp"), int | float) or claims["exp"] < now - ID_TOKEN_LEEWAY:
             raise IdTokenError("id_token has expired")
         if not isinstance(claims.get("iat"), int | float) or claims["iat"] > now + ID_TOKEN_LEEWAY:
@@ -296,7 +301,8 @@ class Google:
             raise IdTokenError("id_token nonce does not match")
         if not claims.get("sub"):
             raise IdTokenError("id_token has no subject")
-        if claims.get("email_verified") not in (True, "true"):
+        # Only JSON true: `1 in (True, ...)` holds in Python, and Google sends a boolean.
+        if claims.get("email_verified") is not True:
             raise IdTokenError("email address is not verified", "email_unverified")
         return claims
 

@@ -205,3 +205,22 @@ def test_bad_credentials_and_methods_are_json_4xx(world_ro: World) -> None:
         ("unknown path", client.get("/api/v1/nothing%00here")),
     ]
     _check(cases)
+
+
+def test_routing_redirects_under_the_api_are_404_json(world_ro: World) -> None:
+    client = world_ro.app.test_client()
+    auth = {"Authorization": world_ro.auth}
+    cases = [
+        (f"{method} {path}", client.open(path, method=method, json={}, headers=auth))
+        for path in ("/api/v1//token", "/api//v1/token", "/api//v1//token",
+                     "/api/v1//connections", "/api/v1///openapi.json")
+        for method in ("GET", "POST")
+    ]
+    _check(cases)
+    # A method the merged path does not take is refused before any redirect: 405 is right too.
+    assert {label: r.json["error"] for label, r in cases if r.status_code != 405} == {
+        "POST /api/v1//token": "not_found", "POST /api//v1/token": "not_found",
+        "POST /api//v1//token": "not_found", "GET /api/v1//connections": "not_found",
+        "GET /api/v1///openapi.json": "not_found",
+    }
+    assert not [label for label, r in cases if "Location" in r.headers]

@@ -2,6 +2,8 @@
 
 At least 3,000 generated requests, valid and invalid, with valid, wrong and missing
 credentials: no 500, no status, header or body outside the document, every 4xx with an `error`.
+The documented paths are also bent (doubled slashes, dot segments, trailing slashes): still no
+5xx, and every answer JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -110,8 +113,6 @@ def fuzz_all(app: Flask, document: dict[str, Any], world: World) -> Fuzzer:
     return fuzzer
 
 
-
-
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 def test_the_api_keeps_to_its_document(make_world: Any, make_broker: Any) -> None:
     app = make_broker(API_RATE_LIMIT="off", AUTH_FAILURE_LIMIT="off")
@@ -120,3 +121,42 @@ def test_the_api_keeps_to_its_document(make_world: Any, make_broker: Any) -> Non
     assert document.get("paths")
     fuzzer = fuzz_all(app, document, world)
     assert fuzzer.requests >= REQUESTS
+
+
+SEPARATORS = ["/", "//", "///", "/./", "/../", "/%2F", "/%2E/", "/.//"]
+TRAILERS = ["", "/", "//", "/.", "/..", "/./"]
+
+
+@st.composite
+def bent_paths(draw: st.DrawFn, documented: list[str]) -> str:
+    """Return a documented /api/ path with its separators and ending bent."""
+    segments = draw(st.sampled_from(documented)).removeprefix("/api/").split("/")
+    joined = "".join(draw(st.sampled_from(SEPARATORS)) + segment for segment in segments)
+    return "/api" + joined + draw(st.sampled_from(TRAILERS))
+
+
+def test_bent_api_paths_answer_json_and_never_5xx(make_world: Any, make_broker: Any) -> None:
+    app = make_broker(API_RATE_LIMIT="off", AUTH_FAILURE_LIMIT="off")
+    world = make_world(app=app)
+    documented = sorted(served_document(app)["paths"])
+    credentials = [world.auth, basic(world.client_id, "wrong-secret"), None]
+    client = app.test_client()
+    seen: set[str] = set()
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(path=bent_paths(documented), auth=st.sampled_from(credentials),
+           method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]))
+    def bent(path: str, auth: str | None, method: str) -> None:
+        seen.add(path)
+        headers = {"Authorization": auth} if auth else {}
+        response = client.open(path, method=method, headers=headers,
+                               json={"user": world.user.email})
+        label = (method, path, response.status_code)
+        assert response.status_code < 500, label
+        assert response.mimetype == "application/json", label
+        if response.status_code >= 400:
+            assert isinstance(response.json, dict) and response.json.get("error"), label
+
+    bent()
+    assert any("//" in path for path in seen) and any("/." in path for path in seen)

@@ -9,7 +9,8 @@ from flask import Flask
 from sqlalchemy import update
 
 from broker.db import get_db
-from broker.models import Connection
+from broker.models import Connection, Policy
+from broker.tenancy import client_auth
 from tests.factories import make_user
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import READONLY, SEND, World, broker_config, connect
@@ -54,6 +55,42 @@ def test_real_client_behind_a_trusted_proxy_is_found(proxied: World) -> None:
     assert via_v6.status_code == 200
     mapped = proxied.token(ip="::ffff:192.0.2.10", headers={"X-Forwarded-For": "10.5.5.5"})
     assert mapped.status_code == 200
+
+
+@pytest.fixture
+def inside(make_app: Callable[..., Flask], emulator: EmulatorControls,
+           make_world: Callable[..., World]) -> World:
+    """A world behind a trusted proxy at 10.0.0.1, which lies inside the client's 10.0.0.0/8."""
+    app = make_app(**broker_config(emulator, TRUSTED_PROXIES="10.0.0.1/32"))
+    return make_world(app=app, ip_ranges=("10.0.0.0/8",))
+
+
+@pytest.mark.parametrize("hop", ["unknown", "_hidden", "10.3.3.3:port", "[10.3.3.3]", "%"])
+def test_an_unparsable_hop_from_a_trusted_proxy_is_refused(inside: World, hop: str) -> None:
+    refused = inside.token(ip="10.0.0.1", headers={"X-Forwarded-For": hop})
+    assert refused.status_code == 403 and refused.json["error"] == "ip_not_allowed"
+
+
+def test_ported_hops_from_a_trusted_proxy_are_the_client(inside: World) -> None:
+    assert inside.token(ip="10.0.0.1", headers={"X-Forwarded-For": "10.3.3.3:5123"}) \
+        .status_code == 200
+    outside = inside.token(ip="10.0.0.1", headers={"X-Forwarded-For": "203.0.113.1:5123"})
+    assert outside.status_code == 403
+    v6 = inside.token(ip="10.0.0.1", headers={"X-Forwarded-For": "[2001:db8::1]:5123"})
+    assert v6.status_code == 403
+
+
+def test_tenant_token_ranges_refuse_an_unknown_hop(inside: World) -> None:
+    with get_db(inside.app).transaction() as session:
+        policy = session.get(Policy, inside.tenant.id)
+        assert policy is not None
+        policy.token_ip_ranges = ["10.0.0.0/8"]
+    inside.client_id, inside.client_secret = inside.add_client([READONLY])  # no ranges of its own
+    client_auth.get_cache(inside.app).clear()
+    assert inside.token(ip="10.0.0.1", headers={"X-Forwarded-For": "10.3.3.3"}).status_code \
+        == 200
+    refused = inside.token(ip="10.0.0.1", headers={"X-Forwarded-For": "unknown"})
+    assert refused.status_code == 403 and refused.json["error"] == "ip_not_allowed"
 
 
 def test_connections_are_listed_with_cursor_pagination(

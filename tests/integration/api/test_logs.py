@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from sqlalchemy import select
 
 from broker import webhooks, worker
 from broker.db import get_db
-from broker.models import Tenant
+from broker.models import AuditEvent, Tenant
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import World, broker_config
 
@@ -48,3 +50,33 @@ def test_full_flow_at_debug_logs_no_secret(
     for secret in secrets:
         assert secret and not any(secret in line for line in lines)
         assert not any(secret[:24] in line for line in lines)
+
+
+def _handout_request_ids(world: World) -> list[str | None]:
+    with get_db(world.app).transaction(write=False) as session:
+        return list(session.scalars(
+            select(AuditEvent.request_id).where(AuditEvent.tenant_id == world.tenant.id,
+                                                AuditEvent.action == "token.handout")
+        ))
+
+
+@pytest.mark.parametrize("given", ["a", "job-42.retry_1", "A" * 64, "0_9"])
+def test_a_short_safe_request_id_is_kept(world: World, given: str) -> None:
+    response = world.token(headers={"X-Request-Id": given})
+    assert response.status_code == 200
+    assert response.headers["X-Request-Id"] == given
+    assert _handout_request_ids(world) == [given]
+
+
+@pytest.mark.parametrize(
+    "given",
+    # WSGI hands header bytes over as latin-1: these are what a client's raw bytes can become.
+    ["", "ÀÉÎÕÜàéîõü", "²³¹²³¹²³¹", "a" * 65, "two words", "x<script>", "a/b", "id\t1",
+     "ab:cd", "--%0a--", "a\u00a0b", "Ã©Ã©Ã©Ã©"],
+)
+def test_any_other_request_id_is_replaced(world: World, given: str) -> None:
+    response = world.token(headers={"X-Request-Id": given})
+    assert response.status_code == 200
+    made = response.headers["X-Request-Id"]
+    assert made != given and re.fullmatch(r"[0-9a-f]{24}", made)
+    assert _handout_request_ids(world) == [made]

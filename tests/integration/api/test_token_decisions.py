@@ -103,6 +103,34 @@ def test_failed_authentications_are_limited_per_source_ip(
     assert world.token(ip="198.51.100.2").status_code == 200  # another address is not limited
 
 
+def test_failures_from_a_shared_address_do_not_lock_out_good_clients(
+    make_app: Callable[..., Flask], emulator: EmulatorControls,
+    make_world: Callable[..., World],
+) -> None:
+    app = make_app(**broker_config(emulator, AUTH_FAILURE_LIMIT="2/minute"))
+    world = make_world(app=app)
+    shared = {"REMOTE_ADDR": "198.51.100.1"}
+    client = app.test_client()
+
+    def post(authorization: str | None) -> Any:
+        headers = {"Authorization": authorization} if authorization else {}
+        return client.post("/api/v1/token", json={"user": world.user.email}, headers=headers,
+                           environ_base=shared)
+
+    wrong, unknown = basic(world.client_id, "wrong"), basic("no-such-client", "wrong")
+    assert [post(h).status_code for h in (wrong, unknown, None, "Basic !!")] == \
+        [401, 401, 429, 429]
+    assert post(world.auth).status_code == 200
+    listed = client.get("/api/v1/connections", headers={"Authorization": world.auth},
+                        environ_base=shared)
+    assert listed.status_code == 200
+    for refused in (post(wrong), post(unknown), client.get(
+            "/api/v1/connections", headers={"Authorization": wrong}, environ_base=shared)):
+        assert refused.status_code == 429 and refused.json["error"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+    assert post(world.auth).status_code == 200
+
+
 def test_ip_outside_client_or_tenant_ranges_is_refused_and_audited(
     make_world: Callable[..., World],
 ) -> None:

@@ -38,3 +38,14 @@ def test_forged_forwarding_headers_do_not_open_metrics(make_app) -> None:  # typ
         headers={"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1"},
     )
     assert response.status_code == 403
+
+
+def test_an_unparsable_hop_from_a_trusted_proxy_does_not_open_metrics(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(METRICS_IP_RANGES="127.0.0.0/8", TRUSTED_PROXIES="127.0.0.1/32")
+    client = app.test_client()
+    for hop in ("unknown", "_hidden", "203.0.113.5:4444x", "203.0.113.5, unknown"):
+        response = client.get("/metrics", headers={"X-Forwarded-For": hop})
+        assert response.status_code == 403, hop
+    outside = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.5:4444"})
+    assert outside.status_code == 403
+    assert client.get("/metrics", headers={"X-Forwarded-For": "127.0.0.9:80"}).status_code == 200

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+from typing import Any
 
 import pytest
 
 from broker.config import load_settings
+from broker.emulator import Emulator
 from broker.google.client import Google, GoogleError, IdTokenError
 from broker.scopes import PREFIX
+from tests.plugins.emulator import EmulatorControls
 
 READ, SEND = PREFIX + "gmail.readonly", PREFIX + "gmail.send"
 CLIENT_ID, SECRET = "broker-test.apps.googleusercontent.com", "broker-test-secret"
@@ -119,6 +124,42 @@ def test_id_token_for_another_audience_is_refused(google: Google, emulator) -> N
     other = emulator.grant("bob@acme.test", "other-client", ["openid", "email"])
     with pytest.raises(IdTokenError, match="audience"):
         google.verify_id_token(other["id_token"])
+
+
+def _signed_like(emulator: EmulatorControls, id_token: str, **changes: Any) -> str:
+    """Re-sign a real id_token's claims, changed, with the emulator's current key."""
+    payload = id_token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    for name in [k for k, v in changes.items() if v is None]:
+        del claims[name]
+    service = next(e for e in emulator.app.extensions.values() if isinstance(e, Emulator))
+    return str(service.keys.sign(claims))
+
+
+@pytest.mark.parametrize("value", [1, "true", "True", [True], {"v": True}, None, False])
+def test_email_verified_must_be_json_true(
+    google: Google, grant: dict[str, Any], emulator: EmulatorControls, value: Any
+) -> None:
+    assert google.verify_id_token(_signed_like(emulator, grant["id_token"]))["email_verified"] \
+        is True
+    forged = _signed_like(emulator, grant["id_token"], email_verified=value)
+    with pytest.raises(IdTokenError, match="not verified"):
+        google.verify_id_token(forged)
+
+
+def test_several_audiences_need_azp_to_be_this_client(
+    google: Google, grant: dict[str, Any], emulator: EmulatorControls
+) -> None:
+    audiences = [CLIENT_ID, "other-client.apps.googleusercontent.com"]
+    good = _signed_like(emulator, grant["id_token"], aud=audiences, azp=CLIENT_ID)
+    assert google.verify_id_token(good)["aud"] == audiences
+    for azp in (None, "other-client.apps.googleusercontent.com", "", [CLIENT_ID]):
+        forged = _signed_like(emulator, grant["id_token"], aud=audiences, azp=azp)
+        with pytest.raises(IdTokenError, match="azp"):
+            google.verify_id_token(forged)
+    # One audience, as Google sends for a web client: azp is not required.
+    assert google.verify_id_token(_signed_like(emulator, grant["id_token"], azp=None))
 
 
 def test_expired_id_token_is_refused(google: Google, grant: dict, emulator) -> None:  # type: ignore[no-untyped-def, type-arg]

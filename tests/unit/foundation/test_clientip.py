@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from broker.clientip import client_ip, ip_in, parse_cidrs
+from broker.clientip import UNSPECIFIED, client_ip, ip_in, parse_cidrs, parse_hop
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
@@ -34,9 +34,43 @@ def test_only_x_forwarded_for_counts_behind_a_proxy() -> None:
     assert ip(environ) == "10.1.1.1"
 
 
-def test_garbage_hop_stops_the_walk() -> None:
-    environ = {"REMOTE_ADDR": "10.1.1.1", "HTTP_X_FORWARDED_FOR": "198.51.100.7, junk"}
-    assert ip(environ) == "10.1.1.1"
+@pytest.mark.parametrize(
+    ("hop", "expected"),
+    [
+        ("198.51.100.7", "198.51.100.7"), (" 198.51.100.7 ", "198.51.100.7"),
+        ("198.51.100.7:443", "198.51.100.7"), ("198.51.100.7:0", "198.51.100.7"),
+        ("2001:db8::5", "2001:db8::5"), ("[2001:db8::5]", "2001:db8::5"),
+        ("[2001:db8::5]:8443", "2001:db8::5"), ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("[::ffff:192.0.2.1]:80", "192.0.2.1"),
+        ("unknown", None), ("_hidden", None), ("_SEVKISEK", None), ("", None), ("junk", None),
+        ("198.51.100.7:", None), ("198.51.100.7:http", None), ("198.51.100.7:123456", None),
+        ("198.51.100.7:８０", None), ("[198.51.100.7]", None), ("[198.51.100.7]:80", None),
+        ("[2001:db8::5", None), ("[2001:db8::5]80", None), ("[2001:db8::5]:", None),
+        ("2001:db8::5]", None), ("fe80::1%eth0", None), ("[fe80::1%eth0]:80", None),
+        ("198.51.100.7:80:80", None), ("198.51.100.300", None), ("for=198.51.100.7", None),
+    ],
+)
+def test_hop_forms(hop: str, expected: str | None) -> None:
+    parsed = parse_hop(hop)
+    assert (None if parsed is None else str(parsed)) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["198.51.100.7, junk", "unknown", "_hidden, 10.2.2.2", "198.51.100.7, [::1", "unknown, ,"],
+)
+def test_an_unparsable_hop_fails_closed_not_to_the_proxy(header: str) -> None:
+    for peer in ("10.1.1.1", "fd00::1"):
+        assert client_ip({"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": header}, PROXIES) \
+            == UNSPECIFIED
+    assert not ip_in(UNSPECIFIED, ["10.0.0.0/8", "127.0.0.0/8", "::/0"])
+
+
+def test_ported_hops_are_the_client() -> None:
+    assert ip({"REMOTE_ADDR": "10.1.1.1", "HTTP_X_FORWARDED_FOR": "198.51.100.7:5123"}) \
+        == "198.51.100.7"
+    assert ip({"REMOTE_ADDR": "10.1.1.1",
+               "HTTP_X_FORWARDED_FOR": "[2001:db8::5]:5123, 10.2.2.2:80"}) == "2001:db8::5"
 
 
 def test_ipv4_mapped_and_ipv6() -> None:
