@@ -158,7 +158,9 @@ def _token() -> Response:
     except BrokerError as exc:
         handout.refuse(exc)
     result = handout.run(req)
-    expires_in = int((result.token.expires_at - handout.now).total_seconds())
+    # Measured now, not when the request began: a refresh in between would overstate it.
+    now = get_clock(current_app)()
+    expires_in = int((result.token.expires_at - now).total_seconds())
     response = jsonify(
         access_token=result.token.access_token,
         token_type="Bearer",  # noqa: S106 - a token type, not a secret
