@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from flask import Flask
+from flask import Flask, has_app_context
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -43,8 +43,10 @@ def enqueue(
     now: dt.datetime | None = None,
 ) -> int:
     """Queue one delivery per active webhook of the tenant that wants this event, due `now`."""
-    # Callers that hold the app's clock pass `now`; the rest still stamp wall time.
-    now = now or utcnow()
+    if now is None:
+        # Callers holding a `now` pass it. Otherwise the app's clock, the one deliver_due reads,
+        # so tests that move time agree; the worker's duties run outside any app context.
+        now = get_clock()() if has_app_context() else utcnow()
     count = 0
     for hook in session.scalars(
         select(Webhook).where(Webhook.tenant_id == tenant_id, Webhook.status == "active")

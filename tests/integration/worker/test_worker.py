@@ -22,6 +22,7 @@ from broker.db import get_db
 from broker.errors import InvalidRequest
 from broker.keys import get_keys
 from broker.models import AccessToken, Connection, User, WebhookDelivery
+from tests.conftest import Clock
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import World, broker_config
 
@@ -221,3 +222,22 @@ def test_private_targets_are_refused_without_the_setting(
     with get_db(world.app).transaction(write=False) as session:
         status = session.scalars(select(WebhookDelivery.last_status)).one()
     assert status is not None and status.startswith("refused") and receiver.received == []
+
+
+def test_deliveries_are_stamped_and_settled_by_the_app_clock(
+    make_app: Callable[..., Flask], emulator: EmulatorControls,
+    make_world: Callable[..., World], receiver: Receiver, clock: Clock,
+) -> None:
+    app = make_app(**broker_config(emulator, WEBHOOK_ALLOW_PRIVATE=True))
+    app.extensions["broker.clock"] = clock
+    world = make_world(app=app, connected=False)
+    add_hook(world, receiver.url)
+    with get_db(app).transaction() as session:
+        webhooks.enqueue(session, world.tenant.id, "connection.revoked", {}, now=clock())
+    clock.advance(seconds=30)
+    assert webhooks.deliver_due(app) == 1
+    headers, _ = receiver.received[-1]
+    assert headers["X-Broker-Timestamp"] == str(int(clock.now.timestamp()))
+    with get_db(app).transaction(write=False) as session:
+        delivered = session.scalars(select(WebhookDelivery.delivered_at)).one()
+    assert delivered == clock.now

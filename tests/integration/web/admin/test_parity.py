@@ -8,6 +8,7 @@ scopes and details must be identical; only the actor, the address and ids may di
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +23,10 @@ from sqlalchemy import select
 from broker.cli import cli
 from broker.db import get_db
 from broker.keys import FileKeyProvider, get_keys, new_key
-from broker.models import AuditEvent, User, Webhook
+from broker.models import ApiClient, AuditEvent, BrowserSession, User, Webhook
 from broker.tenancy import clients
 from broker.webhooks import add
+from tests.conftest import Clock
 from tests.factories import make_tenant, make_user
 from tests.integration.web.admin.conftest import READONLY, Browser, Org
 
@@ -240,3 +242,20 @@ def test_rotate_master_audits_the_primary_ids_and_never_key_material(
     assert event.details == {"before": "m-old", "after": "m-new", "rewrapped": 1}
     for key in (old, new):
         assert base64.b64encode(key).decode() not in repr(event.details)
+
+
+def test_cli_actions_take_their_time_from_the_app_clock(
+    admin_app: Flask, org: Org, make_browser: Callable[..., Browser], clock: Clock
+) -> None:
+    admin_app.extensions["broker.clock"] = clock
+    make_browser(org.member)  # an open session for the suspension to end
+    subject = _client(admin_app, org, "clocked")
+    invoke(admin_app, "client", "rotate-secret", subject["id"], "--grace", "2h")
+    invoke(admin_app, "user", "suspend", org.member.email, "--tenant", org.tenant.slug)
+    with get_db(admin_app).transaction(write=False) as session:
+        row = session.get(ApiClient, subject["id"])
+        ended = session.scalars(
+            select(BrowserSession.ended_at).where(BrowserSession.user_id == org.member.id)
+        ).one()
+    assert row is not None and row.previous_secret_expires_at == clock.now + dt.timedelta(hours=2)
+    assert ended == clock.now
