@@ -5,10 +5,17 @@ from __future__ import annotations
 import ipaddress
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Prefixes whose last 32 bits are an IPv4 address a packet may be delivered to: deprecated
+# IPv4-compatible addresses and NAT64 (well-known and local-use).
+_LOW_32_PREFIXES = (
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+)
 
 
 def embedded(address: Address) -> list[Address]:
-    """Return the IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo), else itself.
+    """Return the IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64), else it.
 
     A packet to such an address can end up at the IPv4 address inside it, so that address is
     the one whose reachability counts.
@@ -21,6 +28,8 @@ def embedded(address: Address) -> list[Address]:
         if address.teredo is not None:
             server, client = address.teredo
             return [server, client]
+        if any(address in prefix for prefix in _LOW_32_PREFIXES):
+            return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
     return [address]
 
 

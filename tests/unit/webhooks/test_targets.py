@@ -26,12 +26,16 @@ REFUSED = [
     "2002:6440:0001::1",                         # 6to4 wrapping 100.64.0.1
     "2001:0000:4136:e378:8000:63bf:f5ff:fffa",   # Teredo wrapping 10.0.0.5
     "2001:0000:4136:e378:8000:63bf:80ff:fffe",   # Teredo wrapping 127.0.0.1
+    "::10.0.0.5",                                # IPv4-compatible (deprecated)
+    "64:ff9b::10.0.0.5",                         # NAT64 of a private address
+    "64:ff9b::100.100.100.200",                  # NAT64 of the metadata address
 ]
 ACCEPTED = [
     "8.8.8.8",
     "2606:4700::1111",
     "::ffff:8.8.8.8",                            # IPv4-mapped public
     "2002:0808:0808::1",                         # 6to4 wrapping 8.8.8.8
+    "64:ff9b::8.8.8.8",                          # NAT64 of a public address
 ]
 
 
