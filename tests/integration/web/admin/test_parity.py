@@ -259,3 +259,19 @@ def test_cli_actions_take_their_time_from_the_app_clock(
         ).one()
     assert row is not None and row.previous_secret_expires_at == clock.now + dt.timedelta(hours=2)
     assert ended == clock.now
+
+
+def test_cli_tenant_create_and_delete_name_their_actor(admin_app: Flask) -> None:
+    invoke(admin_app, "tenant", "create", "solo", "--name", "Solo", "--admin", "a@solo.test")
+    invoke(admin_app, "tenant", "delete", "solo", "--yes")
+    with get_db(admin_app).transaction(write=False) as session:
+        events = {
+            e.action: e for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.action.in_(["tenant.create", "tenant.delete"]))
+            )
+        }
+    assert set(events) == {"tenant.create", "tenant.delete"}
+    for event in events.values():
+        assert event.actor_type == "admin"
+        assert event.actor_id is not None and event.actor_id.startswith("cli")
+    assert events["tenant.delete"].details["slug"] == "solo"
