@@ -11,13 +11,13 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import select
 
 from broker import metrics
 from broker.api import json_errors
 from broker.api.auth import authenticate
 from broker.clientip import client_ip
 from broker.clock import get_clock
+from broker.connections import tenant_connections
 from broker.db import get_db
 from broker.errors import (
     BrokerError,
@@ -27,7 +27,6 @@ from broker.errors import (
     UnsupportedMediaType,
 )
 from broker.limits import get_limits
-from broker.models import Connection, User
 from broker.tokens import Handout, TokenRequest
 
 bp = json_errors(Blueprint("api_v1", __name__, url_prefix="/api/v1"))
@@ -208,20 +207,10 @@ def connections() -> Response:
         status, after, limit = _query_args()
     except BrokerError as exc:
         handout.refuse(exc)
-    query = (
-        select(Connection, User.email)
-        .join(User, User.id == Connection.user_id)
-        .where(Connection.tenant_id == handout.client.tenant_id)
-        .order_by(Connection.id)
-        .limit(limit + 1)
-    )
-    if status:
-        query = query.where(Connection.status == status)
-    if after:
-        query = query.where(Connection.id > after)
     with get_db().transaction(write=False) as session:
-        rows = session.execute(query).all()
-    page = rows[:limit]
+        page, more = tenant_connections(
+            session, handout.client.tenant_id, status=status, after=after, limit=limit
+        )
     body = {
         "connections": [
             {
@@ -234,7 +223,7 @@ def connections() -> Response:
             }
             for conn, email in page
         ],
-        "next_cursor": _encode_cursor(page[-1][0].id) if len(rows) > limit else None,
+        "next_cursor": _encode_cursor(page[-1][0].id) if more else None,
     }
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"

@@ -12,10 +12,12 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from broker import audit, webhooks
+from broker.cli.actor import actor
+from broker.clock import get_clock
 from broker.db import get_db
-from broker.errors import NotFound
+from broker.errors import InvalidRequest
 from broker.keys import get_keys
-from broker.models import AuditEvent, Webhook
+from broker.models import AuditEvent
 from broker.tenancy import clients, tenants
 
 
@@ -47,7 +49,7 @@ def client_create(
     with get_db().transaction() as session:
         issued = clients.create_client(
             session, tenants.get_tenant(session, slug), name=name, scopes=scopes,
-            ip_ranges=ip_ranges,
+            ip_ranges=ip_ranges, actor=actor(),
         )
     _print_issued(issued, as_json)
 
@@ -58,8 +60,11 @@ def client_create(
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def client_rotate(client_id: str, grace: str, as_json: bool) -> None:
     """Give a client a new secret; the old one works through the grace period."""
+    delay = clients.parse_grace(grace)
     with get_db().transaction() as session:
-        issued = clients.rotate_secret(session, client_id, grace=clients.parse_duration(grace))
+        issued = clients.rotate_secret(
+            session, client_id, grace=delay, now=get_clock()(), actor=actor()
+        )
     _print_issued(issued, as_json)
 
 
@@ -68,7 +73,7 @@ def client_rotate(client_id: str, grace: str, as_json: bool) -> None:
 def client_disable(client_id: str) -> None:
     """Disable a client."""
     with get_db().transaction() as session:
-        clients.disable_client(session, client_id)
+        clients.disable_client(session, client_id, actor=actor())
     click.echo(f"disabled {client_id}")
 
 
@@ -101,17 +106,18 @@ def webhook() -> None:
 @click.option("--event", "events", multiple=True, type=click.Choice(webhooks.EVENTS))
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> None:
-    """Register an endpoint; print its signing secret once."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    """Register an endpoint (every event unless --event is given); print its secret once."""
     with get_db().transaction() as session:
-        hook, secret = webhooks.add_webhook(
-            session, app, tenants.get_tenant(session, slug), url, list(events)
+        added = webhooks.add(
+            session, get_keys(), tenants.get_tenant(session, slug).id, url=url,
+            events=list(events) or None,
+            allow_private=current_app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE, actor=actor(),
         )
-        hook_id = str(hook.id)
+        hook_id = str(added.webhook.id)
     if as_json:
-        click.echo(json.dumps({"id": hook_id, "secret": secret}))
+        click.echo(json.dumps({"id": hook_id, "secret": added.secret}))
     else:
-        click.echo(f"webhook {hook_id}\nsigning secret: {secret}")
+        click.echo(f"webhook {hook_id}\nsigning secret: {added.secret}")
 
 
 @webhook.command("list")
@@ -119,8 +125,7 @@ def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> 
 def webhook_list(slug: str) -> None:
     """List a tenant's webhooks."""
     with get_db().transaction(write=False) as session:
-        tenant = tenants.get_tenant(session, slug)
-        for hook in session.scalars(select(Webhook).where(Webhook.tenant_id == tenant.id)):
+        for hook in webhooks.list_webhooks(session, tenants.get_tenant(session, slug).id):
             click.echo(f"{hook.id}\t{hook.status}\t{hook.url}\t{','.join(hook.events) or '*'}")
 
 
@@ -128,11 +133,12 @@ def webhook_list(slug: str) -> None:
 @click.argument("webhook_id")
 def webhook_disable(webhook_id: str) -> None:
     """Stop deliveries to a webhook."""
+    try:
+        wanted = uuid.UUID(webhook_id)
+    except ValueError:
+        raise InvalidRequest(f"not a webhook id: {webhook_id[:60]!r}") from None
     with get_db().transaction() as session:
-        hook = session.get(Webhook, uuid.UUID(webhook_id))
-        if hook is None:
-            raise NotFound(f"no webhook {webhook_id}")
-        hook.status = "disabled"
+        webhooks.disable(session, wanted, actor=actor())
     click.echo(f"disabled {webhook_id}")
 
 

@@ -7,10 +7,11 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import select
 
+from broker.cli.actor import actor
 from broker.db import get_db
 from broker.keys import FileKeyProvider, get_keys, new_key, new_key_id, reseal_tenant
 from broker.models import DataKey, Tenant
-from broker.tenancy import tenants
+from broker.tenancy import key_rotation, tenants
 
 
 def _key_file() -> FileKeyProvider:
@@ -65,11 +66,12 @@ def rotate_master(key_id: str | None) -> None:
     key_id = key_id or list(ring)[-1]
     if key_id not in ring:
         raise click.ClickException(f"no master key {key_id!r} in {provider.source}")
+    before = next(iter(ring))
     provider.write({key_id: ring[key_id], **{k: v for k, v in ring.items() if k != key_id}})
     service = get_keys()
     service.keyring.reload()
     with get_db().transaction() as session:
-        count = service.rewrap_all(session)
+        count = key_rotation.rotate_master(session, service, before=before, actor=actor())
     click.echo(f"{key_id} is primary; rewrapped {count} keys")
 
 
@@ -100,9 +102,8 @@ def rotate_tenant(slug: str, reseal: bool) -> None:
     """Make a new data key for a tenant's new writes, then re-seal old rows."""
     service = get_keys()
     with get_db().transaction() as session:
-        row = tenants.get_tenant(session, slug)
-        tenant_id = row.id
-        version = service.rotate_tenant(session, tenant_id)
+        tenant_id = tenants.get_tenant(session, slug).id
+        version = key_rotation.rotate(session, service, tenant_id, actor=actor())
     click.echo(f"{slug}: data key v{version} is current")
     if reseal:
         report = reseal_tenant(service, get_db(), tenant_id)

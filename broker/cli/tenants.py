@@ -9,6 +9,8 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
+from broker.cli.actor import actor
+from broker.clock import get_clock
 from broker.connections import revoke_before_delete
 from broker.db import get_db
 from broker.keys import get_keys
@@ -37,7 +39,7 @@ def tenant_create(
     with get_db().transaction() as session:
         row = tenants.create_tenant(
             session, keys, slug=slug, name=name, domains=domains, admin_email=admin_email,
-            allow_consumer_accounts=allow_consumer_accounts,
+            allow_consumer_accounts=allow_consumer_accounts, actor=actor(),
         )
         tenant_id = str(row.id)
     if as_json:
@@ -57,9 +59,11 @@ def tenant_delete(slug: str, yes: bool, force: bool) -> None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     with get_db().transaction(write=False) as session:
         ids = tenants.connection_ids(session, tenants.get_tenant(session, slug))
-    failed = revoke_before_delete(app, ids, force=force)
+    failed = revoke_before_delete(app, ids, force=force, actor_id=actor())
     with get_db().transaction() as session:
-        tenants.delete_tenant(session, get_keys(), tenants.get_tenant(session, slug))
+        tenants.delete_tenant(
+            session, get_keys(), tenants.get_tenant(session, slug), actor=actor()
+        )
     note = f" ({failed} grants could not be revoked)" if failed else ""
     click.echo(f"deleted tenant {slug}; its data keys are destroyed{note}")
 
@@ -119,8 +123,8 @@ def user_invite(email: str, slug: str, admin: bool) -> None:
     """Invite a user by exact email address."""
     with get_db().transaction() as session:
         invited = users.invite(
-            session, tenants.get_tenant(session, slug), email,
-            role="admin" if admin else "member",
+            session, tenants.get_tenant(session, slug).id, email,
+            role="admin" if admin else "member", actor=actor(),
         )
         click.echo(f"invited {invited.email} to {slug} as {invited.role}")
 
@@ -132,8 +136,10 @@ def _status_command(name: str, status: str, help_text: str) -> click.Command:
     @with_appcontext
     def command(email: str, slug: str) -> None:
         with get_db().transaction() as session:
-            row = users.get_user(session, tenants.get_tenant(session, slug), email)
-            users.set_status(session, row, status)
+            row = users.set_status(
+                session, tenants.get_tenant(session, slug).id, email, status,
+                now=get_clock()(), actor=actor(),
+            )
             click.echo(f"{row.email}: {row.status}")
 
     return command
@@ -142,6 +148,19 @@ def _status_command(name: str, status: str, help_text: str) -> click.Command:
 user.add_command(_status_command("suspend", "suspended", "Suspend a user: sessions end, "
                                  "hand-outs stop at once."))
 user.add_command(_status_command("reactivate", "active", "Reactivate a suspended user."))
+
+
+@user.command("role")
+@click.argument("email")
+@click.argument("role", type=click.Choice(users.ROLES))
+@click.option("--tenant", "slug", required=True)
+def user_role(email: str, role: str, slug: str) -> None:
+    """Make a user an admin or a member (the last active admin stays one)."""
+    with get_db().transaction() as session:
+        row = users.set_role(
+            session, tenants.get_tenant(session, slug).id, email, role, actor=actor()
+        )
+        click.echo(f"{row.email}: {row.role}")
 
 
 @user.command("delete")
@@ -155,13 +174,12 @@ def user_delete(email: str, slug: str, yes: bool, force: bool) -> None:
         click.confirm(f"Delete {email} and revoke their Gmail connection?", abort=True)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     with get_db().transaction(write=False) as session:
-        row = users.get_user(session, tenants.get_tenant(session, slug), email)
-        users.check_deletable(session, row)
-        ids = list(session.scalars(select(Connection.id).where(Connection.user_id == row.id)))
-    revoke_before_delete(app, ids, force=force)
+        ids = users.deletable_connection_ids(
+            session, tenants.get_tenant(session, slug).id, email, actor=actor()
+        )
+    revoke_before_delete(app, ids, force=force, actor_id=actor())
     with get_db().transaction() as session:
-        row = users.get_user(session, tenants.get_tenant(session, slug), email)
-        users.delete_user(session, row)
+        users.delete_user(session, tenants.get_tenant(session, slug).id, email, actor=actor())
     click.echo(f"deleted {email}")
 
 

@@ -1,7 +1,14 @@
 """A user's Gmail connection: connect (incremental consent), disconnect, revoke before delete."""
 
 from broker.connections.connect import ACTION, ConnectService, offered_scopes
+from broker.connections.lookup import (
+    OwnConnection,
+    disconnect_user,
+    own_connection,
+    tenant_connections,
+)
 from broker.connections.revoke import disconnect, revoke_before_delete, revoke_grants
 
 __all__ = ["ACTION", "ConnectService", "disconnect", "offered_scopes", "revoke_before_delete",
            "revoke_grants"]
+__all__ += ["OwnConnection", "disconnect_user", "own_connection", "tenant_connections"]

@@ -11,7 +11,6 @@ from broker.identity.sessions import (
     cookie_name,
     end_session,
     load_session,
-    new_secret,
     well_formed,
 )
 from broker.identity.signin import SignInService
@@ -19,5 +18,5 @@ from broker.identity.signin import SignInService
 __all__ = [
     "BINDING_COOKIE", "SESSION_COOKIE", "TRANSACTION_TTL", "FlowService", "Refusal",
     "SessionState", "SignInService", "SilentSignInFailed", "begin", "complete", "cookie_name",
-    "end_session", "google_refusal", "load_session", "new_secret", "well_formed",
+    "end_session", "google_refusal", "load_session", "well_formed",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import secrets
 import uuid
@@ -13,7 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from broker.clientip import IPAddress, ip_in, parse_ip
-from broker.keys import KeyService
+from broker.keys import KeyService, digest, new_secret
 from broker.models import BrowserSession, OAuthTransaction, Policy, User
 
 SESSION_COOKIE = "broker_session"
@@ -23,16 +22,6 @@ TRANSACTION_TTL = dt.timedelta(minutes=10)
 TOUCH_INTERVAL = dt.timedelta(seconds=60)
 TIME_ENDS = frozenset({"expired", "idle"})
 MAX_SECRET_LENGTH = 200
-
-
-def new_secret() -> str:
-    """Return a fresh random value of 256 bits, URL-safe."""
-    return secrets.token_urlsafe(32)
-
-
-def digest(value: str) -> str:
-    """Return the SHA-256 hex digest under which a secret value is stored."""
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def well_formed(value: str | None) -> bool:

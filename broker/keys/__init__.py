@@ -12,10 +12,11 @@ from broker.keys.sealed import (
     new_key,
     new_key_id,
 )
+from broker.keys.secret import digest, new_secret
 from broker.keys.service import KeyService, ResealReport, reseal_tenant
 
 __all__ = [
     "CryptoError", "FileKeyProvider", "KeyProvider", "KeyService", "KeySourceError",
-    "Keyring", "ResealReport", "SealError", "build_key_service", "format_key_line",
-    "get_keys", "init_app", "new_key", "new_key_id", "reseal_tenant",
+    "Keyring", "ResealReport", "SealError", "build_key_service", "digest", "format_key_line",
+    "get_keys", "init_app", "new_key", "new_key_id", "new_secret", "reseal_tenant",
 ]

@@ -1,21 +1,17 @@
 """Tenants, their users and API clients, policy editing and key rotation: one module a concern.
 
-Each module below is a service namespace every surface calls (`tenants.create_tenant`, …).
+Each module below is a service namespace every surface calls (`tenants.create_tenant`, …): the
+CLI and the admin pages call the same function for the same action, with the same audit.
 """
 
 from broker.tenancy import (
-    client_admin,
     client_auth,
     clients,
     key_rotation,
     policy,
     tenants,
-    user_admin,
     users,
 )
 from broker.tenancy.client_auth import ClientInfo
 
-__all__ = [
-    "ClientInfo", "client_admin", "client_auth", "clients", "key_rotation", "policy", "tenants",
-    "user_admin", "users",
-]
+__all__ = ["ClientInfo", "client_auth", "clients", "key_rotation", "policy", "tenants", "users"]

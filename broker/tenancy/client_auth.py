@@ -18,12 +18,12 @@ from broker.clientip import IPAddress, ip_in
 from broker.config import Network
 from broker.db import get_db
 from broker.errors import InvalidClient
+from broker.keys import digest
 from broker.models import ApiClient, Policy
-from broker.tenancy.clients import hash_secret
 
 EXTENSION = "broker.client_cache"
 # Compared against when the id is unknown, so an unknown id costs the same as a wrong secret.
-_DUMMY = hash_secret("no such client")
+_DUMMY = digest("no such client")
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,10 @@ def verify_secret(
 ) -> ClientInfo:
     """Return the client whose secret this is, or raise InvalidClient (same cost if unknown)."""
     info = get_cache(app).get(app, client_id)
-    digest = hash_secret(secret)
-    current = hmac.compare_digest(digest, info.secret_sha256 if info else _DUMMY)
+    offered = digest(secret)
+    current = hmac.compare_digest(offered, info.secret_sha256 if info else _DUMMY)
     previous = hmac.compare_digest(
-        digest, (info.previous_secret_sha256 if info else None) or _DUMMY
+        offered, (info.previous_secret_sha256 if info else None) or _DUMMY
     )
     in_grace = bool(
         info and info.previous_secret_expires_at and now < info.previous_secret_expires_at

@@ -1,11 +1,16 @@
-"""API clients of a tenant: create, rotate the secret with a grace period, disable, list."""
+"""API clients of a tenant: create, rotate the secret with a grace period, disable, edit, list.
+
+Every surface (the `broker client …` commands and the admin pages) calls these functions, so the
+validation, the audit event and the refusal are the same whoever asks. `tenant_id` scopes a
+lookup to one tenant (the admin pages); the CLI, which names no tenant, passes None.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import secrets
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -13,20 +18,21 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker import audit
-from broker.clock import utcnow
 from broker.errors import InvalidRequest, NotFound
+from broker.keys import digest, new_secret
 from broker.models import ApiClient, Tenant
 from broker.scopes import InvalidScope, normalise
+from broker.tenancy.policy import parse_duration
+
+MAX_GRACE = dt.timedelta(days=30)
 
 
-def hash_secret(secret: str) -> str:
-    """Return the SHA-256 hex digest of a client secret (high-entropy: no slow hash needed)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+@dataclass(frozen=True)
+class Issued:
+    """A client id with its secret, shown once."""
 
-
-def new_secret() -> str:
-    """Return a fresh 256-bit client secret."""
-    return secrets.token_urlsafe(32)
+    client_id: str
+    client_secret: str
 
 
 def check_ranges(ranges: Iterable[str]) -> list[str]:
@@ -51,75 +57,121 @@ def check_scopes(scopes: Iterable[str]) -> list[str]:
     return clean
 
 
-@dataclass(frozen=True)
-class Issued:
-    """A client id with its secret, shown once."""
+def parse_grace(text: str) -> dt.timedelta:
+    """Read how long the old secret keeps working (`0h` ends it at once), at most 30 days."""
+    try:
+        grace = dt.timedelta(seconds=parse_duration(text or "0h"))
+    except ValueError:
+        raise InvalidRequest(f"not a duration (like 24h): {text.strip()[:40]!r}") from None
+    if grace > MAX_GRACE:
+        raise InvalidRequest("the grace period is at most 30d")
+    return grace
 
-    client_id: str
-    client_secret: str
+
+def get_client(
+    session: Session, client_id: str, *, tenant_id: uuid.UUID | None = None
+) -> ApiClient:
+    """Return a client, of this tenant when one is given; another tenant's is as absent."""
+    query = select(ApiClient).where(ApiClient.id == client_id)
+    if tenant_id is not None:
+        query = query.where(ApiClient.tenant_id == tenant_id)
+    row = session.scalar(query)
+    if row is None:
+        raise NotFound(f"There is no API client {client_id[:60]!r}.")
+    return row
 
 
 def create_client(
     session: Session, tenant: Tenant, *, name: str, scopes: Iterable[str],
-    ip_ranges: Iterable[str] = (), actor: str | None = None,
+    ip_ranges: Iterable[str] = (), actor: str | None = None, ip: str | None = None,
 ) -> Issued:
-    """Create an API client; its secret is returned once and stored only as a hash."""
+    """Create an API client; its secret is returned once and stored only as a digest."""
     name = name.strip()
     if not 1 <= len(name) <= 200:
         raise InvalidRequest("a client name is 1-200 characters")
     secret = new_secret()
     row = ApiClient(
         id="cl_" + secrets.token_hex(10), tenant_id=tenant.id, name=name,
-        secret_sha256=hash_secret(secret), allowed_scopes=check_scopes(scopes),
+        secret_sha256=digest(secret), allowed_scopes=check_scopes(scopes),
         allowed_ip_ranges=check_ranges(ip_ranges), status="active",
     )
     session.add(row)
     audit.record(
         session, action="client.create", tenant_id=tenant.id, actor_type="admin", actor_id=actor,
-        scopes=row.allowed_scopes,
+        ip=ip, scopes=row.allowed_scopes,
         details={"client_id": row.id, "name": name, "ip_ranges": row.allowed_ip_ranges},
     )
     return Issued(row.id, secret)
 
 
-def get_client(session: Session, client_id: str) -> ApiClient:
-    """Return a client by id, or raise NotFound."""
-    row = session.get(ApiClient, client_id)
-    if row is None:
-        raise NotFound(f"no client {client_id!r}")
-    return row
-
-
 def rotate_secret(
-    session: Session, client_id: str, *, grace: dt.timedelta, actor: str | None = None,
-    now: dt.datetime | None = None,
+    session: Session, client_id: str, *, grace: dt.timedelta, now: dt.datetime,
+    actor: str | None = None, tenant_id: uuid.UUID | None = None, ip: str | None = None,
 ) -> Issued:
-    """Give a client a new secret; the old one keeps working for `grace`."""
-    row = get_client(session, client_id)
+    """Give an active client a new secret; the old one keeps working for `grace`."""
+    row = get_client(session, client_id, tenant_id=tenant_id)
+    if row.status != "active":
+        raise InvalidRequest("a disabled client gets no new secret")
+    if grace > MAX_GRACE:
+        raise InvalidRequest("the grace period is at most 30d")
     secret = new_secret()
-    now = now or utcnow()
     if grace.total_seconds() > 0:
         row.previous_secret_sha256 = row.secret_sha256
         row.previous_secret_expires_at = now + grace
     else:
         row.previous_secret_sha256 = row.previous_secret_expires_at = None
-    row.secret_sha256 = hash_secret(secret)
+    row.secret_sha256 = digest(secret)
     audit.record(
         session, action="client.rotate_secret", tenant_id=row.tenant_id, actor_type="admin",
-        actor_id=actor, details={"client_id": row.id, "grace_seconds": int(grace.total_seconds())},
+        actor_id=actor, ip=ip,
+        details={"client_id": row.id, "grace_seconds": int(grace.total_seconds())},
     )
     return Issued(row.id, secret)
 
 
-def disable_client(session: Session, client_id: str, *, actor: str | None = None) -> ApiClient:
+def disable_client(
+    session: Session, client_id: str, *, actor: str | None = None,
+    tenant_id: uuid.UUID | None = None, ip: str | None = None,
+) -> ApiClient:
     """Disable a client: its credentials stop working (within the brief client cache)."""
-    row = get_client(session, client_id)
+    row = get_client(session, client_id, tenant_id=tenant_id)
     row.status = "disabled"
     audit.record(
         session, action="client.disable", tenant_id=row.tenant_id, actor_type="admin",
-        actor_id=actor, details={"client_id": row.id},
+        actor_id=actor, ip=ip, details={"client_id": row.id},
     )
     return row
+
+
+def update_client(
+    session: Session, client_id: str, *, scopes: Iterable[str], ip_ranges: Iterable[str],
+    actor: str | None = None, tenant_id: uuid.UUID | None = None, ip: str | None = None,
+) -> dict[str, dict[str, list[str]]]:
+    """Change a client's allowed scopes and IP ranges; audit before/after; return changes."""
+    row = get_client(session, client_id, tenant_id=tenant_id)
+    after = {
+        "allowed_scopes": check_scopes(scopes),
+        "allowed_ip_ranges": list(dict.fromkeys(check_ranges(ip_ranges))),
+    }
+    changes = {
+        name: {"before": list(getattr(row, name)), "after": value}
+        for name, value in after.items()
+        if list(getattr(row, name)) != value
+    }
+    if not changes:
+        return {}
+    for name, change in changes.items():
+        setattr(row, name, change["after"])
+    audit.record(
+        session, action="client.update", tenant_id=row.tenant_id, actor_type="admin",
+        actor_id=actor, ip=ip, scopes=row.allowed_scopes,
+        details={
+            "client_id": row.id,
+            "before": {k: v["before"] for k, v in changes.items()},
+            "after": {k: v["after"] for k, v in changes.items()},
+        },
+    )
+    return changes
 
 
 def list_clients(session: Session, tenant: Tenant) -> list[ApiClient]:
@@ -131,12 +183,3 @@ def list_clients(session: Session, tenant: Tenant) -> list[ApiClient]:
             .order_by(ApiClient.created_at.desc())
         )
     )
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """Read `90s`, `15m`, `24h` or `7d`; raise InvalidRequest otherwise."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
-        raise InvalidRequest(f"not a duration (like 24h): {text!r}")
-    return dt.timedelta(seconds=int(text[:-1]) * units[text[-1]])

@@ -1,4 +1,4 @@
-"""A tenant admin's data keys: versions with dates and seal counts, rotation."""
+"""Data keys and master keys: listing, tenant key rotation and master key rotation, audited."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def rotate(
     session: Session, keys: KeyService, tenant_id: uuid.UUID, *, actor: str,
     ip: str | None = None,
 ) -> int:
-    """Make a new data key for new writes (the worker re-seals old rows); return its version."""
+    """Make a new data key for new writes (old rows are re-sealed later); return its version."""
     before = keys.current_version(session, tenant_id)
     version = keys.rotate_tenant(session, tenant_id)
     audit.record(
@@ -31,3 +31,20 @@ def rotate(
         actor_id=actor, ip=ip, details={"before": before, "after": version},
     )
     return version
+
+
+def rotate_master(
+    session: Session, keys: KeyService, *, before: str, actor: str, ip: str | None = None
+) -> int:
+    """Rewrap every data key under the keyring's (new) primary and audit it; return how many.
+
+    The caller has already made the new key primary in the key source and reloaded the keyring;
+    the audit names key ids only, never key material.
+    """
+    after = keys.keyring.primary_id
+    count = keys.rewrap_all(session)
+    audit.record(
+        session, action="key.rotate_master", tenant_id=None, actor_type="admin",
+        actor_id=actor, ip=ip, details={"before": before, "after": after, "rewrapped": count},
+    )
+    return count

@@ -43,6 +43,14 @@ def get_tenant(session: Session, slug: str) -> Tenant:
     return tenant
 
 
+def tenant_by_id(session: Session, tenant_id: uuid.UUID) -> Tenant:
+    """Return the tenant with this id, or raise NotFound."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("no such organization")
+    return tenant
+
+
 def tenant_domains(session: Session, tenant: Tenant) -> list[str]:
     """Return a tenant's domains, sorted."""
     return sorted(
@@ -59,6 +67,7 @@ def create_tenant(
     domains: Iterable[str],
     admin_email: str,
     allow_consumer_accounts: bool = False,
+    actor: str | None = None,
 ) -> Tenant:
     """Create a tenant, its policy, its first data key and its invited admin."""
     if not SLUG.match(slug):
@@ -87,7 +96,7 @@ def create_tenant(
     keys.create_data_key(session, tenant.id)
     audit.record(
         session, action="tenant.create", tenant_id=tenant.id, actor_type="admin",
-        details={"slug": slug, "domains": clean_domains, "admin": admin},
+        actor_id=actor, details={"slug": slug, "domains": clean_domains, "admin": admin},
     )
     session.flush()
     return tenant
@@ -98,11 +107,13 @@ def connection_ids(session: Session, tenant: Tenant) -> list[uuid.UUID]:
     return list(session.scalars(select(Connection.id).where(Connection.tenant_id == tenant.id)))
 
 
-def delete_tenant(session: Session, keys: KeyService, tenant: Tenant) -> None:
+def delete_tenant(
+    session: Session, keys: KeyService, tenant: Tenant, *, actor: str | None = None
+) -> None:
     """Shred the tenant's data keys, then delete its rows (revoke its grants first)."""
     keys.shred_tenant(session, tenant.id)
     audit.record(
-        session, action="tenant.delete", tenant_id=None, actor_type="admin",
+        session, action="tenant.delete", tenant_id=None, actor_type="admin", actor_id=actor,
         details={"slug": tenant.slug, "tenant_id": str(tenant.id)},
     )
     session.execute(delete(Tenant).where(Tenant.id == tenant.id))

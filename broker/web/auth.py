@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from broker import audit
 from broker.db import get_db
 from broker.errors import BrokerError, RateLimited
 from broker.google import GoogleError, NotConfigured, get_google
@@ -13,12 +12,11 @@ from broker.identity import (
     Refusal,
     SignInService,
     SilentSignInFailed,
-    end_session,
     google_refusal,
-    new_secret,
 )
-from broker.keys import get_keys
+from broker.keys import get_keys, new_secret
 from broker.limits import get_limits
+from broker.tenancy import users
 from broker.web import guard
 from broker.web.errors import broker_error_page
 
@@ -97,10 +95,9 @@ def logout() -> Response:
     state = guard.current()
     if state.valid and state.browser_session and state.user:
         with get_db().transaction() as session:
-            end_session(session, state.browser_session.id, "logout", guard.now())
-            audit.record(
-                session, action="signout", tenant_id=state.user.tenant_id, actor_type="user",
-                actor_id=str(state.user.id), subject_user_id=state.user.id, ip=str(guard.ip()),
+            users.sign_out(
+                session, state.user, state.browser_session.id, now=guard.now(),
+                ip=str(guard.ip()),
             )
     flash("You are signed out.")
     response = redirect(url_for("home.index"), 303)

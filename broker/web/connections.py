@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from broker import scopes
-from broker.connections import ACTION, ConnectService, disconnect, offered_scopes
+from broker.connections import ACTION, ConnectService, disconnect_user, own_connection
 from broker.db import get_db
 from broker.errors import BrokerError
 from broker.google import GoogleError, NotConfigured, get_google
 from broker.identity import Refusal, google_refusal
 from broker.keys import get_keys
-from broker.models import Connection, Policy, Tenant
 from broker.web import guard
 from broker.web.errors import broker_error_page
 
@@ -55,14 +53,12 @@ def index() -> str:
     user = guard.current_user()
     assert user is not None  # noqa: S101 - login_required guarantees it
     with get_db().transaction(write=False) as session:
-        connection = session.scalar(select(Connection).where(Connection.user_id == user.id))
-        policy = session.get(Policy, user.tenant_id)
-        tenant = session.get(Tenant, user.tenant_id)
-        offered = offered_scopes(policy) if policy else []
+        own = own_connection(session, user)
+    connection, offered = own.connection, own.offered
     granted = scopes.gmail_only(connection.granted_scopes) if connection else []
     connected = connection is not None and connection.status != "revoked"
     return render_template(
-        "connections/index.html", user=user, tenant=tenant, connection=connection,
+        "connections/index.html", user=user, tenant=own.tenant, connection=connection,
         connected=connected, granted=granted if connected else [], offered=offered,
         ticked=set(granted if connected and granted else offered),
         status_text=STATUS_TEXT, reason_text=REASON_TEXT,
@@ -128,20 +124,9 @@ def do_disconnect() -> Response:
     """Revoke at Google, erase the stored grant and audit it."""
     user = guard.current_user()
     assert user is not None  # noqa: S101 - login_required
-    with get_db().transaction(write=False) as session:
-        connection_id = session.scalar(
-            select(Connection.id).where(
-                Connection.user_id == user.id, Connection.status != "revoked"
-            )
-        )
-    revoked: bool | None = None
-    if connection_id is not None:
-        # Google is called before any write transaction opens; the sealed refresh token is
-        # kept only while the revocation is pending, so the worker can retry it.
-        revoked = disconnect(
-            current_app._get_current_object(),  # type: ignore[attr-defined]
-            connection_id, actor_type="user", actor_id=str(user.id), reason="disconnected",
-        )
+    # Google is called before any write transaction opens; the sealed refresh token is
+    # kept only while the revocation is pending, so the worker can retry it.
+    revoked = disconnect_user(current_app._get_current_object(), user)  # type: ignore[attr-defined]
     if revoked is None:
         flash("Gmail was not connected.")
     elif revoked:

@@ -7,24 +7,21 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import secrets
 import socket
-import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from flask import Flask
+from flask import Flask, has_app_context
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from broker import audit
-from broker.clock import backoff, utcnow
+from broker.clock import backoff, get_clock, utcnow
 from broker.db import get_db
-from broker.errors import InvalidRequest
 from broker.keys import SealError, get_keys
-from broker.models import Tenant, Webhook, WebhookDelivery
+from broker.models import Webhook, WebhookDelivery
+from broker.webhooks.targets import allowed
 
 EVENTS = (
     "connection.created",
@@ -41,9 +38,15 @@ class UnsafeTarget(Exception):
     """A webhook target resolves to an address the broker must not call."""
 
 
-def enqueue(session: Session, tenant_id: uuid.UUID, event: str, payload: dict[str, Any]) -> int:
-    """Queue one delivery per active webhook of the tenant that wants this event."""
-    now = utcnow()
+def enqueue(
+    session: Session, tenant_id: uuid.UUID, event: str, payload: dict[str, Any], *,
+    now: dt.datetime | None = None,
+) -> int:
+    """Queue one delivery per active webhook of the tenant that wants this event, due `now`."""
+    if now is None:
+        # Callers holding a `now` pass it. Otherwise the app's clock, the one deliver_due reads,
+        # so tests that move time agree; the worker's duties run outside any app context.
+        now = get_clock()() if has_app_context() else utcnow()
     count = 0
     for hook in session.scalars(
         select(Webhook).where(Webhook.tenant_id == tenant_id, Webhook.status == "active")
@@ -59,34 +62,6 @@ def enqueue(session: Session, tenant_id: uuid.UUID, event: str, payload: dict[st
         )
         count += 1
     return count
-
-
-def add_webhook(
-    session: Session, app: Flask, tenant: Tenant, url: str, events: list[str] | None = None,
-) -> tuple[Webhook, str]:
-    """Register an endpoint; return it and its signing secret (shown once, stored sealed)."""
-    allow_private = app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE
-    parts = urlsplit(url)
-    if parts.scheme != "https" and not (allow_private and parts.scheme == "http"):
-        raise InvalidRequest("a webhook URL must be https://")
-    if not parts.hostname or parts.username or parts.password or len(url) > 2000:
-        raise InvalidRequest("a webhook URL needs a host and no credentials")
-    unknown = sorted(set(events or []) - set(EVENTS))
-    if unknown:
-        raise InvalidRequest(f"unknown events: {', '.join(unknown)}")
-    secret = "whsec_" + secrets.token_urlsafe(32)
-    hook = Webhook(id=uuid.uuid4(), tenant_id=tenant.id, url=url, events=list(events or []))
-    hook.secret = get_keys(app).seal(session, tenant.id, hook.id, "webhook_secret",
-                                     secret.encode())
-    session.add(hook)
-    audit.record(session, action="webhook.add", tenant_id=tenant.id, actor_type="admin",
-                 details={"webhook_id": str(hook.id), "url": _safe_url(url)})
-    return hook, secret
-
-
-def _safe_url(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -105,23 +80,21 @@ def pin(url: str, allow_private: bool) -> str:
         raise UnsafeTarget("the host does not resolve") from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     for address in addresses:
-        unsafe = (address.is_private or address.is_loopback or address.is_link_local
-                  or address.is_multicast or address.is_reserved or address.is_unspecified)
-        if unsafe and not allow_private:
+        if not allowed(address, allow_private=allow_private):
             raise UnsafeTarget(f"the host resolves to a non-public address ({address})")
     return str(addresses[0])
 
 
 def send(app: Flask, url: str, secret: str, delivery_id: str, event: str,
-         payload: dict[str, Any]) -> int:
-    """POST one signed delivery to the pinned address; return the HTTP status."""
+         payload: dict[str, Any], *, now: dt.datetime) -> int:
+    """POST one signed delivery, stamped `now`, to the pinned address; return the HTTP status."""
     pinned = pin(url, app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE)
     parts = urlsplit(url)
     host = f"[{pinned}]" if ":" in pinned else pinned
     netloc = host + (f":{parts.port}" if parts.port else "")
     target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
     body = json.dumps(payload, separators=(",", ":")).encode()
-    timestamp = str(int(time.time()))
+    timestamp = str(int(now.timestamp()))
     headers = {
         "Host": parts.netloc, "Content-Type": "application/json",
         "X-Broker-Event": event, "X-Broker-Delivery": delivery_id,
@@ -135,7 +108,8 @@ def send(app: Flask, url: str, secret: str, delivery_id: str, event: str,
 
 def deliver_due(app: Flask, limit: int = 50) -> int:
     """Claim due deliveries (SKIP LOCKED), send them outside any transaction, record results."""
-    db, keys, now = get_db(app), get_keys(app), utcnow()
+    db, keys, clock = get_db(app), get_keys(app), get_clock(app)
+    now = clock()
     jobs = []
     with db.transaction() as session:
         rows = session.execute(
@@ -159,7 +133,9 @@ def deliver_due(app: Flask, limit: int = 50) -> int:
             jobs.append((delivery.id, hook.url, secret, delivery.event, dict(delivery.payload)))
     for delivery_id, url, secret, event, payload in jobs:
         try:
-            status: str = str(send(app, url, secret, str(delivery_id), event, payload))
+            status: str = str(
+                send(app, url, secret, str(delivery_id), event, payload, now=clock())
+            )
         except UnsafeTarget as exc:
             status = f"refused: {exc}"[:200]
         except httpx.HTTPError as exc:
@@ -172,10 +148,10 @@ def deliver_due(app: Flask, limit: int = 50) -> int:
             delivery.attempts += 1
             delivery.last_status = status
             if status.isdigit() and 200 <= int(status) < 300:
-                delivery.delivered_at, delivery.next_attempt_at = utcnow(), None
+                delivery.delivered_at, delivery.next_attempt_at = clock(), None
             elif delivery.attempts >= MAX_ATTEMPTS or status.startswith("refused"):
                 delivery.next_attempt_at = None
             else:
                 wait = backoff(delivery.attempts, base=10.0, cap=3600.0)
-                delivery.next_attempt_at = utcnow() + dt.timedelta(seconds=wait)
+                delivery.next_attempt_at = clock() + dt.timedelta(seconds=wait)
     return len(jobs)

@@ -1,13 +1,16 @@
-"""A tenant admin's webhooks: add with a secret shown once, disable, recent deliveries."""
+"""Webhook registration: add with a secret shown once, disable, list, recent deliveries.
+
+The admin pages and the `broker webhook …` commands call these same functions, so a target is
+validated, and the change audited, the same way whoever asks.
+"""
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +20,7 @@ from broker.errors import InvalidRequest, NotFound
 from broker.keys import KeyService
 from broker.models import Webhook, WebhookDelivery
 from broker.webhooks.delivery import EVENTS
+from broker.webhooks.targets import allowed, literal
 
 MAX_URL = 2000
 RECENT_DELIVERIES = 50
@@ -50,15 +54,25 @@ def check_url(url: str, *, allow_private: bool) -> str:
 def _private_host(host: str) -> bool:
     if host.lower() == "localhost" or host.lower().endswith(".localhost"):
         return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a name: resolved and pinned by the worker when it sends
-    return not address.is_global
+    address = literal(host)
+    # A name is resolved, checked by the same rule and pinned by the worker when it sends.
+    return address is not None and not allowed(address, allow_private=False)
 
 
-def check_events(events: Iterable[str]) -> list[str]:
-    """Return the chosen events in canonical order, or raise InvalidRequest."""
+def safe_url(url: str) -> str:
+    """Return a target URL without its query, which may carry the receiver's own token."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def check_events(events: Iterable[str] | None) -> list[str]:
+    """Return the chosen events in canonical order ([] for every event), or raise InvalidRequest.
+
+    None subscribes to every event, including those added later; a given choice must name at
+    least one.
+    """
+    if events is None:
+        return []
     chosen = set(events)
     unknown = chosen - set(EVENTS)
     if unknown:
@@ -70,9 +84,13 @@ def check_events(events: Iterable[str]) -> list[str]:
 
 def add(
     session: Session, keys: KeyService, tenant_id: uuid.UUID, *, url: str,
-    events: Iterable[str], allow_private: bool, actor: str, ip: str | None = None,
+    events: Iterable[str] | None, allow_private: bool, actor: str, ip: str | None = None,
 ) -> Added:
-    """Register a webhook; its secret is stored sealed and returned once."""
+    """Register a webhook; its secret is stored sealed and returned once.
+
+    `events` None subscribes to every event (the CLI without `--event`); the page always passes
+    the ticked events, and an empty choice is refused.
+    """
     hook = Webhook(
         id=uuid.uuid4(), tenant_id=tenant_id, url=check_url(url, allow_private=allow_private),
         events=check_events(events), status="active",
@@ -83,31 +101,34 @@ def add(
     audit.record(
         session, action="webhook.create", tenant_id=tenant_id, actor_type="admin",
         actor_id=actor, ip=ip,
-        details={"webhook_id": str(hook.id), "url": hook.url, "events": hook.events},
+        details={"webhook_id": str(hook.id), "url": safe_url(hook.url), "events": hook.events},
     )
     return Added(hook, secret)
 
 
-def get_webhook(session: Session, tenant_id: uuid.UUID, webhook_id: uuid.UUID) -> Webhook:
-    """Return a webhook of this tenant; another tenant's id is as absent as an unknown one."""
-    hook = session.scalar(
-        select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant_id == tenant_id)
-    )
+def get_webhook(
+    session: Session, webhook_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
+) -> Webhook:
+    """Return a webhook, of this tenant when one is given; another tenant's is as absent."""
+    query = select(Webhook).where(Webhook.id == webhook_id)
+    if tenant_id is not None:
+        query = query.where(Webhook.tenant_id == tenant_id)
+    hook = session.scalar(query)
     if hook is None:
         raise NotFound("There is no such webhook in your organization.")
     return hook
 
 
 def disable(
-    session: Session, tenant_id: uuid.UUID, webhook_id: uuid.UUID, *, actor: str,
-    ip: str | None = None,
+    session: Session, webhook_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None,
+    actor: str, ip: str | None = None,
 ) -> Webhook:
-    """Stop sending to a webhook."""
-    hook = get_webhook(session, tenant_id, webhook_id)
+    """Stop sending to a webhook (of this tenant when one is given)."""
+    hook = get_webhook(session, webhook_id, tenant_id=tenant_id)
     hook.status = "disabled"
     audit.record(
-        session, action="webhook.disable", tenant_id=tenant_id, actor_type="admin",
-        actor_id=actor, ip=ip, details={"webhook_id": str(hook.id), "url": hook.url},
+        session, action="webhook.disable", tenant_id=hook.tenant_id, actor_type="admin",
+        actor_id=actor, ip=ip, details={"webhook_id": str(hook.id), "url": safe_url(hook.url)},
     )
     return hook
 

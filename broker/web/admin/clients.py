@@ -8,8 +8,8 @@ from werkzeug.wrappers import Response
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
 from broker.scopes import GMAIL_SCOPES
-from broker.tenancy import client_admin, policy
 from broker.tenancy import clients as client_service
+from broker.tenancy import policy, tenants
 from broker.web import guard
 from broker.web.admin import access
 
@@ -20,7 +20,7 @@ bp = Blueprint("clients", __name__, url_prefix="/clients")
 def index() -> str:
     """List the tenant's API clients, with a form to create one."""
     with get_db().transaction(write=False) as session:
-        tenant = client_admin.get_tenant(session, access.tenant_id())
+        tenant = tenants.tenant_by_id(session, access.tenant_id())
         rows = client_service.list_clients(session, tenant)
     return render_template("admin/clients.html", clients=rows, gmail_scopes=GMAIL_SCOPES)
 
@@ -38,12 +38,12 @@ def create() -> Response | str:
     """Create a client and show its secret this once."""
     try:
         with get_db().transaction() as session:
-            tenant = client_admin.get_tenant(session, access.tenant_id())
+            tenant = tenants.tenant_by_id(session, access.tenant_id())
             issued = client_service.create_client(
                 session, tenant, name=request.form.get("name", ""),
                 scopes=request.form.getlist("scopes"),
                 ip_ranges=policy.split_ranges(request.form.get("ip_ranges", "")),
-                actor=access.actor(),
+                actor=access.actor(), ip=access.ip(),
             )
     except InvalidRequest as refused:
         flash(f"Not created: {refused.description}")
@@ -55,7 +55,7 @@ def create() -> Response | str:
 def edit(client_id: str) -> str:
     """Show one client with its rotate, disable and edit forms."""
     with get_db().transaction(write=False) as session:
-        row = client_admin.get_client(session, access.tenant_id(), client_id)
+        row = client_service.get_client(session, client_id, tenant_id=access.tenant_id())
     return render_template("admin/client.html", client=row, gmail_scopes=GMAIL_SCOPES)
 
 
@@ -64,10 +64,10 @@ def update(client_id: str) -> Response:
     """Change a client's allowed scopes and IP ranges."""
     try:
         with get_db().transaction() as session:
-            changes = client_admin.update(
-                session, access.tenant_id(), client_id, scopes=request.form.getlist("scopes"),
+            changes = client_service.update_client(
+                session, client_id, scopes=request.form.getlist("scopes"),
                 ip_ranges=policy.split_ranges(request.form.get("ip_ranges", "")),
-                actor=access.actor(), ip=access.ip(),
+                tenant_id=access.tenant_id(), actor=access.actor(), ip=access.ip(),
             )
     except InvalidRequest as refused:
         return access.done(f"Not saved: {refused.description}", "admin.clients.edit",
@@ -81,11 +81,11 @@ def update(client_id: str) -> Response:
 def rotate(client_id: str) -> Response | str:
     """Give the client a new secret, shown once; the old one works during the grace period."""
     try:
-        grace = client_admin.parse_grace(request.form.get("grace", ""))
+        grace = client_service.parse_grace(request.form.get("grace", ""))
         with get_db().transaction() as session:
-            issued = client_admin.rotate(
-                session, access.tenant_id(), client_id, grace=grace, actor=access.actor(),
-                now=guard.now(),
+            issued = client_service.rotate_secret(
+                session, client_id, grace=grace, now=guard.now(), tenant_id=access.tenant_id(),
+                actor=access.actor(), ip=access.ip(),
             )
     except (InvalidRequest, Conflict) as refused:
         return access.done(f"Not rotated: {refused.description}", "admin.clients.edit",
@@ -98,6 +98,9 @@ def rotate(client_id: str) -> Response | str:
 def disable(client_id: str) -> Response:
     """Disable a client: its credentials stop working."""
     with get_db().transaction() as session:
-        client_admin.disable(session, access.tenant_id(), client_id, actor=access.actor())
+        client_service.disable_client(
+            session, client_id, tenant_id=access.tenant_id(), actor=access.actor(),
+            ip=access.ip(),
+        )
     access.forget_cached_clients()
     return access.done(f"Client {client_id} is disabled.", "admin.clients.index")

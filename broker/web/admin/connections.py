@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 
 from broker.db import get_db
-from broker.tenancy import user_admin
+from broker.tenancy import users
 from broker.web.admin import access
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
@@ -26,8 +26,8 @@ def index() -> str:
     """List connections, filtered by status when asked."""
     status = request.args.get("status", "").strip() or None
     with get_db().transaction(write=False) as session:
-        rows = user_admin.list_connections(session, access.tenant_id(), status)
+        rows = users.list_connections(session, access.tenant_id(), status)
     return render_template(
         "admin/connections.html", connections=rows, status=status or "",
-        statuses=user_admin.STATUSES, reasons=REASONS,
+        statuses=users.STATUSES, reasons=REASONS,
     )

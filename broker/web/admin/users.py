@@ -12,8 +12,7 @@ from werkzeug.wrappers import Response
 from broker.connections import revoke_before_delete
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
-from broker.models import Tenant
-from broker.tenancy import user_admin, users
+from broker.tenancy import users
 from broker.web import guard
 from broker.web.admin import access
 
@@ -24,7 +23,7 @@ bp = Blueprint("users", __name__, url_prefix="/users")
 def index() -> str:
     """List users with status, last sign-in and connection status; invite form."""
     with get_db().transaction(write=False) as session:
-        rows = user_admin.list_users(session, access.tenant_id())
+        rows = users.list_users(session, access.tenant_id())
     return render_template("admin/users.html", rows=rows, me=access.admin(), roles=users.ROLES)
 
 
@@ -33,11 +32,9 @@ def invite() -> Response:
     """Invite an exact email address."""
     try:
         with get_db().transaction() as session:
-            tenant = session.get(Tenant, access.tenant_id())
-            assert tenant is not None  # noqa: S101 - the admin's own tenant exists
             user = users.invite(
-                session, tenant, request.form.get("email", ""),
-                role=request.form.get("role", "member"), actor=access.actor(),
+                session, access.tenant_id(), request.form.get("email", ""),
+                role=request.form.get("role", "member"), actor=access.actor(), ip=access.ip(),
             )
     except (InvalidRequest, Conflict) as refused:
         return access.done(f"Not invited: {refused.description}", "admin.users.index")
@@ -57,8 +54,9 @@ def _act(label: str, action: Callable[[Session], str]) -> Response:
 def suspend(user_id: uuid.UUID) -> Response:
     """Suspend a user: their sessions end and hand-outs stop at once."""
     def run(session: Session) -> str:
-        user = user_admin.change_status(
-            session, access.tenant_id(), user_id, "suspended", actor=access.admin()
+        user = users.set_status(
+            session, access.tenant_id(), user_id, "suspended", now=guard.now(),
+            actor=access.actor(), ip=access.ip(),
         )
         return f"{user.email} is suspended."
     return _act("Suspension", run)
@@ -68,8 +66,9 @@ def suspend(user_id: uuid.UUID) -> Response:
 def reactivate(user_id: uuid.UUID) -> Response:
     """Let a suspended user back in."""
     def run(session: Session) -> str:
-        user = user_admin.change_status(
-            session, access.tenant_id(), user_id, "active", actor=access.admin()
+        user = users.set_status(
+            session, access.tenant_id(), user_id, "active", now=guard.now(),
+            actor=access.actor(), ip=access.ip(),
         )
         return f"{user.email} is {user.status}."
     return _act("Reactivation", run)
@@ -79,8 +78,10 @@ def reactivate(user_id: uuid.UUID) -> Response:
 def role(user_id: uuid.UUID) -> Response:
     """Make a user an admin or a member (the last active admin stays one)."""
     def run(session: Session) -> str:
-        user = user_admin.get_user(session, access.tenant_id(), user_id)
-        users.set_role(session, user, request.form.get("role", ""), actor=access.actor())
+        user = users.set_role(
+            session, access.tenant_id(), user_id, request.form.get("role", ""),
+            actor=access.actor(), ip=access.ip(),
+        )
         return f"{user.email} is now {user.role}."
     return _act("Role change", run)
 
@@ -89,8 +90,8 @@ def role(user_id: uuid.UUID) -> Response:
 def end_sessions(user_id: uuid.UUID) -> Response:
     """End every browser session of a user."""
     def run(session: Session) -> str:
-        count = user_admin.end_all_sessions(
-            session, access.tenant_id(), user_id, actor=access.admin(), now=guard.now(),
+        count = users.end_all_sessions(
+            session, access.tenant_id(), user_id, now=guard.now(), actor=access.actor(),
             ip=access.ip(),
         )
         return f"Ended {count} session{'s' if count != 1 else ''}."
@@ -103,9 +104,9 @@ def reconsent(user_id: uuid.UUID) -> Response:
     public = current_app.config["BROKER"].PUBLIC_URL.rstrip("/")
 
     def run(session: Session) -> str:
-        connection = user_admin.force_reconsent(
-            session, access.tenant_id(), user_id, actor=access.admin(), now=guard.now(),
-            reauth_url=public + "/connections", ip=access.ip(),
+        connection = users.force_reconsent(
+            session, access.tenant_id(), user_id, now=guard.now(),
+            reauth_url=public + "/connections", actor=access.actor(), ip=access.ip(),
         )
         return f"{connection.email} must connect Gmail again before jobs get tokens."
     return _act("Re-consent", run)
@@ -115,7 +116,7 @@ def reconsent(user_id: uuid.UUID) -> Response:
 def confirm_delete(user_id: uuid.UUID) -> str:
     """Ask before deleting a user."""
     with get_db().transaction(write=False) as session:
-        user = user_admin.get_user(session, access.tenant_id(), user_id)
+        user = users.get_user(session, access.tenant_id(), user_id)
     return render_template("admin/user_delete.html", user=user)
 
 
@@ -125,14 +126,16 @@ def delete(user_id: uuid.UUID) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         with get_db().transaction(write=False) as session:
-            ids = user_admin.deletable_connection_ids(
-                session, access.tenant_id(), user_id, actor=access.admin()
+            ids = users.deletable_connection_ids(
+                session, access.tenant_id(), user_id, actor=access.actor()
             )
-        revoke_before_delete(app, ids, actor_id=str(access.admin().id))
+        revoke_before_delete(app, ids, actor_id=access.actor())
     except (InvalidRequest, Conflict) as refused:
         return access.done(f"Deletion refused: {refused.description}", "admin.users.index")
 
     def run(session: Session) -> str:
-        email = user_admin.remove_user(session, access.tenant_id(), user_id, actor=access.admin())
+        email = users.delete_user(
+            session, access.tenant_id(), user_id, actor=access.actor(), ip=access.ip()
+        )
         return f"{email} is deleted and their Gmail access revoked."
     return _act("Deletion", run)

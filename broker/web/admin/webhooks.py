@@ -35,7 +35,7 @@ def add() -> Response | str:
         with get_db().transaction() as session:
             added = webhooks.add(
                 session, get_keys(), access.tenant_id(), url=request.form.get("url", ""),
-                events=request.form.getlist("events"),
+                events=request.form.getlist("events"),  # the page always names its events
                 allow_private=current_app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE,
                 actor=access.actor(), ip=access.ip(),
             )
@@ -51,6 +51,7 @@ def disable(webhook_id: uuid.UUID) -> Response:
     """Stop deliveries to a webhook."""
     with get_db().transaction() as session:
         hook = webhooks.disable(
-            session, access.tenant_id(), webhook_id, actor=access.actor(), ip=access.ip()
+            session, webhook_id, tenant_id=access.tenant_id(), actor=access.actor(),
+            ip=access.ip(),
         )
     return access.done(f"Webhook {hook.url} is disabled.", "admin.webhooks.index")

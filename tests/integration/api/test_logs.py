@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from broker import webhooks, worker
 from broker.db import get_db
-from broker.models import AuditEvent, Tenant
+from broker.keys import get_keys
+from broker.models import AuditEvent
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import World, broker_config
 
@@ -31,9 +32,10 @@ def test_full_flow_at_debug_logs_no_secret(
     world = make_world(app=app)
     secrets = {world.client_secret, world.refresh_token}
     with get_db(app).transaction() as session:
-        tenant = session.get(Tenant, world.tenant.id)
-        assert tenant is not None
-        _, hook_secret = webhooks.add_webhook(session, app, tenant, "http://127.0.0.1:9/x")
+        hook_secret = webhooks.add(
+            session, get_keys(app), world.tenant.id, url="http://127.0.0.1:9/x", events=None,
+            allow_private=True, actor="test",
+        ).secret
     secrets.add(hook_secret)
     first = world.token().json["access_token"]
     second = world.token({"user": world.user.email, "rejected_token": first}).json

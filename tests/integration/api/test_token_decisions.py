@@ -328,14 +328,16 @@ def test_rotated_secret_keeps_working_through_grace_then_disabled_client_fails(
     from broker.tenancy import clients
 
     with get_db(world.app).transaction() as session:
-        issued = clients.rotate_secret(session, world.client_id, grace=dt.timedelta(hours=1))
+        issued = clients.rotate_secret(
+            session, world.client_id, grace=dt.timedelta(hours=1), now=utcnow()
+        )
     get_cache(world.app).clear()
     assert world.token().status_code == 200  # old secret, in grace
     old = world.client_secret
     world.client_secret = issued.client_secret
     assert world.token().status_code == 200
     with get_db(world.app).transaction() as session:
-        clients.rotate_secret(session, world.client_id, grace=dt.timedelta(0))
+        clients.rotate_secret(session, world.client_id, grace=dt.timedelta(0), now=utcnow())
         clients.disable_client(session, world.client_id)
     get_cache(world.app).clear()
     assert world.token().status_code == 401

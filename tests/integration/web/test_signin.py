@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from broker.clock import utcnow
 from broker.db import get_db
 from broker.identity.sessions import digest
 from broker.models import BrowserSession, OAuthTransaction, Policy, Tenant, User
@@ -158,7 +159,7 @@ def test_suspended_user_is_refused(
     with get_db(signed_in.app).transaction() as session:
         user = session.scalar(select(User).where(User.email == "alice@acme.test"))
         assert user is not None
-        set_status(session, user, "suspended")
+        set_status(session, user.tenant_id, user.id, "suspended", now=utcnow(), actor="test")
     assert signed_in.get("/connections").status_code == 302  # the session ended at once
     page = sign_in(signed_in, emulator, "alice@acme.test")
     assert page.status_code == 403 and "user_suspended" in text(page)

@@ -19,7 +19,10 @@ from broker import webhooks, worker
 from broker.clock import utcnow
 from broker.connections.revoke import disconnect
 from broker.db import get_db
-from broker.models import AccessToken, Connection, Tenant, User, WebhookDelivery
+from broker.errors import InvalidRequest
+from broker.keys import get_keys
+from broker.models import AccessToken, Connection, User, WebhookDelivery
+from tests.conftest import Clock
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import World, broker_config
 
@@ -162,13 +165,16 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def add_hook(world: World, url: str) -> str:
-    """Register a webhook for the world's tenant; return its secret."""
+def add_hook(world: World, url: str, *, allow_private: bool | None = None) -> str:
+    """Register a webhook for the world's tenant (every event); return its secret."""
+    if allow_private is None:
+        allow_private = world.app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE
     with get_db(world.app).transaction() as session:
-        tenant = session.get(Tenant, world.tenant.id)
-        assert tenant is not None
-        _, secret = webhooks.add_webhook(session, world.app, tenant, url)
-    return secret
+        added = webhooks.add(
+            session, get_keys(world.app), world.tenant.id, url=url, events=None,
+            allow_private=allow_private, actor="test",
+        )
+    return added.secret
 
 
 def test_needs_reauth_webhook_is_signed_and_retried(
@@ -202,12 +208,36 @@ def test_needs_reauth_webhook_is_signed_and_retried(
 def test_private_targets_are_refused_without_the_setting(
     world: World, receiver: Receiver
 ) -> None:
-    with pytest.raises(Exception, match="https"):
+    with pytest.raises(InvalidRequest, match="https"):
         add_hook(world, receiver.url)
-    add_hook(world, receiver.url.replace("http://", "https://"))
+    with pytest.raises(InvalidRequest, match="private"):
+        add_hook(world, receiver.url.replace("http://", "https://"))
+    # A name passes registration and is checked when the worker resolves it to send: here it
+    # resolves to loopback (as a rebinding name would), registered as if it had been public.
+    local = receiver.url.replace("http://127.0.0.1", "https://localhost")
+    add_hook(world, local, allow_private=True)
     with get_db(world.app).transaction() as session:
         webhooks.enqueue(session, world.tenant.id, "connection.revoked", {})
     assert webhooks.deliver_due(world.app) == 1
     with get_db(world.app).transaction(write=False) as session:
         status = session.scalars(select(WebhookDelivery.last_status)).one()
     assert status is not None and status.startswith("refused") and receiver.received == []
+
+
+def test_deliveries_are_stamped_and_settled_by_the_app_clock(
+    make_app: Callable[..., Flask], emulator: EmulatorControls,
+    make_world: Callable[..., World], receiver: Receiver, clock: Clock,
+) -> None:
+    app = make_app(**broker_config(emulator, WEBHOOK_ALLOW_PRIVATE=True))
+    app.extensions["broker.clock"] = clock
+    world = make_world(app=app, connected=False)
+    add_hook(world, receiver.url)
+    with get_db(app).transaction() as session:
+        webhooks.enqueue(session, world.tenant.id, "connection.revoked", {}, now=clock())
+    clock.advance(seconds=30)
+    assert webhooks.deliver_due(app) == 1
+    headers, _ = receiver.received[-1]
+    assert headers["X-Broker-Timestamp"] == str(int(clock.now.timestamp()))
+    with get_db(app).transaction(write=False) as session:
+        delivered = session.scalars(select(WebhookDelivery.delivered_at)).one()
+    assert delivered == clock.now

@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
+from broker.clock import utcnow
 from broker.db import get_db
 from broker.models import AuditEvent
 from tests.integration.web.admin.conftest import Browser, Org
@@ -72,6 +73,6 @@ def test_ended_admin_sessions_stop_at_once(
     first = make_browser(org.admin)
     from broker.tenancy import users
     with get_db(admin_app).transaction() as session:
-        users.end_sessions(session, org.admin.id, "admin")
+        users.end_sessions(session, org.admin.id, "admin", utcnow())
     assert first.get("/admin/users").status_code == 302
     assert second.get("/admin/users").status_code == 302

@@ -8,6 +8,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from broker.db import get_db
+from broker.keys import digest
 from broker.models import ApiClient, AuditEvent
 from broker.tenancy import clients
 from tests.factories import make_tenant
@@ -34,7 +35,7 @@ def test_a_created_clients_secret_is_shown_once_and_stored_hashed(
     with get_db(admin_app).transaction(write=False) as session:
         row = session.get(ApiClient, client_id)
         assert row is not None and row.tenant_id == org.tenant.id
-        assert row.secret_sha256 == clients.hash_secret(secret)
+        assert row.secret_sha256 == digest(secret)
         assert row.allowed_ip_ranges == ["10.0.0.0/8"]
         details = [e.details for e in session.scalars(select(AuditEvent))]
     assert secret not in repr(details)
@@ -65,8 +66,8 @@ def test_rotation_shows_the_new_secret_and_keeps_the_old_for_the_grace(
     with get_db(admin_app).transaction(write=False) as session:
         row = session.get(ApiClient, client_id)
         assert row is not None
-        assert row.secret_sha256 == clients.hash_secret(new.group(1))
-        assert row.previous_secret_sha256 == clients.hash_secret(old)
+        assert row.secret_sha256 == digest(new.group(1))
+        assert row.previous_secret_sha256 == digest(old)
         assert row.previous_secret_expires_at is not None
     assert "valid until" in as_admin.get(f"/admin/clients/{client_id}").get_data(as_text=True)
     refused = as_admin.post(f"/admin/clients/{client_id}/rotate", {"grace": "90d"})
