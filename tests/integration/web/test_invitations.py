@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +21,7 @@ from tests.factories import make_tenant
 from tests.integration.emulator.support import parse_forms
 from tests.integration.web.conftest import sign_in
 from tests.integration.web.support import (
+    PUBLIC_URL,
     READONLY,
     WebBrowser,
     events,
@@ -240,3 +242,32 @@ def test_a_bad_sign_in_link_is_refused_on_a_page_and_stores_nothing(
         assert session.scalar(select(func.count()).select_from(OAuthTransaction)) == 0
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == audited
 
+
+def test_admins_see_the_link_to_send_an_invited_personal_account(
+    google_app: Flask, emulator: EmulatorControls
+) -> None:
+    real = make_tenant(google_app, "real", domains=("real.test",), admin="boss@real.test",
+                       allow_consumer_accounts=True)
+    workspace = make_tenant(google_app, "plain", domains=("plain.test",),
+                            admin="boss@plain.test")
+    _invite(google_app, real, VICTIM, age=dt.timedelta(0))
+    _invite(google_app, workspace, "other@gmail.test", age=dt.timedelta(0))
+    emulator.add_account("boss@real.test", hd="real.test")
+    emulator.add_account("boss@plain.test", hd="plain.test")
+    emulator.add_account(VICTIM)
+    admin = WebBrowser(google_app)
+    sign_in(admin, emulator, "boss@real.test")
+    body = text(admin.get("/admin/users"))
+    expected = f"{PUBLIC_URL}/auth/login?tenant=real&login_hint=victim%40gmail.test"
+    assert html.escape(expected) in body
+    assert body.count('class="signin-link"') == 1  # the bound admin needs no link
+    # The link works as sent: the invited person lands in this tenant, with no chooser.
+    person = WebBrowser(google_app)
+    landed = _finish(person, emulator, person.get(expected.removeprefix(PUBLIC_URL)), VICTIM)
+    assert "My Gmail connection" in text(landed)
+    assert _accounts(google_app, VICTIM)["real"].status == "active"
+    # A tenant that admits no personal accounts has no such link to send.
+    other_admin = WebBrowser(google_app)
+    sign_in(other_admin, emulator, "boss@plain.test")
+    plain_body = text(other_admin.get("/admin/users"))
+    assert "other@gmail.test" in plain_body and "signin-link" not in plain_body
