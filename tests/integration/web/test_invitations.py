@@ -9,9 +9,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
+from flask.cli import ScriptInfo
 from sqlalchemy import func, select
 
+from broker.cli import cli
 from broker.clock import utcnow
 from broker.db import get_db
 from broker.identity.sessions import digest
@@ -271,3 +274,20 @@ def test_admins_see_the_link_to_send_an_invited_personal_account(
     sign_in(other_admin, emulator, "boss@plain.test")
     plain_body = text(other_admin.get("/admin/users"))
     assert "other@gmail.test" in plain_body and "signin-link" not in plain_body
+
+
+def test_broker_user_invite_prints_the_link_only_where_personal_accounts_may_join(
+    google_app: Flask,
+) -> None:
+    make_tenant(google_app, "real", allow_consumer_accounts=True)
+    make_tenant(google_app, "plain")
+    info = ScriptInfo(create_app=lambda: google_app)
+    runner = CliRunner()
+    personal = runner.invoke(cli, ["user", "invite", VICTIM, "--tenant", "real"], obj=info)
+    assert personal.exit_code == 0, personal.output
+    assert personal.output.splitlines() == [
+        f"invited {VICTIM} to real as member",
+        f"sign-in link to send: {PUBLIC_URL}/auth/login?tenant=real&login_hint=victim%40gmail.test",
+    ]
+    workspace = runner.invoke(cli, ["user", "invite", VICTIM, "--tenant", "plain"], obj=info)
+    assert workspace.output.splitlines() == [f"invited {VICTIM} to plain as member"]
