@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.cli import ScriptInfo
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from broker.cli import cli
 from broker.clock import utcnow
@@ -98,8 +98,8 @@ def rivals(google_app: Flask, emulator: EmulatorControls) -> Rivals:
     real = make_tenant(google_app, "real", domains=("real.test",),
                        allow_consumer_accounts=True)
     with get_db(google_app).transaction() as session:
-        session.get(Tenant, attacker.id).name = "Attacker Inc"  # type: ignore[union-attr]
-        session.get(Tenant, real.id).name = "Real Org"  # type: ignore[union-attr]
+        for tenant, name in ((attacker, "Attacker Inc"), (real, "Real Org")):
+            session.execute(update(Tenant).where(Tenant.id == tenant.id).values(name=name))
     _invite(google_app, attacker, VICTIM, age=dt.timedelta(days=1))
     _invite(google_app, real, VICTIM, age=dt.timedelta(0))
     emulator.add_account(VICTIM, name="Victim")
