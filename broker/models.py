@@ -174,6 +174,11 @@ class OAuthTransaction(Base):
         ForeignKey("tenants.id", ondelete="CASCADE")
     )
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The tenant a sign-in was started for (/auth/login?tenant=SLUG); apart from tenant_id,
+    # which chooses the sealing key: a sign-in's verifier stays under the system key.
+    signin_tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE")
+    )
     prompt: Mapped[str | None] = mapped_column(String(40))
     next: Mapped[str | None] = mapped_column(String(2000))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

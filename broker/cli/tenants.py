@@ -13,6 +13,7 @@ from broker.cli.actor import actor
 from broker.clock import get_clock
 from broker.connections import revoke_before_delete
 from broker.db import get_db
+from broker.identity import signin_url
 from broker.keys import get_keys
 from broker.models import Connection, Tenant, User
 from broker.tenancy import tenants, users
@@ -127,6 +128,10 @@ def user_invite(email: str, slug: str, admin: bool) -> None:
             role="admin" if admin else "member", actor=actor(),
         )
         click.echo(f"invited {invited.email} to {slug} as {invited.role}")
+        link = signin_url(session, current_app.config["BROKER"].PUBLIC_URL, invited.tenant_id,
+                          invited.email)
+        if link:  # a personal account joins only through its tenant's own sign-in link
+            click.echo(f"sign-in link to send: {link}")
 
 
 def _status_command(name: str, status: str, help_text: str) -> click.Command:

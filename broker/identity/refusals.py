@@ -20,6 +20,22 @@ REASONS: dict[str, tuple[int, str, str]] = {
         "Personal Google accounts can sign in only when an administrator invited that exact "
         "address, in an organization that allows personal accounts.",
     ),
+    "tenant_mismatch": (
+        403, "This account belongs to another organization",
+        "This sign-in was started for one organization, but this Google account belongs to a "
+        "different one here. Use your own organization's sign-in link, or start from the "
+        "start page.",
+    ),
+    "unknown_tenant": (
+        404, "This sign-in link names no organization",
+        "No organization here has the name in this link. Check the link your administrator "
+        "sent you.",
+    ),
+    "bad_signin_link": (
+        400, "This sign-in link is malformed",
+        "Its organization or account hint is not valid. Check the link your administrator "
+        "sent you.",
+    ),
     "account_conflict": (
         403, "This address belongs to another Google account",
         "A different Google account already signed in with this email address. Ask your "

@@ -157,6 +157,7 @@ def begin(
     db: Session, keys: KeyService, *, purpose: str, binding: str, now: dt.datetime,
     tenant_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None,
     scopes: list[str] | None = None, prompt: str | None = None, next_url: str | None = None,
+    signin_tenant_id: uuid.UUID | None = None,
 ) -> Started:
     """Store a transaction bound to this browser; the PKCE verifier is sealed."""
     started = Started(new_secret(), new_secret(), secrets.token_urlsafe(64))
@@ -171,7 +172,8 @@ def begin(
                 db, tenant_id, state_hash, "code_verifier", started.code_verifier.encode()
             ),
             nonce=started.nonce, requested_scopes=list(scopes or []), tenant_id=tenant_id,
-            user_id=user_id, prompt=prompt, next=next_url, created_at=now,
+            user_id=user_id, signin_tenant_id=signin_tenant_id, prompt=prompt, next=next_url,
+            created_at=now,
             expires_at=now + TRANSACTION_TTL,
         )
     )

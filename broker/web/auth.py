@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, g, redirect, request, url_for
+import uuid
+
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from broker.db import get_db
 from broker.errors import BrokerError, RateLimited
 from broker.google import GoogleError, NotConfigured, get_google
 from broker.identity import (
+    ChooseTenant,
     Refusal,
     SignInService,
     SilentSignInFailed,
     google_refusal,
+    signin_url,
 )
 from broker.keys import get_keys, new_secret
 from broker.limits import get_limits
@@ -32,6 +36,13 @@ def _service() -> SignInService:
     return SignInService(get_db(), get_keys(), google, guard.settings(), guard.now)
 
 
+@bp.app_template_global("signin_url")
+def signin_link(tenant_id: uuid.UUID, login_hint: str | None = None) -> str | None:
+    """Return the tenant-scoped sign-in link to send an invited personal account, if any."""
+    with get_db().transaction(write=False) as session:
+        return signin_url(session, guard.settings().PUBLIC_URL, tenant_id, login_hint)
+
+
 @bp.get("/login")
 def login() -> Response:
     """Start a sign-in: a transaction bound to this browser, then off to Google."""
@@ -49,12 +60,17 @@ def login() -> Response:
         response = broker_error_page(limited)
         response.headers.update(limited.headers)
         return response
+    if any(len(request.args.getlist(name)) > 1 for name in ("tenant", "login_hint")):
+        raise Refusal("bad_signin_link")
     service = _service()
     browser = guard.binding() or new_secret()
     # keep_connected: a session that ended by time comes back without a click, if Google agrees.
     hint = state.user.email if state.may_resume and state.user else None
     try:
-        url = service.start(binding=browser, next_url=next_url, silent_hint=hint)
+        url = service.start(
+            binding=browser, next_url=next_url, silent_hint=hint,
+            tenant_slug=request.args.get("tenant"), login_hint=request.args.get("login_hint"),
+        )
     except GoogleError as failed:
         raise google_refusal(failed) from None
     response = redirect(url, 302)
@@ -77,6 +93,15 @@ def callback() -> Response:
         flash("Your session ended. Please sign in again.")
         response = redirect(url_for("home.index"), 303)
         guard.clear_session_cookie(response)
+        guard.clear_binding_cookie(response)
+        return response
+    except ChooseTenant as choice:
+        # Nothing was bound: each button starts a new sign-in scoped to the tenant it names.
+        response = Response(render_template(
+            "auth/choose_tenant.html", invitations=choice.invitations, email=choice.email,
+        ), mimetype="text/html")
+        if not state.valid:
+            guard.clear_session_cookie(response)
         guard.clear_binding_cookie(response)
         return response
     response = redirect(signed_in.next_url, 303)

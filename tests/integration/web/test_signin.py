@@ -124,12 +124,17 @@ def test_consumer_accounts_need_an_invitation(
     make_tenant(google_app, "closed", domains=("closed.test",), admin="carol@gmail.test")
     for email in ("boss@gmail.test", "carol@gmail.test", "dave@gmail.test"):
         emulator.add_account(email)
-    assert browser.follow(sign_in(browser, emulator, "boss@gmail.test")).status_code == 200
+    # Invited: a plain sign-in only offers the tenant; its own link joins it.
+    assert "Choose an organization" in text(sign_in(browser, emulator, "boss@gmail.test"))
+    assert _user(google_app, "boss@gmail.test").status == "invited"  # type: ignore[union-attr]
+    emulator.settings(auto_consent="boss@gmail.test")
+    assert browser.follow(browser.open("/auth/login?tenant=open")).status_code == 200
+    emulator.settings(auto_consent=None)
     assert _user(google_app, "boss@gmail.test").status == "active"  # type: ignore[union-attr]
     for email in ("carol@gmail.test", "dave@gmail.test"):
         page = sign_in(WebBrowser(google_app), emulator, email)
         assert page.status_code == 403 and "not_invited" in text(page)
-    assert reasons(google_app, "signin.refused") == ["not_invited", "not_invited"]
+    assert reasons(google_app, "signin.refused") == ["choose_tenant", "not_invited", "not_invited"]
 
 
 @pytest.mark.parametrize(
