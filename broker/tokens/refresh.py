@@ -25,7 +25,7 @@ from broker.errors import (
     ScopeNotGranted,
     UpstreamUnavailable,
 )
-from broker.google import Google, GoogleError, NotConfigured, TokenResponse, get_google
+from broker.google import Failure, Google, GoogleError, NotConfigured, TokenResponse, get_google
 from broker.keys import SealError, get_keys
 from broker.models import AccessToken, Connection
 from broker.tokens import rules
@@ -212,7 +212,7 @@ class Refresher(TokenStore):
         while True:
             timeout = min(stop - time.monotonic(), self.settings.GOOGLE_TIMEOUT)
             if timeout < 0.1:
-                raise GoogleError("transient", error="budget_exhausted")
+                raise GoogleError(Failure.TRANSIENT, error="budget_exhausted")
             try:
                 with metrics.UPSTREAM_SECONDS.labels(endpoint="token").time():
                     answer = self.google.refresh(refresh_token, scopes, timeout=timeout)
@@ -220,7 +220,7 @@ class Refresher(TokenStore):
                 return answer
             except GoogleError as exc:
                 metrics.REFRESHES.labels(result=exc.kind).inc()
-                if exc.kind != "transient":
+                if exc.kind is not Failure.TRANSIENT:
                     raise
                 attempt += 1
                 delay = exc.retry_after or backoff(attempt, base=0.1, cap=2.0)
@@ -296,7 +296,7 @@ class Refresher(TokenStore):
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _failed(self, want: Want, lease: _Lease, exc: GoogleError) -> Issued | None:
-        if exc.kind == "invalid_grant":
+        if exc.kind is Failure.INVALID_GRANT:
             with self.db.transaction() as session:
                 conn = session.get(Connection, want.connection_id)
                 if conn is None or conn.version != lease.version:
@@ -307,14 +307,14 @@ class Refresher(TokenStore):
                 )
                 self.mark_needs_reauth(session, conn, reason, want)
             raise ReauthRequired(reason=reason)
-        if exc.kind == "misconfigured":
+        if exc.kind is Failure.MISCONFIGURED:
             self._release(want, lease)
             self._paused_until = time.monotonic() + MISCONFIGURED_PAUSE
             metrics.MISCONFIGURED.inc()
             log.error("ALERT: Google rejected the broker's OAuth client (%s)", exc.error,
                       extra={"event": "broker_misconfigured"})
             raise BrokerMisconfigured()
-        if exc.kind == "invalid_scope":
+        if exc.kind is Failure.INVALID_SCOPE:
             self._release(want, lease)
             raise ScopeNotGranted("Google says the grant lacks a requested scope.")
         now = self.clock()
