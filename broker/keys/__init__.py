@@ -1,5 +1,6 @@
 """Keys: the sealed format, master key providers and keyring, tenant data keys, re-seal (§5)."""
 
+from broker.keys.duties import reseal
 from broker.keys.extension import build_key_service, get_keys, init_app
 from broker.keys.sealed import (
     CryptoError,
@@ -18,4 +19,5 @@ __all__ = [
     "CryptoError", "FileKeyProvider", "KeyProvider", "KeyService", "KeySourceError",
     "Keyring", "ResealReport", "SealError", "build_key_service", "format_key_line",
     "get_keys", "init_app", "new_key", "new_key_id", "reseal_tenant",
+    "reseal",
 ]
