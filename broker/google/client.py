@@ -112,6 +112,8 @@ class Google:
         self.settings = settings
         self.client_id = settings.GOOGLE_CLIENT_ID or ""
         self._client_secret = settings.GOOGLE_CLIENT_SECRET or ""
+        # Epoch seconds as Google counts them: id_token times and Cache-Control ages are
+        # Google's, so the real clock by default, not the app's (which tests move).
         self.clock = clock
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
