@@ -144,10 +144,10 @@ class Refresher:
                 .returning(Connection.version)
                 .execution_options(synchronize_session=False)
             ).one_or_none()
-            held = None
-            if claimed is not None:
-                held = session.get(Connection, want.connection_id, populate_existing=True)
-            if claimed is None or held is None:
+            if claimed is None:
+                return Busy()
+            held = session.get(Connection, want.connection_id, populate_existing=True)
+            if held is None:  # our UPDATE locks the row, so never; the next read says why
                 return Busy()
             lease = self._open(session, held, claimed.version, want)
             if lease is not None:

@@ -101,3 +101,27 @@ def test_a_service_refreshes_by_the_clock_it_was_given(world: World, clock: Cloc
     with get_db(app).transaction(write=False) as session:
         at = session.scalar(select(AuditEvent.at).where(AuditEvent.action == "token.refresh"))
     assert at == clock.now
+
+
+def _transient_refreshes(world: World) -> float:
+    """Return the broker_refreshes_total{result="transient"} counter from /metrics."""
+    text = world.app.test_client().get("/metrics").get_data(as_text=True)
+    prefix = 'broker_refreshes_total{result="transient"} '
+    return sum(float(line[len(prefix):]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def test_failure_kinds_keep_their_strings_in_rows_audit_and_metrics(world: World) -> None:
+    before = _transient_refreshes(world)
+    # A Retry-After beyond the budget: no retry, so no wait at all.
+    world.emulator.fault("token", status=503, count=-1, headers={"Retry-After": "30"})
+    response = world.token()
+    assert response.status_code == 503 and response.json["error"] == "upstream_unavailable"
+    row = stored(world)
+    assert (row.status, row.status_reason) == ("degraded", "upstream_transient")
+    with get_db(world.app).transaction(write=False) as session:
+        reason = session.scalar(select(AuditEvent.reason).where(
+            AuditEvent.action == "token.refresh", AuditEvent.outcome == "error"))
+    assert reason == "transient" and type(reason) is str
+    assert _transient_refreshes(world) == before + 1
+    world.emulator.clear_faults()
