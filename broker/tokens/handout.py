@@ -193,7 +193,7 @@ class Handout:
 
     def run(self, req: TokenRequest) -> HandedOut:
         """Apply every check in order, then serve the stored token or refresh it."""
-        started = time.monotonic()
+        started = time.monotonic()  # the refresh budget is a duration, not a wall-clock time
         if req.scopes is not None:
             try:
                 self.scopes = normalise(req.scopes)
