@@ -54,13 +54,14 @@ def create_app(config: Mapping[str, Any] | None = None, *, require_keys: bool = 
     if config:
         app.config["TESTING"] = bool(config.get("TESTING", False))
 
-    from broker import api, db, health, keys, logging, metrics, web
+    from broker import api, db, health, keys, logging, metrics, tokens, web
 
     logging.init_app(app)
     db.init_app(app)
     keys.init_app(app, require=require_keys)
     health.init_app(app)
     metrics.init_app(app)
+    tokens.init_app(app)  # the API's hand-out and the worker share it
     api.init_app(app)
     web.init_app(app)
     return app

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 
 EXTENSION = "broker.clock"
 SLEEP_EXTENSION = "broker.sleep"
@@ -38,6 +38,21 @@ def get_sleep(app: Flask | None = None) -> Sleep:
     app = app or current_app
     sleep: Sleep = app.extensions.get(SLEEP_EXTENSION, time.sleep)
     return sleep
+
+
+def app_clock(app: Flask) -> Clock:
+    """Return a clock for services: it asks the app on each call, as tests swap the app's."""
+    return lambda: get_clock(app)()
+
+
+def app_sleep(app: Flask) -> Sleep:
+    """Return a sleep for services: it asks the app on each call, as tests swap the app's."""
+    return lambda seconds: get_sleep(app)(seconds)
+
+
+def current_time() -> dt.datetime:
+    """Return the current app's clock time; outside any app (a bare script), UTC now."""
+    return get_clock(current_app)() if has_app_context() else utcnow()
 
 
 def backoff(failures: int, *, base: float = 1.0, cap: float = 300.0) -> float:

@@ -21,7 +21,8 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, mapped_column
+from sqlalchemy.sql import ColumnElement
 
 from broker.clock import utcnow
 
@@ -82,6 +83,14 @@ class Base(DeclarativeBase):
 def new_id() -> uuid.UUID:
     """Return a random UUID, made by the application so rows have ids before sealing."""
     return uuid.uuid4()
+
+
+def tenant_is(
+    column: InstrumentedAttribute[uuid.UUID | None], tenant_id: uuid.UUID | None
+) -> ColumnElement[bool]:
+    """Match a nullable tenant column to a tenant, or to the system's rows when None."""
+    # `= NULL` is never true in SQL: the system's rows need IS NULL.
+    return column.is_(None) if tenant_id is None else column == tenant_id
 
 
 class Tenant(Base):

@@ -73,13 +73,12 @@ class PagesOnlySessions(SecureCookieSessionInterface):
 def init_app(app: Flask) -> None:
     """Register the API blueprints, their services and the JSON error handlers."""
     app.session_interface = PagesOnlySessions()
-    from broker import limits, tokens
+    from broker import limits
     from broker.api import openapi, v1
     from broker.tenancy import client_auth
 
     limits.init_app(app)
     client_auth.init_app(app)
-    app.extensions[tokens.EXTENSION] = tokens.TokenService(app)
     app.register_error_handler(errors.BrokerError, error_response)
     for blueprint in (v1.bp, openapi.bp):
         app.register_blueprint(blueprint)

@@ -1,5 +1,6 @@
 """The audit log: record events in the caller's transaction, chain them, verify, query (§10)."""
 
+from broker.audit.duties import ChainWindows, chain_audit
 from broker.audit.events import (
     INSERT,
     Verdict,
@@ -19,6 +20,7 @@ from broker.audit.queries import (
 )
 
 __all__ = [
-    "INSERT", "OUTCOMES", "Verdict", "actions", "chain", "chain_status", "event_values",
-    "export_csv", "insert_event", "page_of_events", "parse_filter", "record", "verify",
+    "INSERT", "OUTCOMES", "ChainWindows", "Verdict", "actions", "chain", "chain_audit",
+    "chain_status", "event_values", "export_csv", "insert_event", "page_of_events",
+    "parse_filter", "record", "verify",
 ]

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
-from broker.clock import utcnow
+from broker.clock import current_time
 from broker.logging import request_id
-from broker.models import AuditEvent, WorkerState
+from broker.models import AuditEvent, WorkerState, tenant_is
 
 if TYPE_CHECKING:
     from broker.driver import DriverConnection
@@ -42,10 +42,10 @@ EVENT_COLUMNS = ("id", "tenant_id", "at", "actor_type", "actor_id", "action", "s
                  "ip", "outcome", "reason", "scopes", "request_id", "details")
 
 
-def event_values(fields: AuditFields) -> dict[str, Any]:
-    """Return an audit row's column values, stamped with the time and the request id."""
+def event_values(fields: AuditFields, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Return an audit row's column values, stamped `now` (else the app clock) and request id."""
     return {
-        "id": uuid.uuid4(), "tenant_id": fields["tenant_id"], "at": utcnow(),
+        "id": uuid.uuid4(), "tenant_id": fields["tenant_id"], "at": now or current_time(),
         "actor_type": fields["actor_type"], "actor_id": fields.get("actor_id"),
         "action": fields["action"], "subject_user_id": fields.get("subject_user_id"),
         "ip": fields.get("ip"), "outcome": fields.get("outcome", "ok"),
@@ -54,9 +54,11 @@ def event_values(fields: AuditFields) -> dict[str, Any]:
     }
 
 
-def record(session: Session, **fields: Unpack[AuditFields]) -> AuditEvent:
-    """Add one audit event to the caller's ORM transaction."""
-    event = AuditEvent(**event_values(fields))
+def record(
+    session: Session, *, now: dt.datetime | None = None, **fields: Unpack[AuditFields]
+) -> AuditEvent:
+    """Add one audit event to the caller's ORM transaction, at `now` or the app clock's time."""
+    event = AuditEvent(**event_values(fields, now))
     session.add(event)
     return event
 
@@ -67,10 +69,11 @@ INSERT = insert(AuditEvent).values({name: bindparam(name) for name in EVENT_COLU
 
 
 def insert_event(
-    connection: Connection | DriverConnection, **fields: Unpack[AuditFields]
+    connection: Connection | DriverConnection, *, now: dt.datetime | None = None,
+    **fields: Unpack[AuditFields],
 ) -> None:
-    """Insert one audit event in the caller's Core transaction."""
-    connection.execute(INSERT, event_values(fields))
+    """Insert one audit event in the caller's Core transaction, at `now` or the app clock's."""
+    connection.execute(INSERT, event_values(fields, now))
 
 
 def canonical(event: AuditEvent) -> bytes:
@@ -93,12 +96,6 @@ def compute_mac(key: bytes, prev_mac: str, event: AuditEvent) -> str:
     return hmac.new(key, prev_mac.encode() + b"|" + canonical(event), hashlib.sha256).hexdigest()
 
 
-def _tenant_is(tenant_id: uuid.UUID | None) -> Any:
-    if tenant_id is None:
-        return AuditEvent.tenant_id.is_(None)
-    return AuditEvent.tenant_id == tenant_id
-
-
 def _lock_chain(session: Session, tenant_id: uuid.UUID | None) -> None:
     """Hold the tenant's chain lock for this transaction (a WorkerState row)."""
     name = f"audit-chain:{tenant_id or 'system'}"
@@ -117,7 +114,7 @@ def chain(
     _lock_chain(session, tenant_id)
     head = session.execute(
         select(AuditEvent.chain_seq, AuditEvent.mac)
-        .where(_tenant_is(tenant_id), AuditEvent.chain_seq.is_not(None))
+        .where(tenant_is(AuditEvent.tenant_id, tenant_id), AuditEvent.chain_seq.is_not(None))
         .order_by(AuditEvent.chain_seq.desc()).limit(1)
     ).one_or_none()
     seq: int = int(head[0] or 0) if head else 0
@@ -125,7 +122,8 @@ def chain(
     version, key = keys.audit_key(session)
     events = session.scalars(
         select(AuditEvent)
-        .where(_tenant_is(tenant_id), AuditEvent.chain_seq.is_(None), AuditEvent.at < older_than)
+        .where(tenant_is(AuditEvent.tenant_id, tenant_id), AuditEvent.chain_seq.is_(None),
+               AuditEvent.at < older_than)
         .order_by(AuditEvent.at, AuditEvent.id).limit(batch)
     ).all()
     for event in events:
@@ -159,7 +157,7 @@ def verify(session: Session, keys: KeyService, tenant_id: uuid.UUID | None) -> V
     expected_seq, prev = 1, ""
     for event in session.scalars(
         select(AuditEvent)
-        .where(_tenant_is(tenant_id), AuditEvent.chain_seq.is_not(None))
+        .where(tenant_is(AuditEvent.tenant_id, tenant_id), AuditEvent.chain_seq.is_not(None))
         .order_by(AuditEvent.chain_seq)
     ):
         version = event.mac_key_version or 0
@@ -180,6 +178,6 @@ def verify(session: Session, keys: KeyService, tenant_id: uuid.UUID | None) -> V
     verdict.head = prev
     verdict.pending = int(session.scalar(
         select(func.count()).select_from(AuditEvent)
-        .where(_tenant_is(tenant_id), AuditEvent.chain_seq.is_(None))
+        .where(tenant_is(AuditEvent.tenant_id, tenant_id), AuditEvent.chain_seq.is_(None))
     ) or 0)
     return verdict

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -40,11 +41,21 @@ class IdTokenError(Exception):
         self.reason = reason
 
 
+class Failure(StrEnum):
+    """What kind of failure a call to Google was; the values are metric labels and audit reasons."""
+
+    TRANSIENT = "transient"  # worth retrying: 5xx, 429, network, timeouts
+    INVALID_GRANT = "invalid_grant"  # the refresh token or code is dead
+    INVALID_SCOPE = "invalid_scope"  # the grant lacks a scope asked for
+    MISCONFIGURED = "misconfigured"  # Google rejects the broker's own OAuth client
+    INVALID_REQUEST = "invalid_request"  # anything else Google refused
+
+
 class GoogleError(Exception):
     """A failed call to Google, classified on `error` and `error_subtype`, never description."""
 
     def __init__(
-        self, kind: str, *, error: str = "", error_subtype: str = "", status: int = 0,
+        self, kind: Failure, *, error: str = "", error_subtype: str = "", status: int = 0,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(f"google {kind}: {error or 'no error code'} (status {status})")
@@ -70,16 +81,21 @@ class TokenResponse:
         return f"TokenResponse(scopes={self.scopes}, expires_in={self.expires_in})"
 
 
-def classify(status: int, body: dict[str, Any]) -> str:
-    """Return the failure kind of a token endpoint answer."""
+def classify(status: int, body: dict[str, Any]) -> Failure:
+    """Return the failure kind of a token endpoint answer (`body` is {} when not a JSON object)."""
+    if not body:
+        # No OAuth error object at all: a proxy, a captive portal or a cut connection spoke.
+        return Failure.TRANSIENT
     error = str(body.get("error") or "")
     if status >= 500 or status == 429 or error in TRANSIENT_ERRORS:
-        return "transient"
+        return Failure.TRANSIENT
     if error in MISCONFIGURED_ERRORS:
-        return "misconfigured"
-    if error in {"invalid_grant", "invalid_scope"}:
-        return error
-    return "invalid_request"
+        return Failure.MISCONFIGURED
+    if error == "invalid_grant":
+        return Failure.INVALID_GRANT
+    if error == "invalid_scope":
+        return Failure.INVALID_SCOPE
+    return Failure.INVALID_REQUEST
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -96,6 +112,8 @@ class Google:
         self.settings = settings
         self.client_id = settings.GOOGLE_CLIENT_ID or ""
         self._client_secret = settings.GOOGLE_CLIENT_SECRET or ""
+        # Epoch seconds as Google counts them: id_token times and Cache-Control ages are
+        # Google's, so the real clock by default, not the app's (which tests move).
         self.clock = clock
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
@@ -131,14 +149,14 @@ class Google:
         try:
             document, expires = self._get_cached_json(self.settings.GOOGLE_DISCOVERY_URL)
         except (httpx.HTTPError, ValueError):
-            raise GoogleError("transient", error="discovery_unavailable") from None
+            raise GoogleError(Failure.TRANSIENT, error="discovery_unavailable") from None
         loopback = config.is_loopback_url(self.settings.GOOGLE_DISCOVERY_URL)
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             url = str(document.get(key) or "")
             scheme = urlsplit(url).scheme
             if scheme != "https" and not (scheme == "http" and loopback and
                                           config.is_loopback_url(url)):
-                raise GoogleError("misconfigured", error=f"discovery_{key}_not_https")
+                raise GoogleError(Failure.MISCONFIGURED, error=f"discovery_{key}_not_https")
         self._discovery = (document, expires)
         return document
 
@@ -192,7 +210,7 @@ class Google:
                 timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError:
-            raise GoogleError("transient", error="network") from None
+            raise GoogleError(Failure.TRANSIENT, error="network") from None
         try:
             body = response.json()
             if not isinstance(body, dict):
@@ -200,10 +218,8 @@ class Google:
         except ValueError:
             body = {}
         if response.status_code != 200 or "access_token" not in body:
-            kind = classify(response.status_code, body) if body or response.status_code >= 500 \
-                else "transient"
             raise GoogleError(
-                kind, error=str(body.get("error") or ""),
+                classify(response.status_code, body), error=str(body.get("error") or ""),
                 error_subtype=str(body.get("error_subtype") or ""),
                 status=response.status_code, retry_after=_retry_after(response),
             )
@@ -241,7 +257,7 @@ class Google:
                 timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError:
-            raise GoogleError("transient", error="network") from None
+            raise GoogleError(Failure.TRANSIENT, error="network") from None
         if response.status_code == 200:
             return
         try:
@@ -251,8 +267,8 @@ class Google:
         if response.status_code == 400 and error in {"invalid_token", "invalid_request"}:
             return
         raise GoogleError(
-            "transient" if response.status_code >= 500 or response.status_code == 429
-            else "invalid_request", error=error, status=response.status_code,
+            Failure.TRANSIENT if response.status_code >= 500 or response.status_code == 429
+            else Failure.INVALID_REQUEST, error=error, status=response.status_code,
         )
 
     def _key_set(self, refresh: bool = False) -> KeySet:

@@ -12,7 +12,7 @@ from werkzeug.datastructures import MultiDict
 
 from broker.config import Settings
 from broker.db import Database
-from broker.google import Google, GoogleError, IdTokenError, TokenResponse
+from broker.google import Failure, Google, GoogleError, IdTokenError, TokenResponse
 from broker.identity.refusals import Refusal
 from broker.identity.sessions import TransactionRefused, consume
 from broker.keys import KeyService
@@ -39,9 +39,9 @@ class Completed:
 def google_refusal(error: GoogleError, **context: Any) -> Refusal:
     """Turn a failed call to Google into the refusal a person sees."""
     reason = {
-        "transient": "google_unavailable",
-        "misconfigured": "broker_misconfigured",
-        "invalid_grant": "code_rejected",
+        Failure.TRANSIENT: "google_unavailable",
+        Failure.MISCONFIGURED: "broker_misconfigured",
+        Failure.INVALID_GRANT: "code_rejected",
     }.get(error.kind, "google_error")
     details = {"google_error": error.error} if _ERROR_CODE.match(error.error or "") else {}
     return Refusal(reason, details=details, **context)

@@ -1,5 +1,6 @@
 """Keys: the sealed format, master key providers and keyring, tenant data keys, re-seal (§5)."""
 
+from broker.keys.duties import reseal
 from broker.keys.extension import build_key_service, get_keys, init_app
 from broker.keys.sealed import (
     CryptoError,
@@ -18,5 +19,5 @@ from broker.keys.service import KeyService, ResealReport, reseal_tenant
 __all__ = [
     "CryptoError", "FileKeyProvider", "KeyProvider", "KeyService", "KeySourceError",
     "Keyring", "ResealReport", "SealError", "build_key_service", "digest", "format_key_line",
-    "get_keys", "init_app", "new_key", "new_key_id", "new_secret", "reseal_tenant",
+    "get_keys", "init_app", "new_key", "new_key_id", "new_secret", "reseal", "reseal_tenant",
 ]

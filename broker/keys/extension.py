@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from broker.clock import app_clock
 from broker.keys.sealed import Keyring, provider_from_settings
 from broker.keys.service import KeyService
 
@@ -17,6 +18,7 @@ def build_key_service(app: Flask) -> KeyService:
         block=settings.SEAL_BLOCK,
         threshold=settings.SEAL_ROTATE_THRESHOLD,
         cache_seconds=settings.DATA_KEY_CACHE_SECONDS,
+        wall_clock=app_clock(app),
     )
 
 

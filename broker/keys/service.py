@@ -14,7 +14,7 @@ from sqlalchemy import Connection as DBConnection
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from broker.clock import utcnow
+from broker.clock import Clock, utcnow
 from broker.db import Database
 from broker.keys.sealed import (
     HEADER,
@@ -26,7 +26,7 @@ from broker.keys.sealed import (
     seal,
     sealed_version,
 )
-from broker.models import AccessToken, AuditKey, Connection, DataKey, Webhook
+from broker.models import AccessToken, AuditKey, Connection, DataKey, Webhook, tenant_is
 
 if TYPE_CHECKING:
     from broker.driver import DriverConnection
@@ -69,12 +69,15 @@ class KeyService:
         threshold: int = 2**30,
         cache_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = utcnow,
     ) -> None:
         self.keyring = keyring
         self.block = block
         self.threshold = threshold
         self.cache_seconds = cache_seconds
+        # `clock` measures cache lifetimes (monotonic); `wall_clock` stamps and ages key rows.
         self.clock = clock
+        self.wall_clock = wall_clock
         self._lock = threading.Lock()
         self._deks: dict[tuple[str, int], tuple[bytes, float]] = {}
         self._blocks: dict[str, _Block] = {}
@@ -89,13 +92,14 @@ class KeyService:
         """Add the next data key version of a tenant (or the system key), wrapped."""
         with session.no_autoflush:
             newest = session.scalar(
-                select(func.max(DataKey.version)).where(_tenant_is(tenant_id))
+                select(func.max(DataKey.version))
+                .where(tenant_is(DataKey.tenant_id, tenant_id))
             )
         version = (newest or 0) + 1
         master_id, wrapped = self.keyring.wrap(new_key(), dek_context(tenant_id, version))
         row = DataKey(
             id=uuid.uuid4(), tenant_id=tenant_id, version=version, wrapped=wrapped,
-            master_key_id=master_id, seal_count=0, created_at=utcnow(),
+            master_key_id=master_id, seal_count=0, created_at=self.wall_clock(),
         )
         # A Core insert, not session.add + flush: a flush would also push the caller's pending
         # rows, which may still be waiting for the value this key is about to seal.
@@ -142,7 +146,7 @@ class KeyService:
     ) -> _Block:
         row = session.scalar(
             select(DataKey)
-            .where(_tenant_is(tenant_id), DataKey.retired_at.is_(None))
+            .where(tenant_is(DataKey.tenant_id, tenant_id), DataKey.retired_at.is_(None))
             .order_by(DataKey.version.desc())
             .limit(1)
             .with_for_update()
@@ -183,7 +187,9 @@ class KeyService:
             return cached
         with session.no_autoflush:
             row = session.scalar(
-                select(DataKey).where(_tenant_is(tenant_id), DataKey.version == version)
+                select(DataKey).where(
+                    tenant_is(DataKey.tenant_id, tenant_id), DataKey.version == version
+                )
             )
         return self._usable(row)
 
@@ -212,7 +218,7 @@ class KeyService:
         """Return the newest live data key version of a tenant."""
         return session.scalar(
             select(func.max(DataKey.version)).where(
-                _tenant_is(tenant_id), DataKey.retired_at.is_(None)
+                tenant_is(DataKey.tenant_id, tenant_id), DataKey.retired_at.is_(None)
             )
         )
 
@@ -275,12 +281,6 @@ class KeyService:
 def audit_context(version: int) -> str:
     """Return the wrapping context of an audit key."""
     return f"audit|{version}"
-
-
-def _tenant_is(tenant_id: uuid.UUID | None):  # type: ignore[no-untyped-def]
-    if tenant_id is None:
-        return DataKey.tenant_id.is_(None)
-    return DataKey.tenant_id == tenant_id
 
 
 def _binding(tenant_id: uuid.UUID | None, row_id: object, field: str) -> Binding:
@@ -381,8 +381,9 @@ def retire_unused(keys: KeyService, session: Session, tenant_id: uuid.UUID) -> l
     newest = session.scalar(
         select(DataKey).where(DataKey.tenant_id == tenant_id, DataKey.version == current)
     )
+    now = keys.wall_clock()
     grace = dt.timedelta(seconds=keys.cache_seconds)
-    if newest is None or newest.created_at > utcnow() - grace:
+    if newest is None or newest.created_at > now - grace:
         return []
     used = _versions_in_use(session, tenant_id)
     retired = []
@@ -393,7 +394,7 @@ def retire_unused(keys: KeyService, session: Session, tenant_id: uuid.UUID) -> l
         )
     ):
         if dek.version not in used:
-            dek.retired_at, dek.wrapped = utcnow(), b""
+            dek.retired_at, dek.wrapped = now, b""
             retired.append(dek.version)
     keys.forget()
     return retired

@@ -23,8 +23,6 @@ from sqlalchemy import bindparam, or_, select, update
 
 from broker import audit, metrics
 from broker.clientip import IPAddress
-from broker.clock import get_clock
-from broker.db import get_db
 from broker.errors import (
     BrokerError,
     InvalidRequest,
@@ -37,7 +35,7 @@ from broker.errors import (
     UnknownUser,
     UserSuspended,
 )
-from broker.keys import SealError, get_keys
+from broker.keys import SealError
 from broker.models import AccessToken, Connection, Policy, User
 from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
 from broker.tenancy import ClientInfo
@@ -111,30 +109,54 @@ class _StoredRow:
     obtained_at: dt.datetime
 
 
-@dataclass
-class _Step:
-    """What the fast transaction decided: a token, a refusal, or work for the slow path."""
+@dataclass(frozen=True)
+class Serve:
+    """The stored token serves: the fast transaction audits the hand-out."""
 
-    want: Want | None = None
-    issued: Issued | None = None
-    refusal: BrokerError | None = None
-    unreadable: list[str] | None = None  # the granted scopes of a connection whose token broke
-    user: tuple[uuid.UUID, str] | None = None
-    last_used: dt.datetime | None = None
+    want: Want
+    issued: Issued
+    user: tuple[uuid.UUID, str]
+    last_used: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """No stored token serves: the slow path refreshes it, then audits the hand-out."""
+
+    want: Want
+    user: tuple[uuid.UUID, str]
+    last_used: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """The stored token does not open: the connection needs the user again."""
+
+    want: Want
+    granted: list[str]
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """A refusal, already audited in the fast transaction."""
+
+    error: BrokerError
+
+
+Decision = Serve | Refresh | Unreadable | Refuse
 
 
 class Handout:
     """Decide and hand out one token for an authenticated client."""
 
     def __init__(self, app: Flask, client: ClientInfo, ip: IPAddress) -> None:
-        self.app = app
-        self.db = get_db(app)
-        self.settings = app.config["BROKER"]
         self.tokens: TokenService = get_tokens(app)
+        self.db = self.tokens.db
+        self.settings = self.tokens.settings
         self.client = client
         self.ip = str(ip)
         self.address = ip
-        self.now = get_clock(app)()
+        self.now = self.tokens.clock()
         self.user_id: uuid.UUID | None = None
         self.scopes: list[str] = []
 
@@ -144,10 +166,10 @@ class Handout:
         wanted = gmail_only(scopes or [])
         return base + ("?" + urlencode({"scope": " ".join(wanted)}) if wanted else "")
 
-    def _audit_refusal(self, conn: Hot, exc: BrokerError) -> None:
+    def _audit_refusal(self, conn: Hot, exc: BrokerError, now: dt.datetime) -> None:
         outcome = "error" if exc.status_code >= 500 else "denied"
         audit.insert_event(
-            conn, action="token.handout", tenant_id=self.client.tenant_id,
+            conn, now=now, action="token.handout", tenant_id=self.client.tenant_id,
             actor_type="client", actor_id=self.client.id, ip=self.ip,
             outcome=outcome, reason=exc.error, subject_user_id=self.user_id, scopes=self.scopes,
             details={k: v for k, v in exc.extras.items() if k == "reason"},
@@ -159,7 +181,8 @@ class Handout:
 
     def refuse(self, exc: BrokerError) -> NoReturn:
         """Audit a refusal in its own transaction, then raise it."""
-        self.db.run(lambda conn: self._audit_refusal(conn, exc))
+        now = self.tokens.clock()
+        self.db.run(lambda conn: self._audit_refusal(conn, exc, now))
         self._count_refusal(exc)
         raise exc
 
@@ -170,7 +193,7 @@ class Handout:
 
     def run(self, req: TokenRequest) -> HandedOut:
         """Apply every check in order, then serve the stored token or refresh it."""
-        started = time.monotonic()
+        started = time.monotonic()  # the refresh budget is a duration, not a wall-clock time
         if req.scopes is not None:
             try:
                 self.scopes = normalise(req.scopes)
@@ -184,22 +207,23 @@ class Handout:
         # Autocommit: the fast path's writes are the audit insert, one atomic statement, and an
         # idempotent last_used_at update made before it, so BEGIN/COMMIT would only add trips.
         step = self.db.run_hot(lambda conn: self._fast(conn, req))
-        if step.refusal is not None:
-            self._count_refusal(step.refusal)
-            raise step.refusal
-        want, user = step.want, step.user
-        assert want is not None and user is not None  # noqa: S101 - set unless refused
-        if step.unreadable is not None:
-            self._unreadable(want, step.unreadable)
-        if step.issued is not None:
+        if isinstance(step, Refuse):
+            self._count_refusal(step.error)
+            raise step.error
+        if isinstance(step, Unreadable):
+            self._unreadable(step.want, step.granted)
+        if isinstance(step, Serve):
             issued = step.issued
         else:
-            issued = self._slow(want, started)
-            self.db.run(lambda conn: self._record_handout(conn, want, issued, step.last_used))
+            issued = self._slow(step.want, started)
+            now = self.tokens.clock()  # the refresh took a while: audit when it ended
+            self.db.run(
+                lambda conn: self._record_handout(conn, step.want, issued, step.last_used, now)
+            )
         metrics.HANDOUTS.labels(outcome="ok", reason="").inc()
-        return HandedOut(issued, *user)
+        return HandedOut(issued, *step.user)
 
-    def _fast(self, conn: Hot, req: TokenRequest) -> _Step:
+    def _fast(self, conn: Hot, req: TokenRequest) -> Decision:
         """Read, decide and audit in the caller's transaction (which `Database.run` may retry)."""
         try:
             who: Any = uuid.UUID(req.user)
@@ -210,13 +234,15 @@ class Handout:
         try:
             step = self._decide(conn, req, rows)
         except BrokerError as exc:
-            self._audit_refusal(conn, exc)
-            return _Step(refusal=exc)
-        if step.issued is not None and step.want is not None:
-            self._record_handout(conn, step.want, step.issued, step.last_used)
+            self._audit_refusal(conn, exc, self.now)
+            return Refuse(exc)
+        if isinstance(step, Serve):
+            self._record_handout(conn, step.want, step.issued, step.last_used, self.now)
         return step
 
-    def _decide(self, conn: Hot, req: TokenRequest, rows: Sequence[Any]) -> _Step:
+    def _decide(
+        self, conn: Hot, req: TokenRequest, rows: Sequence[Any]
+    ) -> Serve | Refresh | Unreadable:
         if not rows:
             raise UnknownUser()
         first = rows[0]
@@ -249,33 +275,33 @@ class Handout:
             user_id=first.user_id, scopes=self.scopes, scope_key=key, min_ttl=req.min_ttl,
             allow_broader=first.allow_broader_tokens, actor_id=self.client.id, ip=self.ip,
         )
-        step = _Step(want=want, user=(first.user_id, first.email), last_used=first.last_used_at)
+        user, last_used = (first.user_id, first.email), first.last_used_at
         found = next((r for r in rows if r.scope_key == key), None)
         if found is None:
-            return step
+            return Refresh(want, user, last_used)
         row = _StoredRow(found.token_id, found.token, found.scopes, found.expires_at,
                          found.obtained_at)
         try:
-            token = get_keys(self.app).open_on(
+            token = self.tokens.keys().open_on(
                 conn, want.tenant_id, row.id, "access_token", row.token
             ).decode()
         except SealError:
-            step.unreadable = granted
-            return step
+            return Unreadable(want, granted)
         issued = Issued(token, row.expires_at, list(row.scopes), row.id)
         if req.rejected_token is not None and hmac.compare_digest(
             req.rejected_token.encode(), token.encode()
         ):
             cooldown = dt.timedelta(seconds=self.settings.REJECTED_TOKEN_COOLDOWN)
             rejected_at = first.rejected_refresh_at
-            if rejected_at is not None and self.now - rejected_at < cooldown:
-                step.issued = issued if row.expires_at > self.now else None
-            else:
-                step.want = Want(**{**want.__dict__, "rejected_id": row.id})
-            return step
+            if rejected_at is None or self.now - rejected_at >= cooldown:
+                return Refresh(Want(**{**want.__dict__, "rejected_id": row.id}), user, last_used)
+            # Reported again within the cooldown: serve it while valid rather than loop.
+            if row.expires_at > self.now:
+                return Serve(want, issued, user, last_used)
+            return Refresh(want, user, last_used)
         if self.tokens.satisfies(row, want, self.now):
-            step.issued = issued
-        return step
+            return Serve(want, issued, user, last_used)
+        return Refresh(want, user, last_used)
 
     def _slow(self, want: Want, started: float) -> Issued:
         """Refresh under the lease, outside any transaction; audit a refusal on its own."""
@@ -302,20 +328,21 @@ class Handout:
             fresh = session.get(Connection, want.connection_id)
             if fresh is not None and fresh.status in ("active", "degraded"):
                 self.tokens.mark_needs_reauth(session, fresh, "token_unreadable", want)
-            self._audit_refusal(session.connection(), exc)
+            self._audit_refusal(session.connection(), exc, self.tokens.clock())
         self._count_refusal(exc)
         raise exc
 
     def _record_handout(
-        self, conn: Hot, want: Want, issued: Issued, last_used: dt.datetime | None
+        self, conn: Hot, want: Want, issued: Issued, last_used: dt.datetime | None,
+        now: dt.datetime,
     ) -> None:
-        """Audit the hand-out; if this write fails, no token leaves the broker."""
+        """Audit the hand-out at `now`; if this write fails, no token leaves the broker."""
         event = audit.event_values({
             "action": "token.handout", "tenant_id": self.client.tenant_id,
             "actor_type": "client", "actor_id": self.client.id, "ip": self.ip,
             "subject_user_id": want.user_id, "scopes": issued.scopes,
             "details": {"expires_at": issued.expires_at.isoformat()},
-        })
+        }, now)
         before = self.now - LAST_USED_EVERY
         if last_used is not None and last_used >= before:  # written within the minute
             conn.execute(audit.INSERT, event)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import random
-import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from flask import Flask
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
-from broker.clock import backoff
+from broker.clock import Clock, Sleep, backoff
+from broker.config import Settings
+from broker.db import Database
 from broker.errors import (
     BrokerError,
     BrokerMisconfigured,
@@ -25,11 +25,11 @@ from broker.errors import (
     ScopeNotGranted,
     UpstreamUnavailable,
 )
-from broker.google import Google, GoogleError, NotConfigured, TokenResponse, get_google
-from broker.keys import SealError, get_keys
+from broker.google import Failure, Google, GoogleError, NotConfigured, TokenResponse
+from broker.keys import SealError
 from broker.models import AccessToken, Connection
 from broker.tokens import rules
-from broker.tokens.store import Issued, TokenStore, Want, event_payload
+from broker.tokens.store import Issued, Keys, TokenStore, Want, event_payload
 
 log = logging.getLogger(__name__)
 # Our Google call must end this long before the lease does, so nobody else starts meanwhile.
@@ -38,37 +38,51 @@ MISCONFIGURED_PAUSE = 5.0
 
 
 @dataclass(frozen=True)
-class _Lease:
+class Lease:
+    """A connection's refresh lease held by this process, with what the refresh needs."""
+
     version: int
-    refresh_token: str
+    refresh_token: str = field(repr=False)
     status: str
     failures: int
     created_at: dt.datetime
     last_refresh_at: dt.datetime | None
     last_used_at: dt.datetime | None
-    until: float  # monotonic
+    # Monotonic: a budget measures a duration, which a wall clock (or a test's) must not bend.
+    until: float
 
 
 @dataclass(frozen=True)
-class _Busy:
+class Busy:
+    """Another holder refreshes now, or Google failed recently (then until when to back off)."""
+
     backoff_until: dt.datetime | None = None
 
 
-class Refresher(TokenStore):
+class Refresher:
     """Obtain tokens: re-read, claim the lease, refresh outside any transaction, CAS."""
 
-    def __init__(self, app: Flask) -> None:
-        super().__init__(app)
-        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    def __init__(
+        self, store: TokenStore, *, db: Database, keys: Keys, google: Callable[[], Google],
+        settings: Settings, clock: Clock, sleep: Sleep, owner: str,
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.keys = keys
+        self._google = google
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+        self.owner = owner
         self._events: dict[uuid.UUID, threading.Event] = {}
         self._lock = threading.Lock()
-        self._paused_until = 0.0
+        self._paused_until = 0.0  # monotonic
 
     @property
     def google(self) -> Google:
         """Return the Google client; an unconfigured broker cannot refresh."""
         try:
-            return get_google(self.app)
+            return self._google()
         except NotConfigured:
             raise BrokerMisconfigured("Google is not configured on this broker.") from None
 
@@ -78,7 +92,7 @@ class Refresher(TokenStore):
             step = self._claim(want)
             if isinstance(step, Issued):
                 return step
-            if isinstance(step, _Lease):
+            if isinstance(step, Lease):
                 issued = self._hold(want, step, deadline)
                 if issued is not None:
                     return issued
@@ -88,7 +102,7 @@ class Refresher(TokenStore):
                 retry = 1.0
                 if step.backoff_until is not None:
                     retry = (step.backoff_until - self.clock()).total_seconds()
-                return self.fallback(want, retry, "Google failed recently; retry later.")
+                return self.store.fallback(want, retry, "Google failed recently; retry later.")
             self._wait(want.connection_id, remaining)
 
     def _wait(self, connection_id: uuid.UUID, remaining: float) -> None:
@@ -97,22 +111,21 @@ class Refresher(TokenStore):
         if event is not None:
             event.wait(min(remaining, self.settings.REFRESH_BUDGET))
         else:
-            time.sleep(min(remaining, 0.04 + random.uniform(0, 0.04)))  # noqa: S311 - jitter
+            self.sleep(min(remaining, 0.04 + random.uniform(0, 0.04)))  # noqa: S311 - jitter
 
-    def _claim(self, want: Want) -> Issued | _Lease | _Busy:
+    def _claim(self, want: Want) -> Issued | Lease | Busy:
         now = self.clock()
         with self.db.transaction(write=False) as session:
-            conn, row = self.read(session, want)
-            if row is not None and self.satisfies(row, want, now):
-                return self.issued(session, want, row)
+            conn, row = self.store.read(session, want)
+            if row is not None and self.store.satisfies(row, want, now):
+                return self.store.issued(session, want, row)
             if conn.next_retry_at is not None and conn.next_retry_at > now:
-                return _Busy(backoff_until=conn.next_retry_at)
+                return Busy(backoff_until=conn.next_retry_at)
             if conn.refresh_lease_until is not None and conn.refresh_lease_until > now:
-                return _Busy()
+                return Busy()
             if time.monotonic() < self._paused_until:
                 raise BrokerMisconfigured()
         seconds = self.settings.REFRESH_BUDGET
-        unreadable = False
         with self.db.transaction() as session:
             claimed = session.execute(
                 update(Connection)
@@ -132,50 +145,47 @@ class Refresher(TokenStore):
                 .execution_options(synchronize_session=False)
             ).one_or_none()
             if claimed is None:
-                return _Busy()
+                return Busy()
             held = session.get(Connection, want.connection_id, populate_existing=True)
-            assert held is not None  # noqa: S101 - just claimed under this id
-            conn = held
-            try:
-                refresh_token = get_keys(self.app).open(
-                    session, conn.tenant_id, conn.id, "refresh_token", conn.refresh_token or b""
-                ).decode()
-            except SealError:
-                unreadable = True
-                self.mark_needs_reauth(session, conn, "token_unreadable", want)
-            else:
-                return _Lease(
-                    claimed.version, refresh_token, conn.status, conn.consecutive_failures,
-                    conn.created_at, conn.last_refresh_at, conn.last_used_at,
-                    time.monotonic() + seconds,
-                )
-        assert unreadable  # noqa: S101 - every other path returned
+            if held is None:  # our UPDATE locks the row, so never; the next read says why
+                return Busy()
+            lease = self._open(session, held, claimed.version, want)
+            if lease is not None:
+                return lease
+        # Raised once the transaction that marked the connection needs_reauth has committed.
         raise ReauthRequired(
             "The stored refresh token cannot be opened.", reason="token_unreadable"
         )
 
-    def claim_locked(
-        self, session: Session, conn: Connection, now: dt.datetime
-    ) -> _Lease | None:
-        """Claim the lease of a row the caller holds locked (the worker); None when taken."""
-        if conn.refresh_lease_until is not None and conn.refresh_lease_until > now:
-            return None
-        seconds = self.settings.REFRESH_BUDGET
+    def _open(
+        self, session: Session, conn: Connection, version: int, want: Want
+    ) -> Lease | None:
+        """Open a claimed row's refresh token; one that will not open marks it needs_reauth."""
         try:
-            refresh_token = get_keys(self.app).open(
+            refresh_token = self.keys().open(
                 session, conn.tenant_id, conn.id, "refresh_token", conn.refresh_token or b""
             ).decode()
         except SealError:
-            self.mark_needs_reauth(session, conn, "token_unreadable", Want(
-                conn.id, conn.tenant_id, conn.user_id, [], "", 0, False))
+            self.store.mark_needs_reauth(session, conn, "token_unreadable", want)
             return None
-        conn.refresh_lease_until = now + dt.timedelta(seconds=seconds)
-        conn.refresh_lease_owner = self.owner
-        return _Lease(conn.version, refresh_token, conn.status, conn.consecutive_failures,
-                      conn.created_at, conn.last_refresh_at, conn.last_used_at,
-                      time.monotonic() + seconds)
+        return Lease(version, refresh_token, conn.status, conn.consecutive_failures,
+                     conn.created_at, conn.last_refresh_at, conn.last_used_at,
+                     time.monotonic() + self.settings.REFRESH_BUDGET)
 
-    def refresh_held(self, want: Want, lease: _Lease) -> bool:
+    def claim_locked(
+        self, session: Session, conn: Connection, now: dt.datetime
+    ) -> Lease | None:
+        """Claim the lease of a row the caller holds locked (the worker); None when taken."""
+        if conn.refresh_lease_until is not None and conn.refresh_lease_until > now:
+            return None
+        lease = self._open(session, conn, conn.version, Want(
+            conn.id, conn.tenant_id, conn.user_id, [], "", 0, False))
+        if lease is not None:
+            conn.refresh_lease_until = now + dt.timedelta(seconds=self.settings.REFRESH_BUDGET)
+            conn.refresh_lease_owner = self.owner
+        return lease
+
+    def refresh_held(self, want: Want, lease: Lease) -> bool:
         """Refresh under a lease claimed by `claim_locked`; say whether a token was stored."""
         try:
             return self._hold(want, lease, lease.until) is not None
@@ -183,7 +193,7 @@ class Refresher(TokenStore):
             log.info("worker refresh refused: %s", exc.error, extra={"event": "worker"})
             return False
 
-    def _hold(self, want: Want, lease: _Lease, deadline: float) -> Issued | None:
+    def _hold(self, want: Want, lease: Lease, deadline: float) -> Issued | None:
         event = threading.Event()
         with self._lock:
             self._events[want.connection_id] = event
@@ -212,7 +222,7 @@ class Refresher(TokenStore):
         while True:
             timeout = min(stop - time.monotonic(), self.settings.GOOGLE_TIMEOUT)
             if timeout < 0.1:
-                raise GoogleError("transient", error="budget_exhausted")
+                raise GoogleError(Failure.TRANSIENT, error="budget_exhausted")
             try:
                 with metrics.UPSTREAM_SECONDS.labels(endpoint="token").time():
                     answer = self.google.refresh(refresh_token, scopes, timeout=timeout)
@@ -220,19 +230,19 @@ class Refresher(TokenStore):
                 return answer
             except GoogleError as exc:
                 metrics.REFRESHES.labels(result=exc.kind).inc()
-                if exc.kind != "transient":
+                if exc.kind is not Failure.TRANSIENT:
                     raise
                 attempt += 1
                 delay = exc.retry_after or backoff(attempt, base=0.1, cap=2.0)
                 if time.monotonic() + delay + 0.1 >= stop:
                     raise
-                time.sleep(delay)
+                self.sleep(delay)
 
-    def _store(self, want: Want, lease: _Lease, answer: TokenResponse) -> Issued:
+    def _store(self, want: Want, lease: Lease, answer: TokenResponse) -> Issued:
         now = self.clock()
         expires_at = now + dt.timedelta(seconds=answer.expires_in)
         token_id = uuid.uuid4()
-        keys = get_keys(self.app)
+        keys = self.keys()
         with self.db.transaction() as session:
             values: dict[str, object] = {
                 "version": lease.version + 1, "refresh_lease_until": None,
@@ -271,7 +281,7 @@ class Refresher(TokenStore):
                 session, want.tenant_id, token_id, "access_token", answer.access_token.encode()
             )
             audit.record(
-                session, action="token.refresh", tenant_id=want.tenant_id,
+                session, now=now, action="token.refresh", tenant_id=want.tenant_id,
                 actor_type=want.actor_type, actor_id=want.actor_id,
                 subject_user_id=want.user_id, ip=want.ip,
                 scopes=answer.scopes,
@@ -282,7 +292,7 @@ class Refresher(TokenStore):
                                  event_payload(want.connection_id, want.user_id))
         return Issued(answer.access_token, expires_at, answer.scopes, token_id)
 
-    def _release(self, want: Want, lease: _Lease, **values: object) -> int:
+    def _release(self, want: Want, lease: Lease, **values: object) -> int:
         with self.db.transaction() as session:
             result = session.execute(
                 update(Connection)
@@ -295,8 +305,8 @@ class Refresher(TokenStore):
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
-    def _failed(self, want: Want, lease: _Lease, exc: GoogleError) -> Issued | None:
-        if exc.kind == "invalid_grant":
+    def _failed(self, want: Want, lease: Lease, exc: GoogleError) -> Issued | None:
+        if exc.kind is Failure.INVALID_GRANT:
             with self.db.transaction() as session:
                 conn = session.get(Connection, want.connection_id)
                 if conn is None or conn.version != lease.version:
@@ -305,16 +315,16 @@ class Refresher(TokenStore):
                     exc.error_subtype, lease.created_at, lease.last_refresh_at,
                     lease.last_used_at, self.clock(),
                 )
-                self.mark_needs_reauth(session, conn, reason, want)
+                self.store.mark_needs_reauth(session, conn, reason, want)
             raise ReauthRequired(reason=reason)
-        if exc.kind == "misconfigured":
+        if exc.kind is Failure.MISCONFIGURED:
             self._release(want, lease)
             self._paused_until = time.monotonic() + MISCONFIGURED_PAUSE
             metrics.MISCONFIGURED.inc()
             log.error("ALERT: Google rejected the broker's OAuth client (%s)", exc.error,
                       extra={"event": "broker_misconfigured"})
             raise BrokerMisconfigured()
-        if exc.kind == "invalid_scope":
+        if exc.kind is Failure.INVALID_SCOPE:
             self._release(want, lease)
             raise ScopeNotGranted("Google says the grant lacks a requested scope.")
         now = self.clock()
@@ -331,7 +341,7 @@ class Refresher(TokenStore):
                 .execution_options(synchronize_session=False)
             )
             audit.record(
-                session, action="token.refresh", tenant_id=want.tenant_id,
+                session, now=now, action="token.refresh", tenant_id=want.tenant_id,
                 actor_type=want.actor_type, actor_id=want.actor_id,
                 subject_user_id=want.user_id, ip=want.ip,
                 outcome="error", reason=exc.kind, scopes=want.scopes,
@@ -341,4 +351,4 @@ class Refresher(TokenStore):
                 webhooks.enqueue(session, want.tenant_id, "connection.degraded",
                                  event_payload(want.connection_id, want.user_id))
         log.warning("refresh failed (%s %s)", exc.kind, exc.error, extra={"event": "refresh"})
-        return self.fallback(want, wait, "Google could not refresh the token in time.")
+        return self.store.fallback(want, wait, "Google could not refresh the token in time.")

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlencode
 
-from flask import Flask
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from broker import audit, webhooks
-from broker.clock import get_clock
-from broker.db import get_db
+from broker.clock import Clock
+from broker.config import Settings
+from broker.db import Database
 from broker.errors import NotConnected, ReauthRequired, UpstreamUnavailable
-from broker.keys import SealError, get_keys
+from broker.keys import KeyService, SealError
 from broker.models import AccessToken, Connection
 from broker.scopes import gmail_only
 from broker.tokens import rules
@@ -70,19 +70,22 @@ class StoredToken(Protocol):
     def obtained_at(self) -> dt.datetime: ...
 
 
+# A provider, not the service: an app made without keys (the CLI's) loads them on first use.
+Keys = Callable[[], KeyService]
+
+
 class TokenStore:
     """Read, open and judge stored tokens; mark a connection needs_reauth."""
 
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-        self.db = get_db(app)
-        self.settings = app.config["BROKER"]
-        self.clock: Callable[[], dt.datetime] = lambda: get_clock(app)()
+    def __init__(self, db: Database, keys: Keys, settings: Settings, clock: Clock) -> None:
+        self.db = db
+        self.keys = keys
+        self.settings = settings
+        self.clock = clock
 
     def open(self, session: Session, tenant_id: uuid.UUID, row: StoredToken) -> str:
         """Open a stored access token (raise SealError if it does not open)."""
-        keys = get_keys(self.app)
-        return keys.open(session, tenant_id, row.id, "access_token", row.token).decode()
+        return self.keys().open(session, tenant_id, row.id, "access_token", row.token).decode()
 
     def satisfies(self, row: StoredToken | None, want: Want, now: dt.datetime) -> bool:
         """Say whether a stored token serves this request."""
@@ -93,6 +96,7 @@ class TokenStore:
         )
 
     def read(self, session: Session, want: Want) -> tuple[Connection, AccessToken | None]:
+        """Return a live connection and its stored token for `want`; refuse a dead one."""
         conn = session.get(Connection, want.connection_id)
         if conn is None or conn.status == "revoked":
             raise NotConnected()
@@ -101,6 +105,7 @@ class TokenStore:
         return conn, session.get(AccessToken, (want.connection_id, want.scope_key))
 
     def issued(self, session: Session, want: Want, row: AccessToken) -> Issued:
+        """Open a stored token for hand-out; an unreadable one needs the user again."""
         try:
             token = self.open(session, want.tenant_id, row)
         except SealError:
@@ -127,7 +132,7 @@ class TokenStore:
         conn.refresh_lease_until = conn.refresh_lease_owner = None
         session.execute(delete(AccessToken).where(AccessToken.connection_id == conn.id))
         audit.record(
-            session, action="connection.needs_reauth", tenant_id=conn.tenant_id,
+            session, now=self.clock(), action="connection.needs_reauth", tenant_id=conn.tenant_id,
             actor_type="system", subject_user_id=conn.user_id, outcome="error", reason=reason,
             ip=want.ip, details={"client_id": want.actor_id},
         )

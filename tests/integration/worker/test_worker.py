@@ -16,12 +16,15 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from broker import webhooks, worker
+from broker.audit import ChainWindows
 from broker.clock import utcnow
+from broker.connections import RevocationWindows
 from broker.connections.revoke import disconnect
 from broker.db import get_db
 from broker.errors import InvalidRequest
 from broker.keys import get_keys
 from broker.models import AccessToken, Connection, User, WebhookDelivery
+from broker.tokens import RefreshWindows
 from tests.conftest import Clock
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import World, broker_config
@@ -241,3 +244,32 @@ def test_deliveries_are_stamped_and_settled_by_the_app_clock(
     with get_db(app).transaction(write=False) as session:
         delivered = session.scalars(select(WebhookDelivery.delivered_at)).one()
     assert delivered == clock.now
+
+
+class _Stop(Exception):
+    """Raised by a test's sleep to end the worker's endless loop."""
+
+
+def test_the_loop_pauses_through_the_apps_sleep(app: Flask) -> None:
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        raise _Stop
+
+    app.extensions["broker.sleep"] = sleep
+    with pytest.raises(_Stop):
+        worker.run(app, interval=7.5)
+    assert pauses == [7.5]  # nothing to do: one pass, then the pause, not a busy loop
+
+
+def test_each_duty_takes_the_workers_windows() -> None:
+    # Existing callers pass worker.Windows to any duty: it is each domain's windows at once.
+    w = worker.Windows(parallel=2, audit_lag=dt.timedelta(0), batch=7)
+    assert isinstance(w, RefreshWindows) and isinstance(w, ChainWindows)
+    assert isinstance(w, RevocationWindows)
+    assert (w.parallel, w.audit_lag, w.batch) == (2, dt.timedelta(0), 7)
+    assert [d.__name__ for d in worker.DUTIES] == [
+        "refresh_due", "chain_audit", "retry_revocations", "deliver_due", "reseal",
+        "purge_inactive",
+    ]

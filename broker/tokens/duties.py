@@ -1,0 +1,115 @@
+"""The worker's token duty: refresh soon-expiring tokens ahead and keep idle grants alive."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from flask import Flask
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from broker.clock import get_clock
+from broker.db import get_db
+from broker.models import AccessToken, Connection, User
+from broker.scopes import gmail_only, scope_key
+from broker.tokens.refresh import Lease
+from broker.tokens.service import get_tokens
+from broker.tokens.store import Want
+
+
+@dataclass(frozen=True)
+class RefreshWindows:
+    """How far ahead and back the refresh duty looks, and how much it takes on at once."""
+
+    refresh_ahead: dt.timedelta = dt.timedelta(minutes=10)
+    recently_used: dt.timedelta = dt.timedelta(hours=1)
+    keep_alive: dt.timedelta = dt.timedelta(days=14)
+    batch: int = 50
+    # Refreshed at once, each claimed just before its call: a lease lasts one refresh budget,
+    # so a long batch claimed up front expired under its last rows (and others took them).
+    parallel: int = 8
+
+
+Due = tuple[Connection, str | None, list[str] | None]
+
+
+def _due_query(now: dt.datetime, w: RefreshWindows) -> Select[Connection, str, list[str]]:
+    """Select due connections with their stored tokens' scope keys and scopes."""
+    last_refresh = func.coalesce(Connection.last_refresh_at, Connection.created_at)
+    return (
+        select(Connection, AccessToken.scope_key, AccessToken.scopes)
+        .join(User, User.id == Connection.user_id)
+        .outerjoin(AccessToken, AccessToken.connection_id == Connection.id)
+        .where(
+            Connection.status.in_(("active", "degraded")),
+            User.status == "active",  # never keep a suspended user's grant alive
+            Connection.refresh_token.is_not(None),
+            or_(Connection.refresh_lease_until.is_(None), Connection.refresh_lease_until <= now),
+            or_(Connection.next_retry_at.is_(None), Connection.next_retry_at <= now),
+            or_(
+                and_(AccessToken.expires_at < now + w.refresh_ahead,
+                     Connection.last_used_at >= now - w.recently_used),
+                last_refresh < now - w.keep_alive,
+            ),
+        )
+        .order_by(Connection.id)
+    )
+
+
+def _due(session: Session, now: dt.datetime, w: RefreshWindows, limit: int) -> list[Due]:
+    """Lock due connections, skipping rows another worker holds."""
+    query = _due_query(now, w)
+    locked = session.execute(
+        query.limit(limit).with_for_update(skip_locked=True, of=Connection)
+    ).all()
+    if not locked:
+        return []
+    # Asked again now that the rows are ours: when a row's lock is won after another worker
+    # refreshed it, PostgreSQL re-checks the locked connection but not its joined token, whose
+    # old expiry would have it refreshed twice. A new statement sees the new token.
+    ids = {conn.id for conn, _, _ in locked}
+    rows = session.execute(query.where(Connection.id.in_(ids))).all()
+    seen: set[uuid.UUID] = set()
+    out: list[Due] = []
+    for conn, key, scopes in rows:
+        if conn.id not in seen:
+            seen.add(conn.id)
+            out.append((conn, key, scopes))
+    return out
+
+
+def _claim_due(app: Flask, w: RefreshWindows, limit: int) -> list[tuple[Want, Lease]]:
+    """Claim the leases of up to `limit` due connections in one short transaction."""
+    tokens, now = get_tokens(app), get_clock(app)()
+    claimed = []
+    with get_db(app).transaction() as session:
+        for conn, key, scopes in _due(session, now, w, limit):
+            lease = tokens.claim_locked(session, conn, now)
+            if lease is None:
+                continue
+            wanted = sorted(scopes) if key is not None and scopes else gmail_only(
+                conn.granted_scopes)
+            want = Want(conn.id, conn.tenant_id, conn.user_id, wanted,
+                        key if key is not None else scope_key(wanted), 0, False,
+                        actor_id="worker")
+            claimed.append((want, lease))
+    return claimed
+
+
+def refresh_due(app: Flask, w: RefreshWindows | None = None) -> int:
+    """Refresh soon-expiring tokens of recently used connections and keep idle grants alive."""
+    w = w or RefreshWindows()
+    tokens = get_tokens(app)
+    stored = handled = 0
+    with ThreadPoolExecutor(w.parallel, thread_name_prefix="refresh") as pool:
+        while handled < w.batch:
+            claimed = _claim_due(app, w, min(w.parallel, w.batch - handled))
+            if not claimed:
+                break
+            handled += len(claimed)
+            # Google is called after the claim commits: no transaction stays open meanwhile.
+            stored += sum(pool.map(lambda held: tokens.refresh_held(*held), claimed))
+    return stored
