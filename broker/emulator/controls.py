@@ -230,14 +230,30 @@ def rotate_keys() -> Response:
 
 @bp.post("/clock")
 def clock() -> Response:
-    """Set the clock's offset from real time, in seconds."""
-    offset = _body().get("offset_seconds")
+    """Set the clock's offset from real time in seconds, and stop it at a time or let it run."""
+    body = _body()
+    if not {"offset_seconds", "frozen_at"} & set(body):
+        raise ControlError("give offset_seconds, frozen_at or both")
+    offset = body.get("offset_seconds", 0)
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise ControlError("offset_seconds must be a whole number")
+    frozen_at = body.get("frozen_at")
+    if frozen_at is not None and (
+        isinstance(frozen_at, bool) or not isinstance(frozen_at, int) or frozen_at < 0
+    ):
+        raise ControlError("frozen_at must be a time in whole seconds since the epoch, or null")
     state = get_emulator().state
     with state.lock:
-        state.clock_offset = offset
-        return json_response({"offset_seconds": offset, "now": state.now()})
+        if "offset_seconds" in body:
+            state.clock_offset = offset
+        if "frozen_at" in body:
+            state.frozen_at = frozen_at
+        answer = {
+            "offset_seconds": state.clock_offset,
+            "frozen_at": state.frozen_at,
+            "now": state.now(),
+        }
+        return json_response(answer)
 
 
 @bp.get("/calls")

@@ -228,6 +228,7 @@ def test_gmail_profile_bad_and_expired_tokens(
 def test_access_tokens_expire_after_the_configured_lifetime(
     emulator: EmulatorControls, oauth_client: OAuthClient
 ) -> None:
+    emulator.freeze()  # otherwise "59 seconds later" is 60 when a second ticks after the grant
     emulator.settings(access_token_lifetime=60)
     grant = _grant(emulator, oauth_client, [GMAIL_READONLY])
     assert grant["expires_in"] == 60
