@@ -71,6 +71,17 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise DisconnectionError("stale pooled connection") from exc  # the pool reconnects
 
 
+def _create_private_sqlite_file(database: str | None) -> None:
+    """Create a new SQLite database file with mode 0600 before SQLite opens it."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    # SQLite gives the -wal and -shm files it makes later the database file's own mode.
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # an existing file keeps its mode; any other problem is SQLite's to report
+
+
 def make_engine(
     url: str, *, pool_size: int = 10, max_overflow: int = 10, ping_idle: float = 30.0,
     **kwargs: Any,
@@ -78,6 +89,7 @@ def make_engine(
     """Create an engine with the broker's per-dialect settings."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        _create_private_sqlite_file(parsed.database)
         engine = create_engine(url, connect_args={"timeout": 10}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)

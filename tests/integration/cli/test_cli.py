@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from broker import create_app
+from broker.cli import cli
+from broker.db import get_db
 from tests.ports import free_port
 
 
@@ -75,6 +80,38 @@ def test_corrupted_key_file_is_named(instance: Path) -> None:
     assert "Traceback" not in result.stderr
     again = broker(instance, "init")
     assert again.returncode == 1 and "master.keys" in again.stderr
+
+
+def test_a_key_file_open_to_others_is_refused_naming_chmod(instance: Path) -> None:
+    assert broker(instance, "init").returncode == 0
+    (instance / "master.keys").chmod(0o644)
+    result = broker(instance, "tenant", "create", "x", "--name", "X", "--admin", "a@x.test")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: {instance / 'master.keys'}: master key file is open to group or others "
+        f"(mode 0644); run `chmod 600 {instance / 'master.keys'}`"
+    )
+
+
+def test_init_and_a_write_leave_every_instance_file_private(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    app = create_app(
+        {"INSTANCE_PATH": str(instance), "DATABASE_URL": f"sqlite:///{instance}/broker.db"},
+        require_keys=False,
+    )
+    previous = os.umask(0o022)  # a usual login umask: files 0644 unless the broker says not
+    try:
+        done = app.test_cli_runner().invoke(cli, ["init"])
+        assert done.exit_code == 0, done.output
+        # A write while the pooled connection stays open, so SQLite's -wal and -shm exist.
+        get_db(app).run(lambda conn: conn.execute(text("CREATE TABLE scratch (x INTEGER)")))
+        modes = {path.name: path.stat().st_mode & 0o777 for path in instance.iterdir()}
+    finally:
+        os.umask(previous)
+        get_db(app).dispose()
+    assert stat.S_IMODE(instance.stat().st_mode) == 0o700
+    assert {"broker.db", "broker.db-wal", "broker.db-shm", "master.keys"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o600)
 
 
 def test_keys_rotation_commands(instance: Path) -> None:
