@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from sqlalchemy import text
 from broker import create_app
 from broker.cli import cli
 from broker.db import get_db
+from tests.conftest import _create_postgres_database, _drop_postgres_database
 from tests.ports import free_port
 
 
@@ -133,6 +136,60 @@ def test_unreachable_database_is_one_line(instance: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("Error: database unavailable")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path) -> Iterator[str]:
+    """Make a database with no tables, on the run's kind of database."""
+    base = os.environ.get("BROKER_TEST_DATABASE_URL", "")
+    if not base.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"broker_empty_{secrets.token_hex(4)}"
+    url = _create_postgres_database(base, name)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(base, name)
+
+
+def test_an_empty_database_says_to_run_db_upgrade(instance: Path, empty_database_url: str) -> None:
+    env = {"BROKER_DATABASE_URL": empty_database_url}
+    empty = broker(instance, "tenant", "list", env=env)
+    assert empty.returncode == 1
+    assert len(empty.stderr.strip().splitlines()) == 1
+    assert empty.stderr.startswith("Error: the database schema is missing or out of date (")
+    assert empty.stderr.strip().endswith("); run `broker db upgrade`")
+    assert broker(instance, "db", "upgrade", env=env).returncode == 0
+    assert broker(instance, "tenant", "list", env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (
+            "postgresql+pg8000://broker:hunter2-pw@127.0.0.1/broker",
+            "configuration: BROKER_DATABASE_URL needs the postgresql+pg8000 driver, which is not "
+            "installed (no module named pg8000); for PostgreSQL run "
+            "`pip install 'gmail-token-broker[postgres]'` and use postgresql+psycopg://",
+        ),
+        (
+            "postgres ql://broker:hunter2-pw@db.internal/broker",
+            "configuration: BROKER_DATABASE_URL cannot be parsed as a database URL; write it as "
+            "postgresql+psycopg://user@host/dbname or sqlite:///path/to/broker.db",
+        ),
+        (
+            "postgres://broker:hunter2-pw@db.internal/broker",
+            "configuration: BROKER_DATABASE_URL names a database kind this broker does not "
+            "know; use postgresql+psycopg://user@host/dbname or sqlite:///path/to/broker.db",
+        ),
+    ],
+    ids=["driver-not-installed", "unparseable", "unknown-kind"],
+)
+def test_a_bad_database_url_says_what_to_do(instance: Path, url: str, says: str) -> None:
+    result = broker(instance, "tenant", "list", env={"BROKER_DATABASE_URL": url})
+    assert (result.returncode, result.stderr) == (1, f"Error: {says}\n")
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "3"])
