@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import asdict
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from broker.emulator.context import get_emulator, issuer, json_response, only_in_emulator
 from broker.emulator.faults import Fault, FaultError
@@ -67,6 +67,18 @@ def _account(email: str) -> Account:
 
 def _describe(account: Account) -> dict[str, Any]:
     return asdict(account)
+
+
+@bp.get("/")
+def index() -> Response:
+    """List the controls, so the address the start banner prints answers something useful."""
+    controls = [
+        f"{' '.join(sorted((rule.methods or set()) - {'HEAD', 'OPTIONS'}))} {rule.rule}"
+        for rule in current_app.url_map.iter_rules()
+        if rule.endpoint.startswith(f"{bp.name}.") and rule.endpoint != f"{bp.name}.index"
+    ]
+    body = {"emulator": "Google emulator for tests and offline demos: NOT Google"}
+    return json_response({**body, "controls": sorted(controls, key=lambda c: c.split()[-1])})
 
 
 @bp.post("/accounts")
