@@ -77,6 +77,9 @@ class BrokerGroup(FlaskGroup):
     load_dotenv=False,
     set_debug_flag=False,
 )
+@click.version_option(
+    package_name="gmail-token-broker", prog_name="broker", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """Gmail OAuth token broker."""
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,14 @@ def test_help_works_with_nothing_configured(instance: Path) -> None:
     assert result.returncode == 0
     for command in ("init", "db", "tenant", "user", "keys", "serve"):
         assert command in result.stdout
+    assert not instance.exists()
+
+
+def test_version_is_the_installed_package_version(instance: Path) -> None:
+    result = broker(instance, "--version")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, f"broker {version('gmail-token-broker')}\n", ""
+    )
     assert not instance.exists()
 
 
