@@ -49,10 +49,10 @@ def parse_database_url(url: str) -> URL:
     try:
         dialect.import_dbapi()
     except ImportError as missing:
+        module = f" (no module named {missing.name})" if missing.name else ""
         raise ConfigError([
-            f"BROKER_DATABASE_URL needs the {parsed.drivername} driver, which is not installed "
-            f"(no module named {missing.name or 'for it'}); for PostgreSQL run `{POSTGRES_EXTRA}` "
-            "and use postgresql+psycopg://"
+            f"BROKER_DATABASE_URL needs the {parsed.drivername} driver, which is not installed"
+            f"{module}; for PostgreSQL run `{POSTGRES_EXTRA}` and use postgresql+psycopg://"
         ]) from None
     return parsed
 
