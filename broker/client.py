@@ -26,9 +26,66 @@ class BrokerAPIError(Exception):
         self.retry_after = retry_after
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _error_class(code: str) -> type[BrokerAPIError]:
     name = "".join(part.title() for part in code.split("_")) + "Error"
     return type(name, (BrokerAPIError,), {"error": code, "__doc__": f"The broker said {code}."})
+
+
+class BrokerUnavailableError(BrokerAPIError):
+    """The broker could not be reached or did not answer in time; retry later.
+
+    `status` is 0 (no HTTP answer) and `__cause__` is the httpx error.
+    """
+
+    error = "broker_unavailable"
+
+    def __init__(self, description: str) -> None:
+        super().__init__(0, {"error": self.error, "error_description": description}, None)
+
+
+class LoginRequiredError(BrokerAPIError):
+    """The user must sign in to the broker again, at `login_url`."""
+
+    error = "login_required"
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: int | None) -> None:
+        super().__init__(status, body, retry_after)
+        self.login_url = _text(body.get("login_url"))
+
+
+class NotConnectedError(BrokerAPIError):
+    """The user has not connected Gmail; send them to `connect_url`."""
+
+    error = "not_connected"
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: int | None) -> None:
+        super().__init__(status, body, retry_after)
+        self.connect_url = _text(body.get("connect_url"))
+
+
+class ReauthRequiredError(BrokerAPIError):
+    """The user's grant is dead (`reason` says why); send them to `reauth_url`."""
+
+    error = "reauth_required"
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: int | None) -> None:
+        super().__init__(status, body, retry_after)
+        self.reason = _text(body.get("reason"))
+        self.reauth_url = _text(body.get("reauth_url"))
+
+
+class ScopeNotGrantedError(BrokerAPIError):
+    """The user has not granted these scopes; send them to `consent_url`."""
+
+    error = "scope_not_granted"
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: int | None) -> None:
+        super().__init__(status, body, retry_after)
+        self.consent_url = _text(body.get("consent_url"))
 
 
 InvalidClientError = _error_class("invalid_client")
@@ -38,18 +95,15 @@ InvalidRequestError = _error_class("invalid_request")
 ScopeNotAllowedError = _error_class("scope_not_allowed")
 UnknownUserError = _error_class("unknown_user")
 UserSuspendedError = _error_class("user_suspended")
-LoginRequiredError = _error_class("login_required")
-NotConnectedError = _error_class("not_connected")
-ReauthRequiredError = _error_class("reauth_required")
-ScopeNotGrantedError = _error_class("scope_not_granted")
 UpstreamUnavailableError = _error_class("upstream_unavailable")
 BrokerMisconfiguredError = _error_class("broker_misconfigured")
+DatabaseUnavailableError = _error_class("database_unavailable")
 ERRORS: dict[str, type[BrokerAPIError]] = {
     cls.error: cls for cls in (
         InvalidClientError, IpNotAllowedError, RateLimitedError, InvalidRequestError,
         ScopeNotAllowedError, UnknownUserError, UserSuspendedError, LoginRequiredError,
         NotConnectedError, ReauthRequiredError, ScopeNotGrantedError,
-        UpstreamUnavailableError, BrokerMisconfiguredError,
+        UpstreamUnavailableError, BrokerMisconfiguredError, DatabaseUnavailableError,
     )
 }
 
@@ -90,7 +144,15 @@ class BrokerClient:
             body["scopes"] = scopes
         if rejected_token is not None:
             body["rejected_token"] = rejected_token
-        response = self.http.post(self.base_url + "/api/v1/token", json=body, auth=self._auth)
+        try:
+            response = self.http.post(
+                self.base_url + "/api/v1/token", json=body, auth=self._auth
+            )
+        except httpx.TransportError as exc:
+            # Connection refused, DNS, TLS, timeouts: one class a job can retry on.
+            raise BrokerUnavailableError(
+                f"no answer from the broker at {self.base_url} ({type(exc).__name__})"
+            ) from exc
         data = self._json(response)
         if response.status_code != 200:
             retry = response.headers.get("Retry-After", "")

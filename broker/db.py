@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
+
+from broker.config import ConfigError
 
 if TYPE_CHECKING:
     from broker.driver import DriverConnection
@@ -21,6 +23,48 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 SQLITE_BEGIN_MODES = {"DEFERRED": "BEGIN DEFERRED", "IMMEDIATE": "BEGIN IMMEDIATE"}
+POSTGRES_EXTRA = "pip install 'gmail-token-broker[postgres]'"
+# PostgreSQL's SQLSTATEs for a missing table and a missing column: the schema is not there yet.
+SCHEMA_MISSING_SQLSTATES = {"42P01", "42703"}
+
+
+def parse_database_url(url: str) -> URL:
+    """Parse the database URL and load its driver; raise ConfigError saying what to fix.
+
+    The messages never repeat the URL: it may carry a password.
+    """
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError([
+            "BROKER_DATABASE_URL names a database kind this broker does not know; use "
+            "postgresql+psycopg://user@host/dbname or sqlite:///path/to/broker.db"
+        ]) from None
+    except (ArgumentError, ValueError):
+        raise ConfigError([
+            "BROKER_DATABASE_URL cannot be parsed as a database URL; write it as "
+            "postgresql+psycopg://user@host/dbname or sqlite:///path/to/broker.db"
+        ]) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as missing:
+        module = f" (no module named {missing.name})" if missing.name else ""
+        raise ConfigError([
+            f"BROKER_DATABASE_URL needs the {parsed.drivername} driver, which is not installed"
+            f"{module}; for PostgreSQL run `{POSTGRES_EXTRA}` and use postgresql+psycopg://"
+        ]) from None
+    return parsed
+
+
+def schema_missing(exc: BaseException) -> bool:
+    """Say whether a database error means the tables were never created (or are outdated)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) in SCHEMA_MISSING_SQLSTATES:
+        return True
+    reason = str(exc.orig)
+    return reason.startswith(("no such table", "no such column"))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -71,6 +115,17 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise DisconnectionError("stale pooled connection") from exc  # the pool reconnects
 
 
+def _create_private_sqlite_file(database: str | None) -> None:
+    """Create a new SQLite database file with mode 0600 before SQLite opens it."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    # SQLite gives the -wal and -shm files it makes later the database file's own mode.
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # an existing file keeps its mode; any other problem is SQLite's to report
+
+
 def make_engine(
     url: str, *, pool_size: int = 10, max_overflow: int = 10, ping_idle: float = 30.0,
     **kwargs: Any,
@@ -78,6 +133,7 @@ def make_engine(
     """Create an engine with the broker's per-dialect settings."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        _create_private_sqlite_file(parsed.database)
         engine = create_engine(url, connect_args={"timeout": 10}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -106,8 +162,9 @@ class Database:
     ) -> None:
         self.url = url
         self.pool_size, self.max_overflow, self.ping_idle = pool_size, max_overflow, ping_idle
-        # Parsed once: transaction() asks on every call.
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        # Parsed once, at start-up: transaction() asks on every call, and a bad URL or a
+        # missing driver is a configuration problem, not a failure of the first request.
+        self.is_sqlite = parse_database_url(url).get_backend_name() == "sqlite"
         self._engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()

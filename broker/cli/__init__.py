@@ -12,6 +12,7 @@ from flask.cli import FlaskGroup, ScriptInfo
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from broker.config import ConfigError
+from broker.db import schema_missing
 from broker.errors import BrokerError
 from broker.keys import CryptoError
 
@@ -21,6 +22,19 @@ def _create_app() -> Flask:
 
     # Keys load on first use, so `--help`, `init` and `emulator` need none.
     return create_app(require_keys=False)
+
+
+def _database_problem(exc: SQLAlchemyError) -> str:
+    """Return one line saying what went wrong with the database and what to do about it."""
+    orig = getattr(exc, "orig", None)
+    reason = (str(orig).splitlines() or ["database error"])[0] if orig else "database error"
+    if schema_missing(exc):
+        return f"the database schema is missing or out of date ({reason}); run `broker db upgrade`"
+    if isinstance(exc, OperationalError):
+        return (
+            f"database unavailable ({reason}); run `broker init` or check BROKER_DATABASE_URL"
+        )
+    return f"database error: {type(exc).__name__}"
 
 
 class BrokerGroup(FlaskGroup):
@@ -43,14 +57,8 @@ class BrokerGroup(FlaskGroup):
             raise click.ClickException(exc.description) from None
         except CryptoError as exc:
             raise click.ClickException(str(exc)) from None
-        except OperationalError as exc:
-            reason = str(exc.orig).splitlines()[0] if exc.orig else "database error"
-            raise click.ClickException(
-                f"database unavailable ({reason}); run `broker init` or check "
-                "BROKER_DATABASE_URL"
-            ) from None
         except SQLAlchemyError as exc:
-            raise click.ClickException(f"database error: {type(exc).__name__}") from None
+            raise click.ClickException(_database_problem(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
@@ -68,6 +76,9 @@ class BrokerGroup(FlaskGroup):
     add_version_option=False,
     load_dotenv=False,
     set_debug_flag=False,
+)
+@click.version_option(
+    package_name="gmail-token-broker", prog_name="broker", message="%(prog)s %(version)s"
 )
 def cli() -> None:
     """Gmail OAuth token broker."""

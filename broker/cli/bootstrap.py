@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Flask
@@ -24,8 +26,23 @@ def write_secret_file(path: Path, content: str) -> bool:
     return True
 
 
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Create files and folders readable by their owner only while the block runs."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 def initialise(app: Flask) -> list[str]:
     """Create what is missing, never overwrite a key; return what was done, one line each."""
+    with private_umask():
+        return _initialise(app)
+
+
+def _initialise(app: Flask) -> list[str]:
     settings = app.config["BROKER"]
     done: list[str] = []
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +61,10 @@ def initialise(app: Flask) -> list[str]:
     database = get_db(app)
     upgrade(database.engine)
     if database.is_sqlite and database.engine.url.database:
-        os.chmod(database.engine.url.database, 0o600)
+        # Files an older version left open to others; SQLite gives new -wal/-shm the db's mode.
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(database.engine.url.database + suffix)
+            if path.exists():
+                os.chmod(path, 0o600)
     done.append(f"database ready: {database.engine.url.render_as_string(hide_password=True)}")
     return done

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from broker.cli.bootstrap import initialise, write_secret_file
+from broker.cli.bootstrap import initialise, private_umask, write_secret_file
 from broker.models import ApiClient, Tenant
 
 TENANT = "demo"
@@ -86,6 +86,12 @@ def _ensure_rows(app: Any, state: DemoState) -> None:
 
 def run(port: int, emulator_port: int) -> None:
     """Set everything up, print how to use it, and serve both apps until Ctrl-C."""
+    # Everything the demo writes (keys, database, emulator state with live tokens) is private.
+    with private_umask():
+        _run(port, emulator_port)
+
+
+def _run(port: int, emulator_port: int) -> None:
     from werkzeug.serving import make_server
 
     from broker import create_app

@@ -12,8 +12,21 @@ from broker.emulator.server import base_url, build_server
 
 BANNER = (
     "Google emulator for tests and offline demos: this is NOT Google.\n"
-    "Discovery: {url}/.well-known/openid-configuration   controls: {url}/_emulator/"
+    "  issuer     {url}\n"
+    "  discovery  {url}/.well-known/openid-configuration\n"
+    "  controls   {url}/_emulator/ (loopback callers only)"
 )
+# Bound to these, the emulator is reached as `localhost`: the name the README and the demo
+# give the broker, so the issuer it sees is the one printed.
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}  # noqa: S104 - compared, not bound
+
+
+def public_base(app_config: dict[str, Any], host: str, port: int) -> str:
+    """Return the base URL to print: the configured issuer, else how this machine reaches it."""
+    configured = app_config.get("EMULATOR_ISSUER")
+    if configured:
+        return str(configured).rstrip("/")
+    return base_url("localhost" if host in LOCAL_HOSTS else host, port)
 
 
 @click.command("emulator")
@@ -50,7 +63,7 @@ def emulator_command(
     except (KeyError, TypeError, ValueError) as error:
         raise click.ClickException(f"invalid emulator configuration: {error}") from error
     server = build_server(app, host, port)
-    click.echo(BANNER.format(url=base_url(host, server.port)))
+    click.echo(BANNER.format(url=public_base(dict(app.config), host, server.port)))
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo("Warning: its controls only answer loopback peers.", err=True)
     try:

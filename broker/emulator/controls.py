@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import asdict
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from broker.emulator.context import get_emulator, issuer, json_response, only_in_emulator
 from broker.emulator.faults import Fault, FaultError
@@ -67,6 +67,18 @@ def _account(email: str) -> Account:
 
 def _describe(account: Account) -> dict[str, Any]:
     return asdict(account)
+
+
+@bp.get("/")
+def index() -> Response:
+    """List the controls, so the address the start banner prints answers something useful."""
+    controls = [
+        f"{' '.join(sorted((rule.methods or set()) - {'HEAD', 'OPTIONS'}))} {rule.rule}"
+        for rule in current_app.url_map.iter_rules()
+        if rule.endpoint.startswith(f"{bp.name}.") and rule.endpoint != f"{bp.name}.index"
+    ]
+    body = {"emulator": "Google emulator for tests and offline demos: NOT Google"}
+    return json_response({**body, "controls": sorted(controls, key=lambda c: c.split()[-1])})
 
 
 @bp.post("/accounts")
@@ -230,14 +242,30 @@ def rotate_keys() -> Response:
 
 @bp.post("/clock")
 def clock() -> Response:
-    """Set the clock's offset from real time, in seconds."""
-    offset = _body().get("offset_seconds")
+    """Set the clock's offset from real time in seconds, and stop it at a time or let it run."""
+    body = _body()
+    if not {"offset_seconds", "frozen_at"} & set(body):
+        raise ControlError("give offset_seconds, frozen_at or both")
+    offset = body.get("offset_seconds", 0)
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise ControlError("offset_seconds must be a whole number")
+    frozen_at = body.get("frozen_at")
+    if frozen_at is not None and (
+        isinstance(frozen_at, bool) or not isinstance(frozen_at, int) or frozen_at < 0
+    ):
+        raise ControlError("frozen_at must be a time in whole seconds since the epoch, or null")
     state = get_emulator().state
     with state.lock:
-        state.clock_offset = offset
-        return json_response({"offset_seconds": offset, "now": state.now()})
+        if "offset_seconds" in body:
+            state.clock_offset = offset
+        if "frozen_at" in body:
+            state.frozen_at = frozen_at
+        answer = {
+            "offset_seconds": state.clock_offset,
+            "frozen_at": state.frozen_at,
+            "now": state.now(),
+        }
+        return json_response(answer)
 
 
 @bp.get("/calls")

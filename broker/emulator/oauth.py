@@ -247,7 +247,7 @@ class TokenService:
             answer: dict[str, Any] = {"access_token": access.token, "expires_in": lifetime}
             refresh_token = None
             if refresh:
-                refresh_token = self._new_refresh_token(account.sub, client_id, scopes)
+                refresh_token = self._new_refresh_token(account.sub, client_id, scopes, now)
                 answer["refresh_token"] = refresh_token.token
             answer["scope"] = scope_string(scopes)
             answer["token_type"] = BEARER
@@ -260,8 +260,10 @@ class TokenService:
             self.state.save()
             return answer
 
-    def _new_refresh_token(self, sub: str, client_id: str, scopes: list[str]) -> RefreshToken:
-        now = self.state.now()
+    def _new_refresh_token(
+        self, sub: str, client_id: str, scopes: list[str], now: int
+    ) -> RefreshToken:
+        # The caller's `now`, so the answer's `refresh_token_expires_in` is exactly the TTL.
         ttl = self.state.settings.get("testing_refresh_ttl")
         token = RefreshToken(
             token=_new_token("1//0", 75),

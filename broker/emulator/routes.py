@@ -6,6 +6,7 @@ from html import escape
 from typing import Any
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
 
 from broker.emulator.context import get_emulator, issuer, json_response, only_in_emulator
 from broker.emulator.faults import NO_CACHE, faulty
@@ -24,6 +25,7 @@ GMAIL_READ_SCOPES = (
     "https://www.googleapis.com/auth/gmail.metadata",
 )
 REALM = 'Bearer realm="https://accounts.google.com/"'
+GMAIL_PATHS = ("/gmail/", "/upload/gmail/")
 DEVCONSOLE = "See https://developers.google.com/identity/sign-in/web/devconsole-project."
 
 
@@ -244,6 +246,16 @@ def gmail_profile(user_id: str) -> Response:
         "historyId": account.history_id,
     }
     return json_response(profile)
+
+
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def unknown_api_method(error: HTTPException) -> Response | HTTPException:
+    """Answer an unknown Gmail API path or method as Google's API front end does: JSON 404."""
+    if not request.path.startswith(GMAIL_PATHS):
+        return error
+    body = {"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}
+    return json_response(body, 404)
 
 
 @bp.get("/picture/<sub>.svg")

@@ -113,6 +113,7 @@ class EmulatorState:
         self.keys: list[dict[str, Any]] = []
         self.session_secret = secrets.token_urlsafe(32)
         self.clock_offset = 0
+        self.frozen_at: int | None = None
         self._clear_user_data()
 
     def _clear_user_data(self) -> None:
@@ -124,14 +125,16 @@ class EmulatorState:
         self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
 
     def now(self) -> int:
-        """Return the emulator's clock: real time plus the offset, in whole seconds."""
-        return int(time.time()) + self.clock_offset
+        """Return the emulator's clock: real (or frozen) time plus the offset, in whole seconds."""
+        base = int(time.time()) if self.frozen_at is None else self.frozen_at
+        return base + self.clock_offset
 
     def reset(self) -> None:
-        """Forget accounts, grants, tokens, settings and the clock offset; keep clients, keys."""
+        """Forget accounts, grants, tokens, settings and the clock; keep clients, keys."""
         with self.lock:
             self._clear_user_data()
             self.clock_offset = 0
+            self.frozen_at = None
             self.save()
 
     def account_by_email(self, email: str) -> Account | None:

@@ -101,7 +101,11 @@ class EnvKeyProvider(KeyProvider):
 
 
 class FileKeyProvider(KeyProvider):
-    """Master keys from a 0600 file, one `id:base64` per line, primary first."""
+    """Master keys from a 0600 file, one `id:base64` per line, primary first.
+
+    A file that group or others may read, write or run is refused: keys another account can
+    read are no longer secret.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -112,7 +116,15 @@ class FileKeyProvider(KeyProvider):
 
     def load(self) -> dict[str, bytes]:
         try:
-            text = self.path.read_text(encoding="ascii")
+            with self.path.open("rb") as fh:
+                # Checked on the open file, so a swap between the check and the read cannot slip by.
+                mode = os.fstat(fh.fileno()).st_mode & 0o777
+                if os.name == "posix" and mode & 0o077:
+                    raise KeySourceError(
+                        f"{self.path}: master key file is open to group or others "
+                        f"(mode {mode:04o}); run `chmod 600 {self.path}`"
+                    )
+                text = fh.read().decode("ascii")
         except FileNotFoundError:
             raise KeySourceError(f"{self.path}: master key file not found") from None
         except (OSError, UnicodeDecodeError):

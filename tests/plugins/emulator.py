@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,15 @@ class EmulatorControls:
     def clock(self, offset: int) -> Any:
         """Set the clock offset from real time, in seconds."""
         return self.control("POST", "clock", {"offset_seconds": offset})
+
+    def freeze(self, at: int | None = None) -> int:
+        """Stop the emulator's clock (at `at`, else this second) so no second ticks mid-test."""
+        frozen_at = int(time.time()) if at is None else at
+        return int(self.control("POST", "clock", {"frozen_at": frozen_at})["now"])
+
+    def unfreeze(self) -> Any:
+        """Let the emulator's clock run with real time again."""
+        return self.control("POST", "clock", {"frozen_at": None})
 
     def close(self) -> None:
         """Close the HTTP client."""

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from broker import create_app
+from broker.cli import cli
+from broker.db import get_db
+from tests.conftest import _create_postgres_database, _drop_postgres_database
 from tests.ports import free_port
 
 
@@ -34,6 +43,14 @@ def test_help_works_with_nothing_configured(instance: Path) -> None:
     assert result.returncode == 0
     for command in ("init", "db", "tenant", "user", "keys", "serve"):
         assert command in result.stdout
+    assert not instance.exists()
+
+
+def test_version_is_the_installed_package_version(instance: Path) -> None:
+    result = broker(instance, "--version")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, f"broker {version('gmail-token-broker')}\n", ""
+    )
     assert not instance.exists()
 
 
@@ -77,6 +94,38 @@ def test_corrupted_key_file_is_named(instance: Path) -> None:
     assert again.returncode == 1 and "master.keys" in again.stderr
 
 
+def test_a_key_file_open_to_others_is_refused_naming_chmod(instance: Path) -> None:
+    assert broker(instance, "init").returncode == 0
+    (instance / "master.keys").chmod(0o644)
+    result = broker(instance, "tenant", "create", "x", "--name", "X", "--admin", "a@x.test")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: {instance / 'master.keys'}: master key file is open to group or others "
+        f"(mode 0644); run `chmod 600 {instance / 'master.keys'}`"
+    )
+
+
+def test_init_and_a_write_leave_every_instance_file_private(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    app = create_app(
+        {"INSTANCE_PATH": str(instance), "DATABASE_URL": f"sqlite:///{instance}/broker.db"},
+        require_keys=False,
+    )
+    previous = os.umask(0o022)  # a usual login umask: files 0644 unless the broker says not
+    try:
+        done = app.test_cli_runner().invoke(cli, ["init"])
+        assert done.exit_code == 0, done.output
+        # A write while the pooled connection stays open, so SQLite's -wal and -shm exist.
+        get_db(app).run(lambda conn: conn.execute(text("CREATE TABLE scratch (x INTEGER)")))
+        modes = {path.name: path.stat().st_mode & 0o777 for path in instance.iterdir()}
+    finally:
+        os.umask(previous)
+        get_db(app).dispose()
+    assert stat.S_IMODE(instance.stat().st_mode) == 0o700
+    assert {"broker.db", "broker.db-wal", "broker.db-shm", "master.keys"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o600)
+
+
 def test_keys_rotation_commands(instance: Path) -> None:
     assert broker(instance, "init").returncode == 0
     broker(instance, "tenant", "create", "acme", "--name", "A", "--admin", "a@acme.test")
@@ -96,6 +145,60 @@ def test_unreachable_database_is_one_line(instance: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("Error: database unavailable")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def empty_database_url(tmp_path: Path) -> Iterator[str]:
+    """Make a database with no tables, on the run's kind of database."""
+    base = os.environ.get("BROKER_TEST_DATABASE_URL", "")
+    if not base.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"broker_empty_{secrets.token_hex(4)}"
+    url = _create_postgres_database(base, name)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(base, name)
+
+
+def test_an_empty_database_says_to_run_db_upgrade(instance: Path, empty_database_url: str) -> None:
+    env = {"BROKER_DATABASE_URL": empty_database_url}
+    empty = broker(instance, "tenant", "list", env=env)
+    assert empty.returncode == 1
+    assert len(empty.stderr.strip().splitlines()) == 1
+    assert empty.stderr.startswith("Error: the database schema is missing or out of date (")
+    assert empty.stderr.strip().endswith("); run `broker db upgrade`")
+    assert broker(instance, "db", "upgrade", env=env).returncode == 0
+    assert broker(instance, "tenant", "list", env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (
+            "postgresql+pg8000://broker:hunter2-pw@127.0.0.1/broker",
+            "configuration: BROKER_DATABASE_URL needs the postgresql+pg8000 driver, which is not "
+            "installed (no module named pg8000); for PostgreSQL run "
+            "`pip install 'gmail-token-broker[postgres]'` and use postgresql+psycopg://",
+        ),
+        (
+            "postgres ql://broker:hunter2-pw@db.internal/broker",
+            "configuration: BROKER_DATABASE_URL cannot be parsed as a database URL; write it as "
+            "postgresql+psycopg://user@host/dbname or sqlite:///path/to/broker.db",
+        ),
+        (
+            "postgres://broker:hunter2-pw@db.internal/broker",
+            "configuration: BROKER_DATABASE_URL names a database kind this broker does not "
+            "know; use postgresql+psycopg://user@host/dbname or sqlite:///path/to/broker.db",
+        ),
+    ],
+    ids=["driver-not-installed", "unparseable", "unknown-kind"],
+)
+def test_a_bad_database_url_says_what_to_do(instance: Path, url: str, says: str) -> None:
+    result = broker(instance, "tenant", "list", env={"BROKER_DATABASE_URL": url})
+    assert (result.returncode, result.stderr) == (1, f"Error: {says}\n")
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("workers", ["1", "3"])

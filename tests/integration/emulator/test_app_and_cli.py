@@ -149,8 +149,23 @@ def test_command_serves_a_discovery_document_whose_endpoints_answer(tmp_path: Pa
     )
     try:
         assert process.stdout is not None
-        banner = process.stdout.readline()
-        assert "NOT Google" in banner
+        banner = [process.stdout.readline()]
+        while "controls" not in banner[-1]:  # the banner's last line
+            assert banner[-1], banner  # not at the end of the output
+            banner.append(process.stdout.readline())
+        assert "NOT Google" in banner[0]
+        printed = dict(line.split(None, 2)[:2] for line in banner[1:])
+        # What it prints answers, under the name the README gives the broker: the issuer.
+        local = f"http://localhost:{port}"
+        assert printed == {
+            "issuer": local,
+            "discovery": f"{local}/.well-known/openid-configuration",
+            "controls": f"{local}/_emulator/",
+        }
+        assert requests.get(printed["discovery"], timeout=10).json()["issuer"] == local
+        controls = requests.get(printed["controls"], timeout=10)
+        assert controls.status_code == 200
+        assert "POST /_emulator/grants" in controls.json()["controls"]
         base = f"http://127.0.0.1:{port}"
         document = requests.get(f"{base}/.well-known/openid-configuration", timeout=10).json()
         assert document["issuer"] == base

@@ -88,6 +88,37 @@ def test_clock_moves_issued_times(emulator: EmulatorControls, oauth_client: OAut
     assert int(emulator.clock(0)["now"]) < before + 100
 
 
+def test_frozen_clock_stands_still_and_offsets_move_it(
+    emulator: EmulatorControls, oauth_client: OAuthClient
+) -> None:
+    emulator.add_account("alice@acme.test")
+    assert emulator.freeze(1_000_000_000) == 1_000_000_000
+    token = emulator.grant("alice@acme.test", oauth_client.client_id, ["email"])["access_token"]
+    info = requests.get(
+        f"{emulator.url}/tokeninfo", params={"access_token": token}, timeout=10
+    ).json()
+    assert (info["exp"], info["expires_in"]) == (str(1_000_000_000 + 3599), "3599")
+    assert emulator.clock(60) == {
+        "offset_seconds": 60,
+        "frozen_at": 1_000_000_000,
+        "now": 1_000_000_060,
+    }
+    emulator.unfreeze()
+    assert emulator.clock(0)["now"] > 1_000_000_060  # running with real time again
+    emulator.freeze(1_000_000_000)
+    emulator.reset()
+    assert emulator.clock(0)["frozen_at"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"frozen_at": "now"}, {"frozen_at": True}, {"frozen_at": -1}, {"offset_seconds": 1.5}],
+)
+def test_clock_refuses_bad_values(emulator: EmulatorControls, body: dict[str, object]) -> None:
+    answer = emulator.control("POST", "clock", body, status=400)
+    assert answer["error"] == "bad_control"
+
+
 def test_fault_with_status_and_body_then_normal(emulator: EmulatorControls) -> None:
     emulator.fault("token", status=503, body={"error": "temporarily_unavailable"}, count=2)
     for _ in range(2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
@@ -228,6 +229,7 @@ def test_gmail_profile_bad_and_expired_tokens(
 def test_access_tokens_expire_after_the_configured_lifetime(
     emulator: EmulatorControls, oauth_client: OAuthClient
 ) -> None:
+    emulator.freeze()  # otherwise "59 seconds later" is 60 when a second ticks after the grant
     emulator.settings(access_token_lifetime=60)
     grant = _grant(emulator, oauth_client, [GMAIL_READONLY])
     assert grant["expires_in"] == 60
@@ -235,3 +237,23 @@ def test_access_tokens_expire_after_the_configured_lifetime(
     assert _profile(emulator, grant["access_token"]).status_code == 200
     emulator.clock(60)
     assert _profile(emulator, grant["access_token"]).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/gmail/v1/users/me/nothing"),
+        ("GET", "/gmail/v2/users/me/profile"),
+        ("POST", "/gmail/v1/users/me/profile"),
+        ("POST", "/upload/gmail/v1/users/me/messages/send"),
+    ],
+)
+def test_unknown_gmail_api_paths_answer_googles_json_404(
+    emulator: EmulatorControls, method: str, path: str
+) -> None:
+    answer = requests.request(method, emulator.url + path, timeout=10)
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.json() == {
+        "error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}
+    }

@@ -262,6 +262,7 @@ def test_password_change_kills_only_gmail_scoped_refresh_tokens(
 def test_testing_app_refresh_tokens_expire(
     emulator: EmulatorControls, oauth_client: OAuthClient, mint: Minter
 ) -> None:
+    emulator.freeze()  # a second ticking between mint and refresh would make 10 a 9
     emulator.settings(testing_refresh_ttl=7 * 86400)
     grant = mint()
     assert grant["refresh_token_expires_in"] == 7 * 86400

@@ -16,8 +16,18 @@ from broker.keys.sealed import KeySourceError
 def test_healthz_and_readyz(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/healthz").status_code == 200
     response = client.get("/readyz")
-    assert response.status_code == 200 and response.json == {"status": "ok"}
+    # Ready without Google (the API and admin pages serve), and it says Google is not set.
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "google": "not_configured"}
     assert response.headers["X-Request-Id"]
+
+
+def test_readyz_says_when_google_is_configured(make_app) -> None:  # type: ignore[no-untyped-def]
+    app: Flask = make_app(GOOGLE_CLIENT_ID="cid.apps.googleusercontent.com",
+                          GOOGLE_CLIENT_SECRET="a-client-secret")
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "google": "configured"}
 
 
 def test_readyz_fails_when_database_is_unreachable(make_app) -> None:  # type: ignore[no-untyped-def]

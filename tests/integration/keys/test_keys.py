@@ -115,6 +115,7 @@ def test_unknown_master_key_id_reloads_the_source(make_app, tmp_path) -> None:  
     key_file = tmp_path / "master.keys"
     first = new_key()
     key_file.write_text(format_key_line("m1", first) + "\n")
+    key_file.chmod(0o600)
     app = make_app(MASTER_KEYS=None, MASTER_KEYS_FILE=str(key_file))
     stale = get_keys(app)
     # Another process adds and promotes m2, then writes a tenant under it.

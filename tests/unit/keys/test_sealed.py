@@ -104,10 +104,27 @@ def test_file_provider_names_file(tmp_path) -> None:  # type: ignore[no-untyped-
     with pytest.raises(KeySourceError, match=str(path)):
         FileKeyProvider(path).load()
     path.write_text("corrupted\n")
-    with pytest.raises(KeySourceError, match=str(path)):
+    path.chmod(0o600)
+    with pytest.raises(KeySourceError, match=f"{path}: entry 1"):
         FileKeyProvider(path).load()
     FileKeyProvider(path).write({"a": KEY})
     assert path.stat().st_mode & 0o777 == 0o600
+    assert FileKeyProvider(path).load() == {"a": KEY}
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o610])
+def test_file_provider_refuses_a_file_open_to_group_or_others(tmp_path, mode: int) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "master.keys"
+    FileKeyProvider(path).write({"a": KEY})
+    path.chmod(mode)
+    with pytest.raises(KeySourceError) as info:
+        FileKeyProvider(path).load()
+    assert str(info.value) == (
+        f"{path}: master key file is open to group or others (mode {mode:04o}); "
+        f"run `chmod 600 {path}`"
+    )
+    assert base64.b64encode(KEY).decode() not in str(info.value)
+    path.chmod(0o400)  # owner read-only is as private as 0600
     assert FileKeyProvider(path).load() == {"a": KEY}
 
 
