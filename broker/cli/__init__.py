@@ -143,7 +143,10 @@ def serve(
         raise click.ClickException(problem)
     get_keys()  # a missing or malformed master key stops start-up here
     if dev:
-        current_app.run(host=host, port=port, threaded=True, use_reloader=False)
+        # Never Werkzeug's interactive debugger, even with BROKER_DEBUG: it runs code for
+        # whoever reaches the port.
+        current_app.run(host=host, port=port, threaded=True, use_reloader=False,
+                        use_debugger=False, use_evalex=False)
         return
     sqlite = get_db().is_sqlite
     if sqlite and workers and workers > 1:
