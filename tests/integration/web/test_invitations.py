@@ -49,7 +49,7 @@ class Rivals:
 
 def _invite(app: Flask, tenant: Tenant, email: str, *, age: dt.timedelta) -> None:
     with get_db(app).transaction() as session:
-        invited = users.invite(session, tenant, email)
+        invited = users.invite(session, tenant.id, email)
         invited.created_at = utcnow() - age
 
 
