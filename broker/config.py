@@ -90,6 +90,8 @@ class Settings:
     REFRESH_BUDGET: float = _setting(10.0, float)
     API_RATE_LIMIT: str = _setting("1000/second")
     LOGIN_RATE_LIMIT: str = _setting("60/minute")
+    # OAuth callbacks per source IP: each refusal used to write an audit row for anyone.
+    CALLBACK_RATE_LIMIT: str = _setting("60/minute")
     AUTH_FAILURE_LIMIT: str = _setting("30/minute")
     REJECTED_TOKEN_COOLDOWN: float = _setting(30.0, float)
     REDIS_URL: str | None = _setting(None, opt_str)
@@ -221,7 +223,8 @@ def validate(settings: Settings) -> list[str]:
     for name in ("DB_MAX_OVERFLOW", "DB_PING_IDLE"):
         if getattr(settings, name) < 0:
             problems.append(f"BROKER_{name}: must not be negative")
-    for name in ("API_RATE_LIMIT", "LOGIN_RATE_LIMIT", "AUTH_FAILURE_LIMIT"):
+    for name in ("API_RATE_LIMIT", "LOGIN_RATE_LIMIT", "CALLBACK_RATE_LIMIT",
+                 "AUTH_FAILURE_LIMIT"):
         problem = rate_limit_problem(getattr(settings, name))
         if problem:
             problems.append(f"BROKER_{name}: {problem}")

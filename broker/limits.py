@@ -1,4 +1,5 @@
-"""Rate limits: per API client (after auth and the IP check), failed auth and sign-ins per IP."""
+"""Rate limits: per API client (after auth and the IP check); failed auth, sign-ins and OAuth
+callbacks per IP."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class Limits:
 
     def __init__(
         self, api: str, auth_failures: str, redis_url: str | None = None, *,
-        login: str = "off", key_prefix: str = "broker",
+        login: str = "off", callback: str = "off", key_prefix: str = "broker",
     ) -> None:
         self.limiter: _Windows | FixedWindowRateLimiter = (
             FixedWindowRateLimiter(storage_from_string(redis_url, key_prefix=key_prefix))
@@ -71,6 +72,7 @@ class Limits:
         self.api = _item(api)
         self.auth_failures = _item(auth_failures)
         self.login = _item(login)
+        self.callback = _item(callback)
 
     def _refuse(self, item: RateLimitItem, *key: str) -> RateLimited:
         reset, _ = self.limiter.get_window_stats(item, *key)
@@ -86,6 +88,11 @@ class Limits:
         """Count one sign-in start from this address; raise RateLimited past the limit."""
         if self.login is not None and not self.limiter.hit(self.login, "login", ip):
             raise self._refuse(self.login, "login", ip)
+
+    def hit_callback(self, ip: str) -> None:
+        """Count one OAuth callback (sign-in or connect) from this address; raise past the limit."""
+        if self.callback is not None and not self.limiter.hit(self.callback, "callback", ip):
+            raise self._refuse(self.callback, "callback", ip)
 
     def auth_failed(self, ip: str) -> None:
         """Count one failed authentication from this address; raise RateLimited past the limit.
@@ -110,5 +117,6 @@ def init_app(app: Flask) -> None:
     settings = app.config["BROKER"]
     app.extensions[EXTENSION] = Limits(
         settings.API_RATE_LIMIT, settings.AUTH_FAILURE_LIMIT, settings.REDIS_URL,
-        login=settings.LOGIN_RATE_LIMIT, key_prefix=settings.REDIS_KEY_PREFIX,
+        login=settings.LOGIN_RATE_LIMIT, callback=settings.CALLBACK_RATE_LIMIT,
+        key_prefix=settings.REDIS_KEY_PREFIX,
     )

@@ -18,8 +18,8 @@ from broker.connections import RevocationWindows, purge_inactive, retry_revocati
 from broker.keys import reseal
 from broker.tokens import RefreshWindows, refresh_due
 
-__all__ = ["DUTIES", "Windows", "chain_audit", "purge_inactive", "refresh_due", "reseal",
-           "retry_revocations", "run", "run_once"]
+__all__ = ["DUTIES", "Pass", "Windows", "chain_audit", "purge_inactive", "refresh_due",
+           "reseal", "retry_revocations", "run", "run_once", "run_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,37 @@ DUTIES = (refresh_due, chain_audit, retry_revocations, webhooks.deliver_due, res
           purge_inactive)
 
 
-def run_once(app: Flask) -> dict[str, int]:
-    """Run every duty once; a failing duty is logged and does not stop the others."""
-    report = {}
+@dataclass(frozen=True)
+class Pass:
+    """One pass over the duties: each duty's count (-1 when it failed) and what each failure was."""
+
+    report: dict[str, int]
+    failures: dict[str, Exception]
+
+
+def run_pass(app: Flask) -> Pass:
+    """Run every duty once; a failing duty does not stop the others."""
+    report: dict[str, int] = {}
+    failures: dict[str, Exception] = {}
     for duty in DUTIES:
         try:
             report[duty.__name__] = int(duty(app))
-        except Exception:  # noqa: BLE001 - one duty's failure must not stop the rest
-            log.exception("worker duty %s failed", duty.__name__)
+        except Exception as exc:  # noqa: BLE001 - one duty's failure must not stop the rest
+            failures[duty.__name__] = exc
             report[duty.__name__] = -1
-    return report
+    return Pass(report, failures)
+
+
+def run_once(app: Flask) -> dict[str, int]:
+    """Run every duty once and log each failure; return each duty's count (-1: failed)."""
+    done = run_pass(app)
+    debug = app.config["BROKER"].DEBUG
+    for name, exc in done.failures.items():
+        # The class names the failure; a traceback (and the message, which may quote data)
+        # only when asked for.
+        log.error("worker duty %s failed: %s", name, type(exc).__name__,
+                  exc_info=exc if debug else None, extra={"event": "worker_duty_failed"})
+    return done.report
 
 
 def run(app: Flask, *, once: bool = False, interval: float = 15.0) -> None:

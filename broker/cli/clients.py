@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 import uuid
 
 import click
@@ -17,6 +18,7 @@ from broker.clock import get_clock
 from broker.db import get_db
 from broker.errors import InvalidRequest
 from broker.keys import get_keys
+from broker.logging import redact
 from broker.models import AuditEvent
 from broker.tenancy import clients, tenants
 
@@ -183,7 +185,16 @@ def worker_command(once: bool, interval: float) -> None:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     get_keys(app)
     if once:
-        click.echo(json.dumps(worker.run_once(app)))
+        done = worker.run_pass(app)
+        click.echo(json.dumps(done.report))
+        debug = app.config["BROKER"].DEBUG
+        for name, exc in done.failures.items():
+            if debug:
+                click.echo(redact("".join(traceback.format_exception(exc))), err=True, nl=False)
+            hint = "" if debug else "; set BROKER_DEBUG=1 for details"
+            click.echo(f"Error: worker duty {name} failed ({type(exc).__name__}){hint}", err=True)
+        if done.failures:
+            sys.exit(1)
         return
     worker.run(app, interval=interval)
 

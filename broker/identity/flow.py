@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from broker.models import OAuthTransaction
 SILENT_ERRORS = frozenset({"login_required", "consent_required", "interaction_required"})
 MAX_CODE_LENGTH = 512  # Google's codes are under 256 bytes
 _ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
+
+log = logging.getLogger(__name__)
 
 
 class SilentSignInFailed(Exception):
@@ -47,19 +50,34 @@ def google_refusal(error: GoogleError, **context: Any) -> Refusal:
     return Refusal(reason, details=details, **context)
 
 
+def anonymous_refusal(reason: str, *, flow: str, problem: str | None = None) -> Refusal:
+    """Log a callback refusal that names no tenant and return it unaudited.
+
+    Anyone can send such a callback, so auditing it would let anyone grow the audit table; the
+    log line says why without the state or code.
+    """
+    log.info(
+        "%s callback refused: %s%s", flow, reason, f" ({problem})" if problem else "",
+        extra={"event": "callback_refused", "outcome": "denied", "reason": reason},
+    )
+    return Refusal(reason)
+
+
 def complete(
     db: Database, keys: KeyService, google: Google, args: MultiDict[str, str], *,
     purpose: str, binding: str | None, redirect_uri: str, now: dt.datetime, action: str,
 ) -> Completed:
     """Consume the transaction, then verify Google's answer before and after the code exchange."""
     if any(len(args.getlist(name)) > 1 for name in ("state", "code", "error", "iss")):
-        raise Refusal("bad_state", action=action, details={"problem": "duplicate_parameter"})
+        raise anonymous_refusal("bad_state", flow=purpose, problem="duplicate_parameter")
     try:
         with db.transaction() as session:
             transaction, verifier = consume(
                 session, keys, args.get("state"), purpose=purpose, binding=binding, now=now
             )
     except TransactionRefused as refused:
+        if refused.tenant_id is None:  # no transaction, or a sign-in nobody is known by yet
+            raise anonymous_refusal(refused.reason, flow=purpose) from None
         raise Refusal(
             refused.reason, action=action, tenant_id=refused.tenant_id, user_id=refused.user_id
         ) from None

@@ -78,9 +78,21 @@ def login() -> Response:
     return response
 
 
+def too_many(exc: RateLimited, text: str) -> Response:
+    """Answer a rate-limited page request: readable 429 words, Retry-After kept."""
+    limited = RateLimited(f"{text} Please wait a minute and try again.", headers=exc.headers)
+    response = broker_error_page(limited)
+    response.headers.update(limited.headers)
+    return response
+
+
 @bp.get("/callback")
 def callback() -> Response:
     """Finish a sign-in and answer 303 to a clean URL, or refuse on a page."""
+    try:
+        get_limits().hit_callback(str(guard.ip()))
+    except RateLimited as exc:
+        return too_many(exc, "Too many sign-in answers from your network.")
     state = guard.current()
     service = _service()
     try:

@@ -8,11 +8,13 @@ from werkzeug.wrappers import Response
 from broker import scopes
 from broker.connections import ACTION, ConnectService, disconnect_user, own_connection
 from broker.db import get_db
-from broker.errors import BrokerError
+from broker.errors import BrokerError, RateLimited
 from broker.google import GoogleError, NotConfigured, get_google
-from broker.identity import Refusal, google_refusal
+from broker.identity import Refusal, anonymous_refusal, google_refusal
 from broker.keys import get_keys
+from broker.limits import get_limits
 from broker.web import guard
+from broker.web.auth import too_many
 from broker.web.errors import broker_error_page
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
@@ -89,9 +91,13 @@ def connect() -> Response:
 @bp.get("/callback")
 def callback() -> Response:
     """Store the grant of the signed-in user's own mailbox and answer 303 to /connections."""
+    try:
+        get_limits().hit_callback(str(guard.ip()))
+    except RateLimited as exc:
+        return too_many(exc, "Too many answers from Google from your network.")
     user = guard.current_user()
     if user is None:
-        raise Refusal("signin_required", action=ACTION)
+        raise anonymous_refusal("signin_required", flow="connect")
     try:
         result = _service().finish(
             request.args, user_id=user.id, binding=guard.session_token(), ip=str(guard.ip())

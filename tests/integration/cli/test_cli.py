@@ -244,3 +244,34 @@ def test_worker_once_runs_every_duty(instance: Path) -> None:
     report = json.loads(result.stdout)
     assert set(report) >= {"refresh_due", "chain_audit", "retry_revocations", "reseal"}
     assert all(count >= 0 for count in report.values())
+
+
+def test_worker_once_fails_loudly_when_a_duty_fails(instance: Path) -> None:
+    import json
+    import sqlite3
+    from contextlib import closing
+
+    assert broker(instance, "init").returncode == 0
+    created = broker(instance, "tenant", "create", "acme", "--name", "Acme", "--domain",
+                     "acme.test", "--admin", "it@acme.test")
+    assert created.returncode == 0, created.stderr
+    hook = broker(instance, "webhook", "add", "https://hooks.example.com/x", "--tenant", "acme")
+    assert hook.returncode == 0, hook.stderr  # a row sealed under data key v1
+    rotated = broker(instance, "keys", "rotate-tenant", "acme", "--no-reseal")
+    assert rotated.returncode == 0, rotated.stderr
+    # The current data key no longer unwraps: re-sealing the webhook's secret really fails.
+    with closing(sqlite3.connect(instance / "broker.db")) as db, db:
+        assert db.execute(
+            "UPDATE data_keys SET wrapped = zeroblob(60) WHERE version = 2").rowcount == 1
+    result = broker(instance, "worker", "--once")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["reseal"] == -1
+    assert [duty for duty, count in report.items() if count < 0] == ["reseal"]
+    assert result.stderr.splitlines() == [
+        "Error: worker duty reseal failed (CryptoError); set BROKER_DEBUG=1 for details"
+    ]
+    debug = broker(instance, "worker", "--once", env={"BROKER_DEBUG": "1"})
+    assert debug.returncode == 1 and json.loads(debug.stdout)["reseal"] == -1
+    assert debug.stderr.startswith("Traceback") and "CryptoError" in debug.stderr
+    assert debug.stderr.splitlines()[-1] == "Error: worker duty reseal failed (CryptoError)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 
@@ -198,8 +199,9 @@ def test_denied_consent_is_refused(
 
 def test_state_checks(
     acme: Tenant, browser: WebBrowser, emulator: EmulatorControls, clock: Clock,
-    google_app: Flask,
+    google_app: Flask, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     callback = _callback_url(browser, emulator, "alice@acme.test")
     # Another browser presenting this browser's callback: login CSRF.
     assert "foreign_browser" in text(WebBrowser(google_app).get(callback))
@@ -214,7 +216,9 @@ def test_state_checks(
     late = _callback_url(slow, emulator, "alice@acme.test")
     clock.advance(minutes=11)
     assert "state_expired" in text(slow.get(late))
-    assert reasons(google_app, "signin.refused") == [
+    # A sign-in transaction names no tenant yet: its refusals are logged, never audited.
+    assert reasons(google_app, "signin.refused") == []
+    assert [r.reason for r in caplog.records if getattr(r, "event", "") == "callback_refused"] == [
         "foreign_browser", "bad_state", "bad_state", "state_replayed", "state_expired",
     ]
 

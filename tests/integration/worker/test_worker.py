@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,9 +24,10 @@ from broker.connections.revoke import disconnect
 from broker.db import get_db
 from broker.errors import InvalidRequest
 from broker.keys import get_keys
-from broker.models import AccessToken, Connection, User, WebhookDelivery
+from broker.models import AccessToken, Connection, DataKey, User, WebhookDelivery
 from broker.tokens import RefreshWindows
 from tests.conftest import Clock
+from tests.factories import make_tenant
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import World, broker_config
 
@@ -273,3 +275,52 @@ def test_each_duty_takes_the_workers_windows() -> None:
         "refresh_due", "chain_audit", "retry_revocations", "deliver_due", "reseal",
         "purge_inactive",
     ]
+
+
+def _break_reseal(make_app: Callable[..., Flask]) -> None:
+    """Leave a tenant with a row on data key v1 and a current v2 that no longer unwraps."""
+    app = make_app()
+    tenant = make_tenant(app, "broken")
+    with get_db(app).transaction() as session:
+        webhooks.add(session, get_keys(app), tenant.id, url="https://hooks.example.com/x",
+                     events=None, allow_private=False, actor="test")
+    with get_db(app).transaction() as session:
+        assert get_keys(app).rotate_tenant(session, tenant.id) == 2
+        session.execute(update(DataKey).where(DataKey.tenant_id == tenant.id,
+                                              DataKey.version == 2).values(wrapped=b"\0" * 60))
+
+
+def test_the_loop_logs_a_failed_duty_and_keeps_going(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture,
+) -> None:
+    _break_reseal(make_app)
+    app = make_app()  # a fresh process: no data key cached
+    passes: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        passes.append(seconds)
+        if len(passes) == 2:
+            raise _Stop
+
+    app.extensions["broker.sleep"] = sleep
+    caplog.set_level(logging.INFO, logger="broker.worker")
+    with pytest.raises(_Stop):
+        worker.run(app, interval=1.0)
+    failed = [r for r in caplog.records if getattr(r, "event", "") == "worker_duty_failed"]
+    assert [r.getMessage() for r in failed] == ["worker duty reseal failed: CryptoError"] * 2
+    assert all(r.exc_info is None for r in failed)  # no traceback without BROKER_DEBUG
+    reports = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "worker"]
+    assert len(reports) == 2 and all("'reseal': -1" in m for m in reports)
+    assert all("'chain_audit': -1" not in m for m in reports)
+
+
+def test_a_failed_duty_is_logged_with_its_traceback_under_debug(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture,
+) -> None:
+    _break_reseal(make_app)
+    caplog.set_level(logging.INFO, logger="broker.worker")
+    report = worker.run_once(make_app(DEBUG=True))
+    assert report["reseal"] == -1
+    assert [v for k, v in report.items() if k != "reseal" and v < 0] == []
+    failed = [r for r in caplog.records if getattr(r, "event", "") == "worker_duty_failed"]
+    assert len(failed) == 1 and failed[0].exc_info is not None
