@@ -155,7 +155,8 @@ class ConnectService(FlowService):
         before = connection.status if connection is not None else None
         if connection is None:
             connection = Connection(
-                id=uuid.uuid4(), tenant_id=user.tenant_id, user_id=user.id, version=0
+                id=uuid.uuid4(), tenant_id=user.tenant_id, user_id=user.id, version=0,
+                created_at=now,
             )
             session.add(connection)
         if before in (None, "revoked"):
@@ -164,6 +165,10 @@ class ConnectService(FlowService):
             event = "connection.recovered" if before in ("needs_reauth", "degraded") else None
         withheld = set(connection.withheld_scopes or ())
         if before == "revoked":
+            # A new grant after a disconnect: its history starts now, not at the old one's.
+            connection.created_at = now
+            connection.last_refresh_at = connection.last_used_at = None
+            connection.rejected_refresh_at = None
             withheld = set()
         restored = sorted(withheld & set(requested))
         # Asked for again at Google: given back; no longer granted: nothing left to withhold.
