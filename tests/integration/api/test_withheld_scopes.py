@@ -105,3 +105,17 @@ def test_keep_alive_never_mints_a_withheld_scope(
     with get_db(world.app).transaction(write=False) as session:
         stored = session.scalars(select(AccessToken)).all()
     assert [row.scopes for row in stored] == [[READONLY]]
+
+
+def test_the_connection_list_shows_only_what_jobs_may_use(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(granted=[READONLY, SEND], allowed=[READONLY, SEND])
+    withhold(world, SEND)
+    listed = world.app.test_client().get(
+        "/api/v1/connections", headers={"Authorization": world.auth},
+        environ_base={"REMOTE_ADDR": "203.0.113.7"},
+    )
+    assert listed.status_code == 200, listed.json
+    [connection] = listed.json["connections"]
+    assert READONLY in connection["granted_scopes"] and SEND not in connection["granted_scopes"]
