@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 from sqlalchemy import event, select, update
 
+from broker import webhooks
 from broker.clock import utcnow
 from broker.db import get_db
-from broker.models import AccessToken, AuditEvent, Connection
+from broker.keys import get_keys
+from broker.models import AccessToken, AuditEvent, Connection, WebhookDelivery
 from broker.tokens import refresh_due
 from tests.plugins.emulator import EmulatorControls
 from tests.plugins.world import MODIFY, READONLY, SEND, World
@@ -119,3 +121,22 @@ def test_the_connection_list_shows_only_what_jobs_may_use(
     assert listed.status_code == 200, listed.json
     [connection] = listed.json["connections"]
     assert READONLY in connection["granted_scopes"] and SEND not in connection["granted_scopes"]
+
+
+def test_a_dead_grant_asks_back_only_what_jobs_may_use(
+    make_world: Callable[..., World], emulator: EmulatorControls
+) -> None:
+    world = make_world(granted=[READONLY, SEND], allowed=[READONLY, SEND])
+    with get_db(world.app).transaction() as session:
+        webhooks.add(session, get_keys(world.app), world.tenant.id,
+                     url="https://hooks.example.test/broker",
+                     events=["connection.needs_reauth"], allow_private=False, actor="test")
+    withhold(world, SEND)
+    emulator.revoke_account(world.user.email)
+    refused = world.token()
+    assert refused.json["error"] == "reauth_required", refused.json
+    assert "gmail.send" not in refused.json["reauth_url"]
+    with get_db(world.app).transaction(write=False) as session:
+        [delivery] = session.scalars(select(WebhookDelivery)).all()
+    assert "gmail.readonly" in delivery.payload["reauth_url"]
+    assert "gmail.send" not in delivery.payload["reauth_url"]
