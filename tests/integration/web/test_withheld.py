@@ -245,3 +245,21 @@ def test_remove_at_google_with_nothing_withheld_does_nothing(
     assert answer.headers["Location"] == "/connections"
     assert emulator.calls()["revoke"] == 0
     assert _connection(signed_in.app)[0].status == "active"
+
+
+def test_a_consent_link_for_a_withheld_scope_gives_it_back_after_consent(
+    signed_in: WebBrowser, emulator: EmulatorControls, job: str
+) -> None:
+    app = signed_in.app
+    _connect_all(signed_in, emulator)
+    _update(signed_in, READONLY, SEND)
+    consent_url = _token(app, job, ["gmail.labels"]).json["consent_url"]
+    started = signed_in.get(consent_url.removeprefix(signed_in.public_url))
+    assert query(started.headers["Location"])["prompt"] == "consent"
+    emulator.settings(auto_consent=True)
+    page = signed_in.open(started.headers["Location"])
+    emulator.settings(auto_consent=None)
+    assert "Gmail is connected." in text(page)
+    assert _connection(app)[0].withheld_scopes == []
+    assert events(app, "connection.connect")[-1].details["restored"] == [LABELS]
+    assert _token(app, job, ["gmail.labels"]).status_code == 200
