@@ -212,6 +212,9 @@ class Connection(Base):
     google_sub: Mapped[str] = mapped_column(String(255))
     email: Mapped[str] = mapped_column(String(320))
     granted_scopes: Mapped[list[str]] = mapped_column(default=list)
+    # Granted at Google but unticked by the user: Google keeps earlier grants, so only the
+    # broker can honour the choice. Never handed out; jobs may use granted minus these.
+    withheld_scopes: Mapped[list[str]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(20), default="active")
     status_reason: Mapped[str | None] = mapped_column(String(40))
     refresh_token: Mapped[bytes | None]

@@ -216,7 +216,8 @@ def connections() -> Response:
             {
                 "id": str(conn.id), "user": {"id": str(conn.user_id), "email": email},
                 "status": conn.status, "status_reason": conn.status_reason,
-                "granted_scopes": sorted(conn.granted_scopes),
+                # What jobs may use: scopes the user withholds are not theirs to ask for.
+                "granted_scopes": sorted(set(conn.granted_scopes) - set(conn.withheld_scopes)),
                 "last_refresh_at": rfc3339(conn.last_refresh_at) if conn.last_refresh_at
                 else None,
                 "last_used_at": rfc3339(conn.last_used_at) if conn.last_used_at else None,

@@ -74,6 +74,11 @@ class ConnectService(FlowService):
             if not wanted or not set(wanted) <= set(offered_scopes(policy)):
                 raise Refusal("scope_not_offered", details={"requested": wanted}, **context)
             connection = session.scalar(select(Connection).where(Connection.user_id == user.id))
+            # Google shows no screen for scopes it already granted: asking again for one the
+            # user withholds must let them see what they are giving back to jobs.
+            restoring = has_live_refresh_token(connection) and connection is not None and bool(
+                set(wanted) & set(connection.withheld_scopes or ()))
+            force_consent = force_consent or restoring
             # Forcing consent burns one of Google's 100 refresh tokens per account and client.
             prompt = "consent" if force_consent or not has_live_refresh_token(connection) else None
             started = begin(
@@ -123,15 +128,17 @@ class ConnectService(FlowService):
                 retry = False
                 granted = scopes.gmail_only(token.scopes)
                 not_granted = sorted(set(requested) - set(token.scopes))
+                restored: list[str] = []
                 if granted:
-                    self._store(session, user, connection, token, claims)
+                    restored = self._store(session, user, connection, token, claims, requested)
                 audit.record(
                     session, action="connection.connect", tenant_id=user.tenant_id,
                     actor_type="user", actor_id=str(user.id), subject_user_id=user.id, ip=ip,
                     scopes=granted, outcome="ok" if granted else "denied",
                     reason=None if granted else "nothing_granted",
                     details={"requested": requested, "not_granted": not_granted,
-                             "new_refresh_token": token.refresh_token is not None},
+                             "new_refresh_token": token.refresh_token is not None,
+                             **({"restored": restored} if restored else {})},
                 )
         if retry:
             # No refresh token and none stored: Google only sends one after a shown consent.
@@ -141,19 +148,31 @@ class ConnectService(FlowService):
 
     def _store(
         self, session: Session, user: User, connection: Connection | None, token: TokenResponse,
-        claims: dict[str, object],
-    ) -> None:
+        claims: dict[str, object], requested: list[str],
+    ) -> list[str]:
+        """Store the grant; return the withheld scopes this consent gave back to jobs."""
         now = self.clock()
         before = connection.status if connection is not None else None
         if connection is None:
             connection = Connection(
-                id=uuid.uuid4(), tenant_id=user.tenant_id, user_id=user.id, version=0
+                id=uuid.uuid4(), tenant_id=user.tenant_id, user_id=user.id, version=0,
+                created_at=now,
             )
             session.add(connection)
         if before in (None, "revoked"):
             event: str | None = "connection.created"
         else:
             event = "connection.recovered" if before in ("needs_reauth", "degraded") else None
+        withheld = set(connection.withheld_scopes or ())
+        if before == "revoked":
+            # A new grant after a disconnect: its history starts now, not at the old one's.
+            connection.created_at = now
+            connection.last_refresh_at = connection.last_used_at = None
+            connection.rejected_refresh_at = None
+            withheld = set()
+        restored = sorted(withheld & set(requested))
+        # Asked for again at Google: given back; no longer granted: nothing left to withhold.
+        connection.withheld_scopes = sorted((withheld - set(requested)) & set(token.scopes))
         connection.google_sub = str(claims["sub"])
         connection.email = str(claims.get("email") or user.email)
         connection.granted_scopes = list(token.scopes)
@@ -171,6 +190,19 @@ class ConnectService(FlowService):
             )
         session.flush()
         session.execute(delete(AccessToken).where(AccessToken.connection_id == connection.id))
+        # Google's answer carries every granted scope (include_granted_scopes), withheld ones
+        # too: such a token is not kept, so it can never be handed out.
+        if not connection.withheld_scopes:
+            self._keep_access_token(session, connection, token, now)
+        if event:
+            webhooks.enqueue(session, user.tenant_id, event, {
+                "connection_id": str(connection.id), "user_id": str(user.id),
+            })
+        return restored
+
+    def _keep_access_token(
+        self, session: Session, connection: Connection, token: TokenResponse, now: dt.datetime
+    ) -> None:
         access = AccessToken(
             id=uuid.uuid4(), connection_id=connection.id, scope_key=scopes.scope_key(
                 s for s in token.scopes if _known(s)
@@ -179,13 +211,9 @@ class ConnectService(FlowService):
             token=b"",
         )
         access.token = self.keys.seal(
-            session, user.tenant_id, access.id, "access_token", token.access_token.encode()
+            session, connection.tenant_id, access.id, "access_token", token.access_token.encode()
         )
         session.add(access)
-        if event:
-            webhooks.enqueue(session, user.tenant_id, event, {
-                "connection_id": str(connection.id), "user_id": str(user.id),
-            })
 
 
 def _known(scope: str) -> bool:

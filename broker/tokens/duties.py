@@ -15,6 +15,7 @@ from broker.clock import get_clock
 from broker.db import get_db
 from broker.models import AccessToken, Connection, User
 from broker.scopes import gmail_only, scope_key
+from broker.tokens import rules
 from broker.tokens.refresh import Lease
 from broker.tokens.service import get_tokens
 from broker.tokens.store import Want
@@ -90,8 +91,9 @@ def _claim_due(app: Flask, w: RefreshWindows, limit: int) -> list[tuple[Want, Le
             lease = tokens.claim_locked(session, conn, now)
             if lease is None:
                 continue
-            wanted = sorted(scopes) if key is not None and scopes else gmail_only(
-                conn.granted_scopes)
+            # Keeping an idle grant alive mints what jobs may use, never a withheld scope.
+            wanted = sorted(scopes) if key is not None and scopes else rules.usable(
+                gmail_only(conn.granted_scopes), conn.withheld_scopes)
             want = Want(conn.id, conn.tenant_id, conn.user_id, wanted,
                         key if key is not None else scope_key(wanted), 0, False,
                         actor_id="worker")

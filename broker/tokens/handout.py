@@ -56,7 +56,7 @@ _READ = (
         _u.id.label("user_id"), _u.email, _u.status.label("user_status"), _u.last_login_at,
         _p.handout_login_max_age, _p.allow_broader_tokens,
         _c.id.label("connection_id"), _c.status, _c.status_reason, _c.granted_scopes,
-        _c.last_used_at, _c.rejected_refresh_at,
+        _c.withheld_scopes, _c.last_used_at, _c.rejected_refresh_at,
         _t.id.label("token_id"), _t.scope_key, _t.token, _t.scopes, _t.expires_at,
         _t.obtained_at,
     )
@@ -251,7 +251,9 @@ class Handout:
             raise UserSuspended()
         if not rules.login_fresh(first.last_login_at, first.handout_login_max_age, self.now):
             raise LoginRequired(login_url=self.url("/auth/login"))
-        granted: list[str] = first.granted_scopes or []
+        # What the user withholds was granted at Google but is not the jobs' to use.
+        withheld: list[str] = first.withheld_scopes or []
+        granted = rules.usable(first.granted_scopes or [], withheld)
         if req.scopes is None:
             self.scopes = rules.requested_scopes(None, self.client.allowed_scopes, granted)
         if first.connection_id is None or first.status == "revoked":
@@ -265,9 +267,13 @@ class Handout:
         missing = rules.not_granted(self.scopes, granted) if self.scopes else []
         if missing or not self.scopes:
             wanted = missing or list(self.client.allowed_scopes)
+            held = rules.withheld_among(wanted, withheld)
+            absent = sorted(set(wanted) - set(held))
+            said = [f"withheld by the user: {' '.join(held)}"] if held else []
+            if absent:
+                said.append(f"not granted by the user: {' '.join(absent)}")
             raise ScopeNotGranted(
-                f"not granted by the user: {' '.join(wanted)}",
-                consent_url=self.url("/connections/connect", wanted),
+                "; ".join(said), consent_url=self.url("/connections/connect", wanted)
             )
         key = scope_key(self.scopes)
         want = Want(

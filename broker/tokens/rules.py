@@ -31,6 +31,16 @@ def requested_scopes(
     return normalise(list(requested))
 
 
+def usable(granted: Iterable[str], withheld: Iterable[str] | None) -> list[str]:
+    """Return the granted scopes jobs may use: those the user has not withheld."""
+    return sorted(set(granted) - set(withheld or ()))
+
+
+def withheld_among(scopes: Iterable[str], withheld: Iterable[str] | None) -> list[str]:
+    """Return the scopes asked for that the user withholds."""
+    return sorted(set(scopes) & set(withheld or ()))
+
+
 def not_allowed(scopes: Iterable[str], allowed: Iterable[str]) -> list[str]:
     """Return the scopes a client may not ask for (identity scopes are always allowed)."""
     permitted = set(normalise(list(allowed))) | set(IDENTITY)

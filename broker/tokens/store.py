@@ -136,7 +136,9 @@ class TokenStore:
             actor_type="system", subject_user_id=conn.user_id, outcome="error", reason=reason,
             ip=want.ip, details={"client_id": want.actor_id},
         )
-        scope = urlencode({"scope": " ".join(gmail_only(conn.granted_scopes))})
+        # Re-consent asks back only what jobs may use: a withheld scope stays withheld.
+        kept = rules.usable(gmail_only(conn.granted_scopes), conn.withheld_scopes)
+        scope = urlencode({"scope": " ".join(kept)})
         reauth_url = f"{str(self.settings.PUBLIC_URL).rstrip('/')}/connections/connect?{scope}"
         webhooks.enqueue(session, conn.tenant_id, "connection.needs_reauth",
                          {**event_payload(conn.id, conn.user_id), "reason": reason,

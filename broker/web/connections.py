@@ -1,4 +1,4 @@
-"""Blueprint /connections: the user's page, connect and its callback, disconnect."""
+"""Blueprint /connections: the user's page, connect and its callback, access, disconnect."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from werkzeug.wrappers import Response
 
 from broker import scopes
-from broker.connections import ACTION, ConnectService, disconnect_user, own_connection
+from broker.connections import (
+    ACTION,
+    AccessChange,
+    AccessService,
+    ConnectService,
+    disconnect_user,
+    job_access,
+    own_connection,
+    revoke_grants,
+)
 from broker.db import get_db
 from broker.errors import BrokerError, RateLimited
 from broker.google import GoogleError, NotConfigured, get_google
@@ -33,6 +42,13 @@ REASON_TEXT = {
     "testing_app_expiry": "the app is in testing mode and its grants last seven days",
     "token_unreadable": "the stored grant can no longer be read",
     "disconnected": "you disconnected it",
+    "scopes_removed": "you removed permissions at Google and have not connected again yet",
+}
+REMOVAL_TEXT = {
+    "nothing_withheld": "No permission is withheld, so there is nothing to remove at Google.",
+    "nothing_kept": "Every permission is withheld: to remove them all at Google, disconnect.",
+    "revoke_failed": "Google could not be reached to revoke the access, so nothing changed. "
+                     "Try again later; the withheld permissions stay withheld meanwhile.",
 }
 
 
@@ -44,8 +60,21 @@ def _service() -> ConnectService:
     return ConnectService(get_db(), get_keys(), google, guard.settings(), guard.now)
 
 
+def _access() -> AccessService:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return AccessService(_service(), lambda ids: revoke_grants(app, ids))
+
+
 def _label(scope: str) -> str:
     return f"{scopes.GMAIL_SCOPES.get(scope, scope)} ({scope.removeprefix(scopes.PREFIX)})"
+
+
+def _labels(chosen: list[str]) -> str:
+    return ", ".join(_label(s) for s in chosen)
+
+
+def _requested() -> list[str]:
+    return [s for value in request.values.getlist("scope") for s in value.split()]
 
 
 @bp.get("")
@@ -57,12 +86,13 @@ def index() -> str:
     with get_db().transaction(write=False) as session:
         own = own_connection(session, user)
     connection, offered = own.connection, own.offered
-    granted = scopes.gmail_only(connection.granted_scopes) if connection else []
     connected = connection is not None and connection.status != "revoked"
+    # What jobs can use is what Google granted minus what the user withholds.
+    access = job_access(connection)
     return render_template(
         "connections/index.html", user=user, tenant=own.tenant, connection=connection,
-        connected=connected, granted=granted if connected else [], offered=offered,
-        ticked=set(granted if connected and granted else offered),
+        connected=connected, granted=access.usable, withheld=access.withheld, offered=offered,
+        ticked=set(access.usable if access.usable or access.withheld else offered),
         status_text=STATUS_TEXT, reason_text=REASON_TEXT,
         google_configured=guard.settings().google_configured,
     )
@@ -75,7 +105,7 @@ def connect() -> Response:
     user = guard.current_user()
     token = guard.session_token()
     assert user is not None and token is not None  # noqa: S101 - login_required
-    requested = [s for value in request.args.getlist("scope") for s in value.split()]
+    requested = _requested()
     if not requested:
         flash("Choose at least one Gmail permission.")
         return redirect(url_for("connections.index"), 303)
@@ -140,4 +170,68 @@ def do_disconnect() -> Response:
     else:
         flash("Gmail is disconnected. Google could not be reached to revoke the access; "
               "the broker will keep trying.")
+    return redirect(url_for("connections.index"), 303)
+
+
+@bp.post("/access")
+@guard.login_required
+def update_access() -> Response:
+    """Let jobs use exactly the ticked permissions; go to Google only for new ones."""
+    user = guard.current_user()
+    token = guard.session_token()
+    assert user is not None and token is not None  # noqa: S101 - login_required
+    requested = _requested()
+    if not requested:
+        flash("Choose at least one Gmail permission; to stop all access, disconnect.")
+        return redirect(url_for("connections.index"), 303)
+    try:
+        change = _access().update(user.id, token, requested, ip=str(guard.ip()))
+    except GoogleError as failed:
+        raise google_refusal(
+            failed, action=ACTION, tenant_id=user.tenant_id, user_id=user.id
+        ) from None
+    _say(change)
+    if change.google_url:
+        return redirect(change.google_url, 303)
+    return redirect(url_for("connections.index"), 303)
+
+
+def _say(change: AccessChange) -> None:
+    if change.withheld:
+        flash(f"Jobs can no longer use: {_labels(change.withheld)}. Google still holds this "
+              "permission; use Remove at Google to drop it there too.")
+    if change.restored:
+        flash(f"Jobs may use again: {_labels(change.restored)}.")
+    if not (change.withheld or change.restored or change.google_url):
+        flash("Nothing changed.")
+
+
+@bp.get("/remove")
+@guard.login_required
+def confirm_remove() -> str:
+    """Say what removing the withheld permissions at Google does, before doing it."""
+    user = guard.current_user()
+    assert user is not None  # noqa: S101 - login_required
+    with get_db().transaction(write=False) as session:
+        access = job_access(own_connection(session, user).connection)
+    return render_template("connections/remove.html", kept=access.usable,
+                           withheld=access.withheld)
+
+
+@bp.post("/remove")
+@guard.login_required
+def do_remove() -> Response:
+    """Revoke the grant at Google, then ask Google again for the kept permissions."""
+    user = guard.current_user()
+    token = guard.session_token()
+    assert user is not None and token is not None  # noqa: S101 - login_required
+    try:
+        removal = _access().remove_at_google(user.id, token, ip=str(guard.ip()))
+    except GoogleError as failed:
+        raise google_refusal(
+            failed, action=ACTION, tenant_id=user.tenant_id, user_id=user.id
+        ) from None
+    if removal.google_url:
+        return redirect(removal.google_url, 303)
+    flash(REMOVAL_TEXT.get(removal.problem or "", "Nothing changed."))
     return redirect(url_for("connections.index"), 303)

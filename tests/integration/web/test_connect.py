@@ -12,6 +12,7 @@ from broker.db import get_db
 from broker.keys.extension import get_keys
 from broker.models import AccessToken, Connection, Policy, Tenant
 from broker.scopes import scope_key
+from tests.conftest import Clock
 from tests.integration.web.conftest import sign_in
 from tests.integration.web.support import (
     LABELS,
@@ -235,3 +236,44 @@ def test_connect_and_disconnect_queue_signed_webhooks(
         events = [d.event for d in session.scalars(
             select(WebhookDelivery).order_by(WebhookDelivery.created_at))]
     assert events == ["connection.created", "connection.revoked"]
+
+
+def test_reconnecting_after_a_disconnect_starts_the_history_afresh(
+    signed_in: WebBrowser, emulator: EmulatorControls, clock: Clock
+) -> None:
+    app = signed_in.app
+    _connect_auto(signed_in, emulator, READONLY)
+    first = _connection(app)[0].created_at
+    assert first == clock.now  # the broker's clock, as every other time on the page
+    # Minutes, not days: the browser session must stay valid throughout.
+    used = clock.advance(minutes=10)
+    with get_db(app).transaction() as session:
+        session.execute(update(Connection).values(
+            last_used_at=used, last_refresh_at=used, rejected_refresh_at=used))
+    clock.advance(minutes=10)
+    signed_in.post("/connections/disconnect", {"csrf_token": signed_in.csrf()})
+    again = clock.advance(minutes=10)
+    _connect_auto(signed_in, emulator, READONLY)
+    connection, _, _ = _connection(app)
+    assert connection.status == "active" and connection.created_at == again != first
+    assert connection.last_used_at is None and connection.last_refresh_at is None
+    assert connection.rejected_refresh_at is None
+    page = text(signed_in.open("/connections"))
+    facts = dict(re.findall(r"<dt>([^<]+)</dt><dd>([^<]*)</dd>", page))
+    assert facts["Last refresh"] == "never" and facts["Last used by a job"] == "never"
+    assert facts["Connected since"] == again.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def test_reconnecting_a_live_grant_keeps_its_history(
+    signed_in: WebBrowser, emulator: EmulatorControls, clock: Clock
+) -> None:
+    app = signed_in.app
+    _connect_auto(signed_in, emulator, READONLY)
+    first = _connection(app)[0].created_at
+    used = clock.advance(minutes=10)
+    with get_db(app).transaction() as session:
+        session.execute(update(Connection).values(last_used_at=used))
+    clock.advance(minutes=10)
+    _connect_auto(signed_in, emulator, READONLY, SEND)  # adding a scope is no new grant
+    connection, _, _ = _connection(app)
+    assert connection.created_at == first and connection.last_used_at == used
