@@ -33,7 +33,7 @@ def _service() -> SignInService:
         google = get_google()
     except NotConfigured:
         raise Refusal("google_not_configured") from None
-    return SignInService(get_db(), get_keys(), google, guard.settings(), guard.now)
+    return SignInService(get_db(), get_keys(), google, guard.settings(), guard.clock())
 
 
 @bp.app_template_global("signin_url")

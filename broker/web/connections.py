@@ -57,7 +57,7 @@ def _service() -> ConnectService:
         google = get_google()
     except NotConfigured:
         raise Refusal("google_not_configured") from None
-    return ConnectService(get_db(), get_keys(), google, guard.settings(), guard.now)
+    return ConnectService(get_db(), get_keys(), google, guard.settings(), guard.clock())
 
 
 def _access() -> AccessService:

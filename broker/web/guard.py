@@ -10,8 +10,8 @@ from typing import Any, TypeVar, cast
 from flask import current_app, flash, g, redirect, request, url_for
 from werkzeug.wrappers import Response
 
+from broker import clock as app_time
 from broker.clientip import IPAddress, client_ip
-from broker.clock import utcnow
 from broker.config import Settings
 from broker.db import get_db
 from broker.identity import (
@@ -44,8 +44,12 @@ def settings() -> Settings:
 
 def now() -> dt.datetime:
     """Return the current time from the app's clock (tests inject one)."""
-    clock = current_app.extensions.get("broker.clock", utcnow)
-    return cast(dt.datetime, clock())
+    return app_time.now()
+
+
+def clock() -> app_time.Clock:
+    """Return the app's clock for a service (it asks the app on each call)."""
+    return app_time.app_clock(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 def ip() -> IPAddress:
