@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.clientip import client_ip, ip_in
 from broker.db import get_db
 from broker.errors import Forbidden
-from broker.models import AuditEvent, Connection, WorkerState
+from broker.models import SYSTEM_CHAIN, AuditEvent, Connection, WorkerState
 
 bp = Blueprint("metrics", __name__)
 
@@ -71,7 +71,7 @@ class DatabaseCollector(Collector):
             "broker_connections", "Connections by status", labels=["status"]
         )
         head = GaugeMetricFamily(
-            "broker_audit_chain_head", "Highest chained audit sequence per tenant",
+            "broker_audit_chain_head", "Highest chained audit sequence per chain (tenant, system)",
             labels=["tenant_id"],
         )
         checkpoint_seq = GaugeMetricFamily(
@@ -94,12 +94,13 @@ class DatabaseCollector(Collector):
                     select(Connection.status, func.count()).group_by(Connection.status)
                 ):
                     by_status.add_metric([status], count)
-                for tenant_id, seq in session.execute(
-                    select(AuditEvent.tenant_id, func.max(AuditEvent.chain_seq))
+                for chain_id, seq in session.execute(
+                    select(AuditEvent.chain_id, func.max(AuditEvent.chain_seq))
                     .where(AuditEvent.chain_seq.is_not(None))
-                    .group_by(AuditEvent.tenant_id)
+                    .group_by(AuditEvent.chain_id)
                 ):
-                    head.add_metric([str(tenant_id)], seq or 0)
+                    label = "system" if chain_id == SYSTEM_CHAIN else str(chain_id)
+                    head.add_metric([label], seq or 0)
         except SQLAlchemyError:
             pass  # the counters still answer while the database is down
         yield by_status

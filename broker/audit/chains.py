@@ -115,11 +115,10 @@ def chained_top(session: Session) -> int:
 def _lock_chains(session: Session) -> WorkerState:
     """Hold the chainer's lock (a WorkerState row, which also keeps the last checkpoint)."""
     row = session.get(WorkerState, CHECKPOINT_STATE, with_for_update=True)
-    if row is None:
-        session.add(WorkerState(name=CHECKPOINT_STATE, value=""))
+    if row is None:  # the first pass: the inserted row stays ours until commit
+        row = WorkerState(name=CHECKPOINT_STATE, value="")
+        session.add(row)
         session.flush()
-        row = session.get(WorkerState, CHECKPOINT_STATE, with_for_update=True)
-    assert row is not None  # noqa: S101 - just added and flushed in this transaction
     return row
 
 
@@ -229,15 +228,19 @@ def checkpoint(session: Session, keys: KeyService, as_of: int | None = None) -> 
     return Checkpoint(top, hmac.new(key, message, hashlib.sha256).hexdigest())
 
 
-def publish_checkpoint(session: Session, keys: KeyService) -> Checkpoint | None:
-    """Sign the current checkpoint, keep it for /metrics and write it to the log."""
+def keep_checkpoint(session: Session, keys: KeyService) -> Checkpoint | None:
+    """Sign the current checkpoint and keep it for /metrics (log it once committed)."""
     point = checkpoint(session, keys)
     if point is not None:
         _lock_chains(session).value = str(point)
-        log.info("audit checkpoint %s", point, extra={
-            "event": "audit_checkpoint", "seq": point.seq, "mac": point.mac,
-        })
     return point
+
+
+def log_checkpoint(point: Checkpoint) -> None:
+    """Publish a committed checkpoint as a JSON log line, to be kept outside the database."""
+    log.info("audit checkpoint %s", point, extra={
+        "event": "audit_checkpoint", "seq": point.seq, "mac": point.mac,
+    })
 
 
 def parse_checkpoint(text: str) -> tuple[int, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from broker.audit.chains import ChainWindows, chain, publish_checkpoint
+from broker.audit.chains import ChainWindows, chain, keep_checkpoint, log_checkpoint
 from broker.clock import get_clock
 from broker.db import get_db
 from broker.keys import get_keys
@@ -15,8 +15,11 @@ def chain_audit(app: Flask, w: ChainWindows | None = None) -> int:
     w = w or ChainWindows()
     db, keys = get_db(app), get_keys(app)
     older_than = get_clock(app)() - w.audit_lag
+    point = None
     with db.transaction() as session:
         done = chain(session, keys, older_than=older_than, windows=w)
         if done.chained:
-            publish_checkpoint(session, keys)
+            point = keep_checkpoint(session, keys)
+    if point is not None:  # only now is it the database's state
+        log_checkpoint(point)
     return done.chained
