@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.clientip import client_ip, ip_in
 from broker.db import get_db
 from broker.errors import Forbidden
-from broker.models import AuditEvent, Connection
+from broker.models import SYSTEM_CHAIN, AuditEvent, Connection, WorkerState
 
 bp = Blueprint("metrics", __name__)
 
@@ -47,6 +48,12 @@ UPSTREAM_SECONDS = Histogram(
     "broker_upstream_seconds", "Latency of calls to Google", ["endpoint"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+AUDIT_TAMPER = Counter(
+    "broker_audit_tamper_total",
+    "Audit events the chainer refused as inserted late or back-dated (each pass they remain)",
+)
+# The WorkerState row that serialises chaining and keeps the last signed checkpoint.
+CHECKPOINT_STATE = "audit-checkpoint"
 FETCH_SECONDS = Histogram(
     "broker_fetch_seconds", "Latency of POST /api/v1/token inside the broker",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -54,7 +61,7 @@ FETCH_SECONDS = Histogram(
 
 
 class DatabaseCollector(Collector):
-    """Connections by status and each tenant's audit chain head, read when scraped."""
+    """Connections by status, audit chain heads and the last checkpoint, read when scraped."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
@@ -64,25 +71,42 @@ class DatabaseCollector(Collector):
             "broker_connections", "Connections by status", labels=["status"]
         )
         head = GaugeMetricFamily(
-            "broker_audit_chain_head", "Highest chained audit sequence per tenant",
+            "broker_audit_chain_head", "Highest chained audit sequence per chain (tenant, system)",
             labels=["tenant_id"],
+        )
+        checkpoint_seq = GaugeMetricFamily(
+            "broker_audit_checkpoint_seq", "Insertion sequence of the last signed audit checkpoint"
+        )
+        checkpoint_mac = GaugeMetricFamily(
+            "broker_audit_checkpoint_mac48",
+            "First 48 bits of the last audit checkpoint's MAC (`broker audit verify --expect`)",
         )
         try:
             with get_db(self.app).transaction(write=False) as session:
+                stored = session.scalar(
+                    select(WorkerState.value).where(WorkerState.name == CHECKPOINT_STATE)
+                )
+                found = re.fullmatch(r"(\d{1,18}):([0-9a-f]{12,64})", stored or "")
+                if found:
+                    checkpoint_seq.add_metric([], int(found[1]))
+                    checkpoint_mac.add_metric([], int(found[2][:12], 16))
                 for status, count in session.execute(
                     select(Connection.status, func.count()).group_by(Connection.status)
                 ):
                     by_status.add_metric([status], count)
-                for tenant_id, seq in session.execute(
-                    select(AuditEvent.tenant_id, func.max(AuditEvent.chain_seq))
+                for chain_id, seq in session.execute(
+                    select(AuditEvent.chain_id, func.max(AuditEvent.chain_seq))
                     .where(AuditEvent.chain_seq.is_not(None))
-                    .group_by(AuditEvent.tenant_id)
+                    .group_by(AuditEvent.chain_id)
                 ):
-                    head.add_metric([str(tenant_id)], seq or 0)
+                    label = "system" if chain_id == SYSTEM_CHAIN else str(chain_id)
+                    head.add_metric([label], seq or 0)
         except SQLAlchemyError:
             pass  # the counters still answer while the database is down
         yield by_status
         yield head
+        yield checkpoint_seq
+        yield checkpoint_mac
 
 
 def _allowed() -> bool:

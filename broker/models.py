@@ -8,8 +8,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -324,17 +326,30 @@ class AuditKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+# The chain of events that name no tenant (sign-in refusals, tenant deletions, key rotation).
+SYSTEM_CHAIN = uuid.UUID(int=0)
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_tenant_at", "tenant_id", "at"),
-        Index("ix_audit_events_tenant_chain", "tenant_id", "chain_seq"),
+        Index("ix_audit_events_chain", "chain_id", "chain_seq"),
+        Index("ix_audit_events_seq", "seq", unique=True),
+        # The chainer's two questions: what waits after the head, and what waits below it.
+        Index("ix_audit_events_unchained", "chain_seq", "seq"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("tenants.id", ondelete="SET NULL")
     )
+    # Insertion order, assigned by the database in the INSERT itself: an identity column on
+    # PostgreSQL, an AFTER INSERT trigger on SQLite (migration 0003 says why).
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+    # Which chain the event belongs to: its tenant's id, kept when the tenant is deleted (no
+    # foreign key), or SYSTEM_CHAIN.
+    chain_id: Mapped[uuid.UUID]
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     actor_type: Mapped[str] = mapped_column(String(10))
     actor_id: Mapped[str | None] = mapped_column(String(64))

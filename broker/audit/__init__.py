@@ -1,14 +1,23 @@
 """The audit log: record events in the caller's transaction, chain them, verify, query (§10)."""
 
-from broker.audit.duties import ChainWindows, chain_audit
-from broker.audit.events import (
-    INSERT,
+from broker.audit.chains import (
+    Chained,
+    ChainWindows,
+    Checkpoint,
     Verdict,
     chain,
+    chain_key,
+    check_checkpoint,
+    checkpoint,
+    parse_checkpoint,
+    verify,
+)
+from broker.audit.duties import chain_audit
+from broker.audit.events import (
+    INSERT,
     event_values,
     insert_event,
     record,
-    verify,
 )
 from broker.audit.queries import (
     OUTCOMES,
@@ -20,7 +29,8 @@ from broker.audit.queries import (
 )
 
 __all__ = [
-    "INSERT", "OUTCOMES", "ChainWindows", "Verdict", "actions", "chain", "chain_audit",
-    "chain_status", "event_values", "export_csv", "insert_event", "page_of_events",
+    "INSERT", "OUTCOMES", "ChainWindows", "Chained", "Checkpoint", "Verdict", "actions",
+    "chain", "chain_audit", "chain_key", "chain_status", "check_checkpoint", "checkpoint",
+    "event_values", "export_csv", "insert_event", "page_of_events", "parse_checkpoint",
     "parse_filter", "record", "verify",
 ]

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, false, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from broker.audit import events as audit
+from broker.audit import chains as audit
 from broker.errors import InvalidRequest
 from broker.keys import CryptoError, KeyService
 from broker.models import AuditEvent, User
@@ -229,10 +229,10 @@ def chain_status(session: Session, tenant_id: uuid.UUID, keys: KeyService) -> Ch
     """Count chained and waiting events and verify the chained part (read-only)."""
     chained, head = session.execute(
         select(func.count(AuditEvent.chain_seq), func.max(AuditEvent.chain_seq))
-        .where(AuditEvent.tenant_id == tenant_id)
+        .where(AuditEvent.chain_id == tenant_id)
     ).one()
     total = session.scalar(
-        select(func.count()).select_from(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
+        select(func.count()).select_from(AuditEvent).where(AuditEvent.chain_id == tenant_id)
     )
     status = ChainStatus(int(chained or 0), int(total or 0) - int(chained or 0), head)
     try:
@@ -243,6 +243,7 @@ def chain_status(session: Session, tenant_id: uuid.UUID, keys: KeyService) -> Ch
         status.verified, status.problems = False, ["the verification could not run"]
         return status
     status.verified = verdict.ok
-    if not verdict.ok:
+    if verdict.first_bad is not None:
         status.problems = [f"event {verdict.first_bad}: {verdict.problem}"]
+    status.problems += [f"event {event_id}: {why}" for event_id, why in verdict.refused]
     return status

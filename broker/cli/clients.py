@@ -1,4 +1,4 @@
-"""`broker client …`, `broker webhook …`, `broker audit verify` and `broker worker`."""
+"""`broker client …`, `broker webhook …` and `broker worker`."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ import uuid
 import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
-from sqlalchemy import select
 
-from broker import audit, webhooks
+from broker import webhooks
 from broker.cli.actor import actor
 from broker.clock import get_clock
 from broker.db import get_db
 from broker.errors import InvalidRequest
 from broker.keys import get_keys
 from broker.logging import redact
-from broker.models import AuditEvent
 from broker.tenancy import clients, tenants
 
 
@@ -144,36 +142,6 @@ def webhook_disable(webhook_id: str) -> None:
     click.echo(f"disabled {webhook_id}")
 
 
-@click.group("audit", cls=AppGroup)
-def audit_group() -> None:
-    """Audit log integrity."""
-
-
-@audit_group.command("verify")
-@click.option("--tenant", "slug", help="one tenant (default: every chain)")
-def audit_verify(slug: str | None) -> None:
-    """Verify the audit chains read-only; exit 1 naming the first bad event."""
-    keys, bad = get_keys(), False
-    targets: list[tuple[str, uuid.UUID | None]]
-    with get_db().transaction(write=False) as session:
-        if slug:
-            targets = [(slug, tenants.get_tenant(session, slug).id)]
-        else:
-            ids = session.scalars(select(AuditEvent.tenant_id).distinct()).all()
-            targets = [(str(t) if t else "system", t) for t in ids]
-        for label, tenant_id in targets:
-            verdict = audit.verify(session, keys, tenant_id)
-            if verdict.ok:
-                click.echo(f"{label}: ok, {verdict.chained} chained, {verdict.pending} pending, "
-                           f"head {verdict.head[:16] or '-'}")
-            else:
-                bad = True
-                click.echo(f"{label}: BROKEN at event {verdict.first_bad}: {verdict.problem}",
-                           err=True)
-    if bad:
-        sys.exit(1)
-
-
 @click.command("worker")
 @with_appcontext
 @click.option("--once", is_flag=True, help="run every duty once and exit")
@@ -199,4 +167,4 @@ def worker_command(once: bool, interval: float) -> None:
     worker.run(app, interval=interval)
 
 
-COMMANDS = [client, webhook, audit_group, worker_command]
+COMMANDS = [client, webhook, worker_command]

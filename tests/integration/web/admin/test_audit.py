@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from broker import audit
 from broker.audit.queries import escape_cell
+from broker.clock import utcnow
 from broker.db import get_db
 from broker.keys.extension import get_keys
 from broker.models import AuditEvent
@@ -99,15 +100,20 @@ def test_escape_cell() -> None:
 def test_the_chain_is_verified_and_tampering_shown(
     admin_app: Flask, org: Org, as_admin: Browser
 ) -> None:
-    add(admin_app, org, 3)
+    # Chaining follows insertion order: the events come after the org's own, in time too.
+    start = utcnow() + dt.timedelta(hours=1)
+    add(admin_app, org, 3, start=start)
     with get_db(admin_app).transaction() as session:
-        audit.chain(session, get_keys(admin_app), org.tenant.id,
-                    older_than=dt.datetime(2026, 3, 1, 12, 2, tzinfo=dt.UTC))
+        audit.chain(session, get_keys(admin_app), older_than=start + dt.timedelta(minutes=2))
+        chained = len(session.scalars(select(AuditEvent.id).where(
+            AuditEvent.chain_id == org.tenant.id, AuditEvent.chain_seq.is_not(None))).all())
     body = as_admin.get("/admin/audit").get_data(as_text=True)
     assert "Chain verified" in body
-    assert "2 events chained (head 2)" in body and "waiting to be chained" in body
+    assert f"{chained} events chained (head {chained})" in body
+    assert "waiting to be chained" in body
     with get_db(admin_app).transaction() as session:
-        event = session.scalars(select(AuditEvent).where(AuditEvent.chain_seq == 1)).one()
+        event = session.scalars(select(AuditEvent).where(
+            AuditEvent.chain_id == org.tenant.id, AuditEvent.chain_seq == 1)).one()
         event.reason = "edited"
     body = as_admin.get("/admin/audit").get_data(as_text=True)
     assert "Chain verification FAILED" in body and "edited or reordered" in body
