@@ -132,11 +132,13 @@ def _run(port: int, emulator_port: int) -> None:
 
     _, stop_emulator = serve_in_thread(emulator, "127.0.0.1", emulator_port)
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietQueryHandler)
-    stop_worker = threading.Event()
+    stop_worker, worked = threading.Event(), threading.Event()
     worker_thread = threading.Thread(
-        target=run_worker, args=(app, stop_worker), name="demo-worker", daemon=True
+        target=run_worker, args=(app, stop_worker, worked), name="demo-worker", daemon=True
     )
     worker_thread.start()
+    # The banner comes after the first pass, so the first page never says "no worker".
+    worked.wait(timeout=60)
     click.echo(banner(public_url, google_url, state))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -151,14 +153,18 @@ def _run(port: int, emulator_port: int) -> None:
         stop_emulator()
 
 
-def run_worker(app: Any, stop: threading.Event, interval: float = WORKER_INTERVAL) -> None:
-    """Run the worker's passes until `stop` is set: the demo's pages promise its work."""
+def run_worker(
+    app: Any, stop: threading.Event, worked: threading.Event,
+    interval: float = WORKER_INTERVAL,
+) -> None:
+    """Run the worker's passes until `stop` is set; set `worked` after the first one."""
     from broker import worker
 
     # At least one pass, even when stopped at once: a demo that ran has a heartbeat.
     while True:
         worker.run_once(app)
         worker.beat(app, interval)
+        worked.set()
         if stop.wait(interval):
             return
 
@@ -170,6 +176,7 @@ def banner(public_url: str, google_url: str, state: DemoState) -> str:
         "Gmail token broker demo (offline: Google is the local emulator, not Google)",
         f"  open            {public_url}/",
         f"  sign in as      {MEMBER} (member) or {ADMIN} (tenant admin) on the emulator",
+        f"  switch account  sign out of the broker, then of the emulator: {google_url}/Logout",
         "  then            Connect Gmail, and fetch a token as the demo job:",
         "",
         f"curl -s -u '{state.api_client_id}:{state.api_client_secret}' "
