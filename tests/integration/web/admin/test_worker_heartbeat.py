@@ -45,10 +45,18 @@ def test_the_audit_page_claims_no_verified_chain_while_events_wait(
     body = as_admin.get("/admin/audit").get_data(as_text=True)
     assert "Chain verified" not in body
     # The tenant's creation and the hand-out: both recorded, neither chained.
-    assert '<span class="warn">Chained events verify; 2 newer events wait for the worker' in body
+    assert '<span class="warn">Not verified yet: 2 events wait for the worker' in body
+    moved.advance(minutes=1)  # past the chain's lag, so the pass chains both events
     worker.run(admin_app, once=True)
     body = as_admin.get("/admin/audit").get_data(as_text=True)
     assert "Chain verified" in body and 'id="worker-late"' not in body
+    assert "2 events chained" in body
+    # The worker stops: what it chained still verifies, what came later is said to wait.
+    moved.advance(minutes=3)
+    _waiting_event(admin_app, org)
+    body = as_admin.get("/admin/audit").get_data(as_text=True)
+    assert "Chain verified" not in body
+    assert '<span class="warn">Chained events verify; 1 newer events wait' in body
 
 
 @pytest.mark.parametrize("path", PAGES)
