@@ -367,8 +367,12 @@ class AuditEvent(Base):
     mac: Mapped[str | None] = mapped_column(String(64))
 
 
+# The WorkerState row a worker loop rewrites after every pass (its value: the pass interval).
+WORKER_HEARTBEAT = "worker.heartbeat"
+
+
 class WorkerState(Base):
-    """Small named markers the worker keeps (e.g. last keep-alive sweep)."""
+    """Small named markers the worker keeps (e.g. last keep-alive sweep, its heartbeat)."""
 
     __tablename__ = "worker_state"
 

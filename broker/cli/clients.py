@@ -145,7 +145,9 @@ def webhook_disable(webhook_id: str) -> None:
 @click.command("worker")
 @with_appcontext
 @click.option("--once", is_flag=True, help="run every duty once and exit")
-@click.option("--interval", default=15.0, show_default=True, help="seconds between passes")
+@click.option("--interval", default=15.0, show_default=True,
+              help="seconds between passes (with --once: how often you run it, which pages use "
+                   "to tell a stopped worker)")
 def worker_command(once: bool, interval: float) -> None:
     """Run the background worker."""
     from broker import worker
@@ -154,6 +156,7 @@ def worker_command(once: bool, interval: float) -> None:
     get_keys(app)
     if once:
         done = worker.run_pass(app)
+        worker.beat(app, interval)
         click.echo(json.dumps(done.report))
         debug = app.config["BROKER"].DEBUG
         for name, exc in done.failures.items():

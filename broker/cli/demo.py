@@ -1,4 +1,5 @@
-"""`broker demo`: the emulator and the broker on loopback, with a tenant, accounts and a client."""
+"""`broker demo`: the emulator, the broker and its worker on loopback, with a tenant, accounts
+and a client."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ DOMAIN = "demo.test"
 ADMIN = "admin@demo.test"
 MEMBER = "alice@demo.test"
 GOOGLE_CLIENT_ID = "demo-broker.apps.googleusercontent.com"
+# Short, so a webhook or a rotated key visibly moves within seconds of the click.
+WORKER_INTERVAL = 5.0
 SCOPES = [
     "https://www.googleapis.com/auth/gmail.readonly",
     "https://www.googleapis.com/auth/gmail.send",
@@ -129,16 +132,41 @@ def _run(port: int, emulator_port: int) -> None:
 
     _, stop_emulator = serve_in_thread(emulator, "127.0.0.1", emulator_port)
     server = make_server("127.0.0.1", port, app, threaded=True, request_handler=QuietQueryHandler)
+    stop_worker, worked = threading.Event(), threading.Event()
+    worker_thread = threading.Thread(
+        target=run_worker, args=(app, stop_worker, worked), name="demo-worker", daemon=True
+    )
+    worker_thread.start()
+    # The banner comes after the first pass, so the first page never says "no worker".
+    worked.wait(timeout=60)
     click.echo(banner(public_url, google_url, state))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         thread.join()
     except KeyboardInterrupt:
-        click.echo("\nstopping the broker and the emulator")
+        click.echo("\nstopping the broker, the worker and the emulator")
     finally:
+        stop_worker.set()
         server.shutdown()
+        worker_thread.join(timeout=30)
         stop_emulator()
+
+
+def run_worker(
+    app: Any, stop: threading.Event, worked: threading.Event,
+    interval: float = WORKER_INTERVAL,
+) -> None:
+    """Run the worker's passes until `stop` is set; set `worked` after the first one."""
+    from broker import worker
+
+    # At least one pass, even when stopped at once: a demo that ran has a heartbeat.
+    while True:
+        worker.run_once(app)
+        worker.beat(app, interval)
+        worked.set()
+        if stop.wait(interval):
+            return
 
 
 def banner(public_url: str, google_url: str, state: DemoState) -> str:
@@ -148,11 +176,13 @@ def banner(public_url: str, google_url: str, state: DemoState) -> str:
         "Gmail token broker demo (offline: Google is the local emulator, not Google)",
         f"  open            {public_url}/",
         f"  sign in as      {MEMBER} (member) or {ADMIN} (tenant admin) on the emulator",
+        f"  switch account  sign out of the broker, then of the emulator: {google_url}/Logout",
         "  then            Connect Gmail, and fetch a token as the demo job:",
         "",
         f"curl -s -u '{state.api_client_id}:{state.api_client_secret}' "
         f"-H 'Content-Type: application/json' -d '{body}' {public_url}/api/v1/token",
         "",
+        f"  worker          every {WORKER_INTERVAL:g} s: audit chain, webhooks, re-seal, refresh",
         f"  emulator        {google_url}/_emulator/calls (controls, counters)",
         "  stop            Ctrl-C",
     ])

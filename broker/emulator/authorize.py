@@ -1,4 +1,5 @@
-"""Google's authorization endpoint: account chooser, consent screen and the redirect back."""
+"""Google's authorization endpoint: account chooser, consent screen, the redirect back, and
+signing out of the emulator."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authlib.common.urls import add_params_to_uri
-from flask import Blueprint, redirect, render_template, request, session
+from flask import Blueprint, redirect, render_template, request, session, url_for
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
@@ -143,6 +144,18 @@ def authorize() -> Any:
     if not granted:
         return _redirect_error(auth, "access_denied")
     return _grant(auth, account, granted)
+
+
+@bp.route("/Logout", methods=["GET", "POST"])
+def logout() -> Response:
+    """Sign every account out of this browser, as accounts.google.com/Logout does."""
+    session.clear()
+    back = request.values.get("continue", "")
+    # Only a path on the emulator itself: a sign-out link must not be an open redirect.
+    if back.startswith("/") and not back.startswith(("//", "/\\")):
+        return redirect(back, code=303)
+    page = render_template("emulator/signed_out.html")
+    return Response(page, status=200, mimetype="text/html")
 
 
 def _start(auth: AuthRequest) -> Response:
@@ -288,9 +301,13 @@ def _chooser(auth: AuthRequest, message: str | None = None) -> Response:
     state = get_emulator().state
     with state.lock:
         accounts = sorted(state.accounts.values(), key=lambda a: a.email)
+    signed_in = [a.email for a in _signed_in_accounts()]
+    # Google lists the accounts signed in to this browser first.
+    accounts.sort(key=lambda a: a.email not in signed_in)
     page = render_template(
         "emulator/chooser.html",
         accounts=accounts,
+        signed_in=signed_in,
         client_id=auth.client_id,
         action=request.full_path,
         csrf=_csrf(),
@@ -308,9 +325,16 @@ def _consent_page(auth: AuthRequest, account: Account) -> Response:
         identity=[s for s in auth.scopes if s in IDENTITY_SCOPES],
         scopes=[s for s in auth.scopes if s not in IDENTITY_SCOPES],
         action=request.full_path,
+        switch=_path_with_prompt("select_account"),
         csrf=_csrf(),
     )
     return Response(page, status=200, mimetype="text/html")
+
+
+def _path_with_prompt(prompt: str) -> str:
+    """Return this authorization request's path with its `prompt` replaced."""
+    args: dict[str, Any] = {k: v for k, v in request.args.items() if k != "prompt"}
+    return url_for("emulator_authorize.authorize", **args, prompt=prompt)
 
 
 def _error_page(refusal: PageError) -> Response:

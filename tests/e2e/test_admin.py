@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from broker import worker
 from broker.db import get_db
 from broker.models import Tenant, User
 from broker.scopes import normalise, parse_google
@@ -122,6 +123,7 @@ def test_admin_pages_client_policy_suspension_and_csv(
     assert "version 2 now seals" in page.inner_text("main")
     page.screenshot(path=str(screenshots / "admin-07-keys.png"), full_page=True)
 
+    worker.run(broker.app, once=True)  # without a worker the page rightly claims nothing
     page.goto(broker.url + "/admin/audit")
     assert "user.suspend" in page.inner_text("#events")
     assert "Chain verified" in page.inner_text("#verification")

@@ -12,6 +12,7 @@ from broker.db import get_db
 from broker.keys import get_keys
 from broker.web import guard
 from broker.web.admin import access
+from broker.web.admin.worker_status import worker_seen
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
@@ -24,9 +25,10 @@ def index() -> str:
         page = audit.page_of_events(session, access.tenant_id(), wanted)
         actions = audit.actions(session, access.tenant_id())
         chain = audit.chain_status(session, access.tenant_id(), get_keys())
+        worker = worker_seen(session, guard.now())
     return render_template(
         "admin/audit.html", page=page, wanted=wanted, actions=actions, chain=chain,
-        outcomes=audit.OUTCOMES,
+        outcomes=audit.OUTCOMES, worker=worker,
     )
 
 

@@ -8,7 +8,9 @@ from werkzeug.wrappers import Response
 from broker.db import get_db
 from broker.keys import get_keys
 from broker.tenancy import key_rotation
+from broker.web import guard
 from broker.web.admin import access
+from broker.web.admin.worker_status import worker_seen
 
 bp = Blueprint("keys", __name__, url_prefix="/keys")
 
@@ -18,7 +20,8 @@ def index() -> str:
     """List data key versions with their dates and seal counts."""
     with get_db().transaction(write=False) as session:
         rows = key_rotation.list_keys(session, access.tenant_id())
-    return render_template("admin/keys.html", keys=rows)
+        worker = worker_seen(session, guard.now())
+    return render_template("admin/keys.html", keys=rows, worker=worker)
 
 
 @bp.post("/rotate")

@@ -11,7 +11,9 @@ from broker import webhooks
 from broker.db import get_db
 from broker.errors import InvalidRequest
 from broker.keys import get_keys
+from broker.web import guard
 from broker.web.admin import access
+from broker.web.admin.worker_status import worker_seen
 from broker.webhooks import EVENTS
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -23,8 +25,10 @@ def index() -> str:
     with get_db().transaction(write=False) as session:
         hooks = webhooks.list_webhooks(session, access.tenant_id())
         deliveries = webhooks.recent_deliveries(session, access.tenant_id())
+        worker = worker_seen(session, guard.now())
     return render_template(
-        "admin/webhooks.html", webhooks=hooks, deliveries=deliveries, events=EVENTS
+        "admin/webhooks.html", webhooks=hooks, deliveries=deliveries, events=EVENTS,
+        worker=worker,
     )
 
 

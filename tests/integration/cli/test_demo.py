@@ -1,10 +1,11 @@
-"""`broker demo`: one command serves the emulator and the broker, and a rerun reuses all."""
+"""`broker demo`: one command serves the emulator, the broker and its worker; a rerun reuses all."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from broker.models import WORKER_HEARTBEAT
 from tests.ports import free_port
 
 
@@ -60,7 +62,12 @@ def _run_once(instance: Path) -> str:
         rest, _ = process.communicate(timeout=20)
     out = printed + rest
     assert process.returncode == 0
-    assert "stopping the broker and the emulator" in out
+    assert "stopping the broker, the worker and the emulator" in out
+    # The worker ran inside the demo: its heartbeat is in the demo's database.
+    with sqlite3.connect(instance / "broker.db") as db:
+        beat = db.execute("SELECT value FROM worker_state WHERE name = ?",
+                          (WORKER_HEARTBEAT,)).fetchone()
+    assert beat is not None and float(beat[0]) > 0
     curl = re.search(r"^curl .*$", out, re.MULTILINE)
     assert curl is not None
     return re.sub(r"127\.0\.0\.1:\d+", "HOST", curl.group(0))
