@@ -32,8 +32,8 @@ def stylesheet() -> Response:
     return response
 
 
-@bp.get("/favicon.svg")
-@bp.get("/favicon.ico")
+@bp.get("/favicon.ico")  # browsers ask here on their own
+@bp.get("/favicon.svg")  # registered first: url_for builds this one
 def favicon() -> Response:
     """Serve the icon browsers show in tabs (an SVG: one small file, sharp at every size)."""
     response = Response((STATIC / "favicon.svg").read_bytes(), mimetype="image/svg+xml")
