@@ -85,9 +85,8 @@ def secret(client_id: str) -> str:
         kept = once.take(
             session, get_keys(), tenant_id=access.tenant_id(),
             browser_session_id=state.browser_session.id, now=guard.now(),
+            about=("client_id", client_id),
         )
-    if kept is None or kept.get("client_id") != client_id:
-        kept = None
     return render_template(
         "admin/client_secret.html", client_id=client_id,
         secret=kept["secret"] if kept else None, rotated=bool(kept and kept.get("rotated")),

@@ -48,20 +48,29 @@ def keep(
 
 def take(
     session: Session, keys: KeyService, *, tenant_id: uuid.UUID,
-    browser_session_id: uuid.UUID, now: dt.datetime,
+    browser_session_id: uuid.UUID, now: dt.datetime, about: tuple[str, str],
 ) -> dict[str, str] | None:
-    """Return the payload kept for this browser session and forget it; None when gone."""
+    """Return the payload kept for this session about (key, value) and forget it; else None.
+
+    A payload about something else stays: opening another client's page must not lose the
+    secret still waiting to be shown.
+    """
     name = _name(browser_session_id)
     row = session.get(WorkerState, name, with_for_update=True)
     if row is None:
         return None
-    session.delete(row)
     if row.updated_at < now - TTL:
+        session.delete(row)
         return None
     try:
         opened = keys.open(session, tenant_id, name, FIELD, bytes.fromhex(row.value))
     except (CryptoError, ValueError):
         # A retired key or a row of another tenant: the secret is simply no longer shown.
+        session.delete(row)
         return None
-    payload = json.loads(opened)
-    return {str(k): str(v) for k, v in payload.items()}
+    payload = {str(k): str(v) for k, v in json.loads(opened).items()}
+    key, value = about
+    if payload.get(key) != value:
+        return None
+    session.delete(row)
+    return payload

@@ -69,9 +69,8 @@ def secret(webhook_id: uuid.UUID) -> str:
         kept = once.take(
             session, get_keys(), tenant_id=access.tenant_id(),
             browser_session_id=state.browser_session.id, now=guard.now(),
+            about=("webhook_id", str(webhook_id)),
         )
-    if kept is None or kept.get("webhook_id") != str(webhook_id):
-        kept = None
     return render_template("admin/webhook_secret.html", kept=kept)
 
 

@@ -214,3 +214,14 @@ def test_a_refused_edit_keeps_what_was_typed(admin_app: Flask, as_admin: Browser
     with get_db(admin_app).transaction(write=False) as session:
         row = session.get(ApiClient, client_id)
         assert row is not None and row.allowed_scopes == [READONLY]
+
+
+def test_opening_another_clients_secret_page_keeps_the_waiting_secret(
+    admin_app: Flask, as_admin: Browser
+) -> None:
+    other_id, _, _ = create(as_admin, "first")
+    answer = as_admin.post("/admin/clients", {"name": "second", "scopes": [READONLY]})
+    # A stray visit to another client's secret page shows nothing and takes nothing.
+    stray = as_admin.get(f"/admin/clients/{other_id}/secret").get_data(as_text=True)
+    assert SECRET.search(stray) is None
+    assert SECRET.search(as_admin.get(answer.headers["Location"]).get_data(as_text=True))
