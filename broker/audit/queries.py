@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, func, or_, select
+from sqlalchemy import ColumnElement, false, func, literal, or_, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,31 @@ CSV_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class Cursor:
+    """A place in the log (newest first, ties by id), written into page links."""
+
+    at: dt.datetime
+    id: uuid.UUID
+
+    def __str__(self) -> str:
+        return f"{self.at.astimezone(dt.UTC):%Y%m%dT%H%M%S%f}-{self.id.hex}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """Read a cursor from a page link; raise ValueError on anything else."""
+        stamp, _, ident = text.partition("-")
+        if len(stamp) != 21 or len(ident) != 32:
+            raise ValueError(text)
+        at = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S%f").replace(tzinfo=dt.UTC)
+        return cls(at, uuid.UUID(hex=ident))
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> Cursor:
+        """Return the place of an event."""
+        return cls(event.at, event.id)
+
+
+@dataclass(frozen=True)
 class AuditFilter:
     """What the admin asked to see."""
 
@@ -43,7 +68,9 @@ class AuditFilter:
     outcome: str = ""
     since: dt.datetime | None = None
     until: dt.datetime | None = None
-    page: int = 1
+    # Keyset cursors: show events just older than `before`, or just newer than `after`.
+    before: Cursor | None = None
+    after: Cursor | None = None
     raw: dict[str, str] = field(default_factory=dict)
 
     def args(self, **overrides: Any) -> dict[str, str]:
@@ -58,9 +85,9 @@ class AuditPage:
     """One page of events, newest first, with the emails of the users they name."""
 
     events: list[AuditEvent]
-    page: int
-    has_next: bool
     emails: dict[str, str]
+    newer: Cursor | None = None  # link to the events just newer than this page, if any
+    older: Cursor | None = None  # link to the events just older than this page, if any
 
 
 @dataclass
@@ -99,12 +126,19 @@ def parse_filter(args: Mapping[str, str]) -> AuditFilter:
             times[name] = parse_time(raw[name], end=name == "until") if raw[name] else None
         except ValueError:
             raise InvalidRequest(f"{name}: not a date or time like 2026-01-31T12:00") from None
-    page_text = str(args.get("page") or "1")
-    if not page_text.isdigit() or not 1 <= int(page_text) <= 100_000:
-        raise InvalidRequest("page must be a positive number")
+    cursors: dict[str, Cursor | None] = {}
+    for name in ("before", "after"):
+        text = str(args.get(name) or "").strip()
+        try:
+            cursors[name] = Cursor.parse(text) if text else None
+        except ValueError:
+            raise InvalidRequest(f"{name}: not a place in the log; use the page links") from None
+    if cursors["before"] and cursors["after"]:
+        raise InvalidRequest("give before or after, not both")
     return AuditFilter(
         user=raw["user"], client=raw["client"], action=raw["action"], outcome=raw["outcome"],
-        since=times["since"], until=times["until"], page=int(page_text), raw=raw,
+        since=times["since"], until=times["until"], before=cursors["before"],
+        after=cursors["after"], raw=raw,
     )
 
 
@@ -167,16 +201,39 @@ def _emails(
 def page_of_events(
     session: Session, tenant_id: uuid.UUID, wanted: AuditFilter, size: int = PAGE_SIZE
 ) -> AuditPage:
-    """Return one page of the tenant's events matching the filter, newest first."""
-    rows = list(session.scalars(
-        select(AuditEvent)
-        .where(*_conditions(session, tenant_id, wanted))
-        .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
-        .offset((wanted.page - 1) * size)
-        .limit(size + 1)
-    ))
-    events = rows[:size]
-    return AuditPage(events, wanted.page, len(rows) > size, _emails(session, tenant_id, events))
+    """Return one page of the tenant's events matching the filter, newest first.
+
+    Keyset pagination: the page starts right after a cursor (an event's time and id), so a
+    deep page costs what the first one does (an index range scan, never OFFSET's skipped rows)
+    and new events arriving meanwhile neither shift nor repeat rows.
+    """
+    where = _conditions(session, tenant_id, wanted)
+    place = tuple_(AuditEvent.at, AuditEvent.id)
+    query = select(AuditEvent).limit(size + 1)
+    rows: list[AuditEvent] = []
+    if wanted.after is not None:
+        # Newer events: walk up from the cursor, then show them newest first like any page.
+        newer = query.where(*where, place > tuple_(literal(wanted.after.at, AuditEvent.at.type),
+                                                   literal(wanted.after.id, AuditEvent.id.type)))
+        rows = list(session.scalars(newer.order_by(AuditEvent.at, AuditEvent.id)))
+    if len(rows) > size:
+        events = list(reversed(rows[:size]))
+        more_newer, more_older = True, True
+    else:
+        # No cursor, or fewer than a page above it: this is simply the newest page.
+        if wanted.before is not None and wanted.after is None:
+            where.append(place < tuple_(literal(wanted.before.at, AuditEvent.at.type),
+                                        literal(wanted.before.id, AuditEvent.id.type)))
+        query = query.where(*where).order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        rows = list(session.scalars(query))
+        events = rows[:size]
+        more_newer = wanted.before is not None and wanted.after is None
+        more_older = len(rows) > size
+    return AuditPage(
+        events, _emails(session, tenant_id, events),
+        newer=Cursor.of(events[0]) if events and more_newer else None,
+        older=Cursor.of(events[-1]) if events and more_older else None,
+    )
 
 
 def actions(session: Session, tenant_id: uuid.UUID) -> list[str]:
@@ -210,7 +267,7 @@ def export_csv(
     """Return the matching events (all pages, newest first) as CSV text."""
     query = (
         select(AuditEvent)
-        .where(*_conditions(session, tenant_id, replace(wanted, page=1)))
+        .where(*_conditions(session, tenant_id, replace(wanted, before=None, after=None)))
         .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
         .limit(limit)
     )

@@ -82,6 +82,11 @@ def tenant_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
         return
+    if not rows:
+        # Silence would look like a failure or a wrong database; say so and what to do.
+        click.echo("no tenants yet; create one with `broker tenant create SLUG --name NAME "
+                   "--admin EMAIL`")
+        return
     for row in rows:
         click.echo(f"{row['slug']}\t{row['name']}\t{','.join(row['domains'])}")
 

@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker import audit
-from broker.errors import InvalidRequest, NotFound
+from broker.errors import Conflict, InvalidRequest, NotFound
 from broker.keys import digest, new_secret
 from broker.models import ApiClient, Tenant
 from broker.scopes import InvalidScope, normalise
@@ -68,6 +68,29 @@ def parse_grace(text: str) -> dt.timedelta:
     return grace
 
 
+def check_name_free(session: Session, tenant_id: uuid.UUID, name: str) -> None:
+    """Raise Conflict when the tenant already has a client of this name (any case, any status)."""
+    # Disabled clients count too: their name stays in the audit log and must keep meaning one.
+    taken = session.scalar(
+        select(ApiClient.id).where(
+            ApiClient.tenant_id == tenant_id, func.lower(ApiClient.name) == name.lower()
+        ).limit(1)
+    )
+    if taken is not None:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise Conflict(f"an API client named {shown!r} already exists; choose another name")
+
+
+def scopes_in_use(session: Session, tenant_id: uuid.UUID) -> set[str]:
+    """Return the scopes some active API client of the tenant may ask for."""
+    allowed = session.scalars(
+        select(ApiClient.allowed_scopes).where(
+            ApiClient.tenant_id == tenant_id, ApiClient.status == "active"
+        )
+    )
+    return {scope for scopes in allowed for scope in scopes}
+
+
 def get_client(
     session: Session, client_id: str, *, tenant_id: uuid.UUID | None = None
 ) -> ApiClient:
@@ -89,6 +112,7 @@ def create_client(
     name = name.strip()
     if not 1 <= len(name) <= 200:
         raise InvalidRequest("a client name is 1-200 characters")
+    check_name_free(session, tenant.id, name)
     secret = new_secret()
     row = ApiClient(
         id="cl_" + secrets.token_hex(10), tenant_id=tenant.id, name=name,

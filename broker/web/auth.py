@@ -102,7 +102,7 @@ def callback() -> Response:
             previous_session=state.browser_session.id if state.browser_session else None,
         )
     except SilentSignInFailed:
-        flash("Your session ended. Please sign in again.")
+        flash("Your session ended. Please sign in again.", "warning")
         response = redirect(url_for("home.index"), 303)
         guard.clear_session_cookie(response)
         guard.clear_binding_cookie(response)
@@ -136,7 +136,7 @@ def logout() -> Response:
                 session, state.user, state.browser_session.id, now=guard.now(),
                 ip=str(guard.ip()),
             )
-    flash("You are signed out.")
+    flash("You are signed out.", "info")
     response = redirect(url_for("home.index"), 303)
     guard.clear_session_cookie(response)
     return response

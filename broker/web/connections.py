@@ -22,9 +22,11 @@ from broker.google import GoogleError, NotConfigured, get_google
 from broker.identity import Refusal, anonymous_refusal, google_refusal
 from broker.keys import get_keys
 from broker.limits import get_limits
+from broker.models import User
+from broker.tenancy import clients
 from broker.web import guard
 from broker.web.auth import too_many
-from broker.web.errors import broker_error_page
+from broker.web.errors import audit_refusal, broker_error_page
 
 bp = Blueprint("connections", __name__, url_prefix="/connections")
 bp.register_error_handler(BrokerError, broker_error_page)
@@ -85,14 +87,18 @@ def index() -> str:
     assert user is not None  # noqa: S101 - login_required guarantees it
     with get_db().transaction(write=False) as session:
         own = own_connection(session, user)
+        in_use = clients.scopes_in_use(session, user.tenant_id)
     connection, offered = own.connection, own.offered
     connected = connection is not None and connection.status != "revoked"
     # What jobs can use is what Google granted minus what the user withholds.
     access = job_access(connection)
+    # Least privilege: a first connect pre-ticks only what some active job may ask for.
+    unused = [scope for scope in offered if scope not in in_use]
+    first = not (access.usable or access.withheld)
     return render_template(
         "connections/index.html", user=user, tenant=own.tenant, connection=connection,
         connected=connected, granted=access.usable, withheld=access.withheld, offered=offered,
-        ticked=set(access.usable if access.usable or access.withheld else offered),
+        ticked=set(offered) & in_use if first else set(access.usable), unused=unused,
         status_text=STATUS_TEXT, reason_text=REASON_TEXT,
         google_configured=guard.settings().google_configured,
     )
@@ -107,15 +113,42 @@ def connect() -> Response:
     assert user is not None and token is not None  # noqa: S101 - login_required
     requested = _requested()
     if not requested:
-        flash("Choose at least one Gmail permission.")
+        flash("Choose at least one Gmail permission.", "error")
         return redirect(url_for("connections.index"), 303)
     try:
         url = _service().start(user.id, token, requested)
+    except Refusal as refused:
+        if refused.reason == "scope_not_offered":
+            refused.details["not_offered"] = _not_offered(user, requested)
+        raise
     except GoogleError as failed:
         raise google_refusal(
             failed, action=ACTION, tenant_id=user.tenant_id, user_id=user.id
         ) from None
     return redirect(url, 302)
+
+
+def _not_offered(user: User, requested: list[str]) -> list[str]:
+    """Return the short names of requested scopes the tenant does not offer (for the page)."""
+    with get_db().transaction(write=False) as session:
+        offered = set(own_connection(session, user).offered)
+    names = []
+    for value in requested:
+        try:
+            full = scopes.full_name(value)
+        except scopes.InvalidScope:
+            full = value
+        if full not in offered:
+            # Typed by someone: shown escaped, kept short and printable.
+            name = "".join(c for c in full.removeprefix(scopes.PREFIX) if c.isprintable())
+            names.append(name[:60])
+    return list(dict.fromkeys(names))[:10]
+
+
+def _already_connected(user: User) -> bool:
+    with get_db().transaction(write=False) as session:
+        connection = own_connection(session, user).connection
+    return connection is not None and connection.status == "active"
 
 
 @bp.get("/callback")
@@ -132,6 +165,14 @@ def callback() -> Response:
         result = _service().finish(
             request.args, user_id=user.id, binding=guard.session_token(), ip=str(guard.ip())
         )
+    except Refusal as refused:
+        # A reload of the callback after it worked: the state is spent, the grant is there.
+        if refused.reason != "state_replayed" or not _already_connected(user):
+            raise
+        audit_refusal(refused)
+        flash("Gmail is already connected. That answer from Google was already used, so "
+              "nothing changed.", "info")
+        return redirect(url_for("connections.index"), 303)
     except GoogleError as failed:
         raise google_refusal(
             failed, action=ACTION, tenant_id=user.tenant_id, user_id=user.id
@@ -139,11 +180,11 @@ def callback() -> Response:
     if result.retry_url:
         return redirect(result.retry_url, 303)
     if result.granted:
-        flash("Gmail is connected.")
+        flash("Gmail is connected.", "success")
     else:
-        flash("You did not grant any Gmail access, so nothing was connected.")
+        flash("You did not grant any Gmail access, so nothing was connected.", "warning")
     for scope in result.not_granted:
-        flash(f"Not granted: {_label(scope)}")
+        flash(f"Not granted: {_label(scope)}", "warning")
     return redirect(url_for("connections.index"), 303)
 
 
@@ -164,12 +205,12 @@ def do_disconnect() -> Response:
     # kept only while the revocation is pending, so the worker can retry it.
     revoked = disconnect_user(current_app._get_current_object(), user)  # type: ignore[attr-defined]
     if revoked is None:
-        flash("Gmail was not connected.")
+        flash("Gmail was not connected.", "info")
     elif revoked:
-        flash("Gmail is disconnected and the access was revoked at Google.")
+        flash("Gmail is disconnected and the access was revoked at Google.", "success")
     else:
         flash("Gmail is disconnected. Google could not be reached to revoke the access; "
-              "the broker will keep trying.")
+              "the broker will keep trying.", "warning")
     return redirect(url_for("connections.index"), 303)
 
 
@@ -182,7 +223,7 @@ def update_access() -> Response:
     assert user is not None and token is not None  # noqa: S101 - login_required
     requested = _requested()
     if not requested:
-        flash("Choose at least one Gmail permission; to stop all access, disconnect.")
+        flash("Choose at least one Gmail permission; to stop all access, disconnect.", "error")
         return redirect(url_for("connections.index"), 303)
     try:
         change = _access().update(user.id, token, requested, ip=str(guard.ip()))
@@ -199,11 +240,11 @@ def update_access() -> Response:
 def _say(change: AccessChange) -> None:
     if change.withheld:
         flash(f"Jobs can no longer use: {_labels(change.withheld)}. Google still holds this "
-              "permission; use Remove at Google to drop it there too.")
+              "permission; use Remove at Google to drop it there too.", "success")
     if change.restored:
-        flash(f"Jobs may use again: {_labels(change.restored)}.")
+        flash(f"Jobs may use again: {_labels(change.restored)}.", "success")
     if not (change.withheld or change.restored or change.google_url):
-        flash("Nothing changed.")
+        flash("Nothing changed.", "info")
 
 
 @bp.get("/remove")
@@ -233,5 +274,5 @@ def do_remove() -> Response:
         ) from None
     if removal.google_url:
         return redirect(removal.google_url, 303)
-    flash(REMOVAL_TEXT.get(removal.problem or "", "Nothing changed."))
+    flash(REMOVAL_TEXT.get(removal.problem or "", "Nothing changed."), "error")
     return redirect(url_for("connections.index"), 303)

@@ -36,8 +36,10 @@ API_ERRORS: dict[int, type[errors.BrokerError]] = {
 JSON_PATHS = ("/api/", "/healthz", "/readyz", "/metrics")
 
 
-def _page(status: int, title: str, text: str, *, reason: str | None = None) -> Response:
-    body = render_template("error.html", status=status, title=title, text=text, reason=reason)
+def _page(status: int, title: str, text: str, *, reason: str | None = None,
+          names: list[str] | None = None) -> Response:
+    body = render_template("error.html", status=status, title=title, text=text, reason=reason,
+                           names=names or [])
     response = Response(body, status=status, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -74,8 +76,8 @@ def broker_error_page(exc: errors.BrokerError) -> Response:
                  exc.description, reason=exc.error)
 
 
-def refusal_page(refusal: Refusal) -> Response:
-    """Audit a refused browser flow and explain it on a page."""
+def audit_refusal(refusal: Refusal) -> None:
+    """Record a refused browser flow in the audit log and the log."""
     if refusal.action:
         try:
             with get_db().transaction() as session:
@@ -88,8 +90,26 @@ def refusal_page(refusal: Refusal) -> Response:
         except SQLAlchemyError:
             log.exception("could not audit a refusal (%s)", refusal.reason)
     log.info("refused: %s", refusal.reason, extra={"outcome": "denied", "reason": refusal.reason})
-    response = _page(refusal.status_code, refusal.title, refusal.explanation,
-                     reason=refusal.reason)
+
+
+def _cancelled_page(refusal: Refusal) -> Response:
+    # Cancelling at Google is a choice, not a failure: a calm page, and the way back.
+    connecting = request.endpoint == "connections.callback"
+    body = render_template("cancelled.html", connecting=connecting, reason=refusal.reason)
+    response = Response(body, status=200, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def refusal_page(refusal: Refusal) -> Response:
+    """Audit a refused browser flow and explain it on a page."""
+    audit_refusal(refusal)
+    if refusal.reason == "access_denied":
+        response = _cancelled_page(refusal)
+    else:
+        names = refusal.details.get("not_offered")
+        response = _page(refusal.status_code, refusal.title, refusal.explanation,
+                         reason=refusal.reason, names=names if isinstance(names, list) else None)
     if request.endpoint == "auth.callback" and not guard.current().valid:
         guard.clear_session_cookie(response)
     return response

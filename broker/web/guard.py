@@ -37,6 +37,11 @@ ENDED_MESSAGES = {
 }
 
 
+def ended_kind(reason: str) -> str:
+    """Return how a session's end is shown: a plain sign-out is news, the rest a warning."""
+    return "info" if reason == "logout" else "warning"
+
+
 def settings() -> Settings:
     """Return the app's settings."""
     return cast(Settings, current_app.config["BROKER"])
@@ -152,7 +157,7 @@ def login_required(view: View) -> View:
         if state.may_resume:
             return redirect(url_for("auth.login", next=request.path))
         if state.ended in ENDED_MESSAGES:
-            flash(ENDED_MESSAGES[state.ended])
+            flash(ENDED_MESSAGES[state.ended], ended_kind(state.ended))
         return redirect(url_for("home.index"))
 
     return cast(View, wrapped)

@@ -1,4 +1,4 @@
-"""The landing page and the stylesheet."""
+"""The landing page, the stylesheet and the favicon."""
 
 from __future__ import annotations
 
@@ -29,4 +29,13 @@ def stylesheet() -> Response:
     """Serve the one stylesheet (no inline styles: the CSP forbids them)."""
     response = Response((STATIC / "broker.css").read_bytes(), mimetype="text/css")
     response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@bp.get("/favicon.ico")  # browsers ask here on their own
+@bp.get("/favicon.svg")  # registered first: url_for builds this one
+def favicon() -> Response:
+    """Serve the icon browsers show in tabs (an SVG: one small file, sharp at every size)."""
+    response = Response((STATIC / "favicon.svg").read_bytes(), mimetype="image/svg+xml")
+    response.headers["Cache-Control"] = "public, max-age=86400"
     return response

@@ -11,15 +11,24 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import select
 from werkzeug.serving import make_server
 
+from broker.db import get_db
 from broker.emulator.server import QuietQueryHandler
+from broker.models import Tenant
+from broker.scopes import normalise, parse_google
+from broker.tenancy import clients
 from tests.conftest import Clock
-from tests.factories import make_tenant
+from tests.factories import make_connection, make_tenant, make_user
 from tests.integration.web.conftest import google_settings, register_broker
+from tests.integration.web.support import CLIENT_ID
 from tests.plugins.emulator import EmulatorControls
 
 CHROMIUM = "/usr/bin/chromium"
+READONLY = "https://www.googleapis.com/auth/gmail.readonly"
+SEND = "https://www.googleapis.com/auth/gmail.send"
+ADMIN = "admin@acme.test"
 
 
 @dataclass
@@ -48,7 +57,10 @@ def live_broker(
     app = make_app(**google_settings(emulator.localhost_url, url))
     app.extensions["broker.clock"] = clock
     target["app"] = app
-    make_tenant(app, "acme", domains=("acme.test",), admin="admin@acme.test")
+    tenant = make_tenant(app, "acme", domains=("acme.test",), admin="admin@acme.test")
+    # A job that reads and sends: the consent form pre-ticks only scopes some job uses.
+    with get_db(app).transaction() as session:
+        clients.create_client(session, tenant, name="e2e-job", scopes=[READONLY, SEND])
     emulator.add_account("alice@acme.test", hd="acme.test", name="Alice")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -95,3 +107,32 @@ def screenshots() -> Path:
     folder = Path(os.environ.get("BROKER_TEST_OUTPUT", "test-output")) / "e2e"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture
+def admin_broker(live_broker: LiveBroker, emulator: EmulatorControls) -> LiveBroker:
+    """The live broker with the admin pages, its admin's Google account and a connected alice."""
+    emulator.add_account(ADMIN, hd="acme.test", name="Ada Admin")
+    sub = next(a["sub"] for a in emulator.accounts() if a["email"] == "alice@acme.test")
+    with get_db(live_broker.app).transaction(write=False) as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == "acme")).one()
+    alice = make_user(live_broker.app, tenant, "alice@acme.test", google_sub=sub)
+    answer = emulator.grant("alice@acme.test", CLIENT_ID, [READONLY])
+    make_connection(live_broker.app, alice, refresh_token=str(answer["refresh_token"]),
+                    scopes=normalise(parse_google(answer["scope"])))
+    return live_broker
+
+
+def sign_in_admin(page: Any, broker: LiveBroker) -> None:
+    """Sign in as the tenant's invited admin through the emulator."""
+    page.goto(broker.url + "/")
+    page.click("#signin")
+    page.wait_for_load_state()
+    if not page.url.startswith(broker.url):
+        page.click(f"button[value='{ADMIN}']")
+        page.wait_for_load_state()
+    if not page.url.startswith(broker.url):
+        page.click("button[value='allow']")
+    page.wait_for_url(broker.url + "/connections")
+    page.goto(broker.url + "/admin")
+    page.wait_for_url(broker.url + "/admin/users")

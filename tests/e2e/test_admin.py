@@ -14,45 +14,10 @@ from sqlalchemy import select
 
 from broker import worker
 from broker.db import get_db
-from broker.models import Tenant, User
-from broker.scopes import normalise, parse_google
-from tests.e2e.conftest import LiveBroker
-from tests.factories import make_connection, make_user
-from tests.integration.web.support import CLIENT_ID
-from tests.plugins.emulator import EmulatorControls
+from broker.models import User
+from tests.e2e.conftest import ADMIN, READONLY, LiveBroker, sign_in_admin
 
 pytestmark = pytest.mark.e2e
-READONLY = "https://www.googleapis.com/auth/gmail.readonly"
-ADMIN = "admin@acme.test"
-
-
-@pytest.fixture
-def admin_broker(live_broker: LiveBroker, emulator: EmulatorControls) -> LiveBroker:
-    """The live broker with the admin pages, its admin's Google account and a connected alice."""
-    emulator.add_account(ADMIN, hd="acme.test", name="Ada Admin")
-    sub = next(a["sub"] for a in emulator.accounts() if a["email"] == "alice@acme.test")
-    with get_db(live_broker.app).transaction(write=False) as session:
-        tenant = session.scalars(select(Tenant).where(Tenant.slug == "acme")).one()
-    alice = make_user(live_broker.app, tenant, "alice@acme.test", google_sub=sub)
-    answer = emulator.grant("alice@acme.test", CLIENT_ID, [READONLY])
-    make_connection(live_broker.app, alice, refresh_token=str(answer["refresh_token"]),
-                    scopes=normalise(parse_google(answer["scope"])))
-    return live_broker
-
-
-def sign_in_admin(page: Any, broker: LiveBroker) -> None:
-    """Sign in as the tenant's invited admin through the emulator."""
-    page.goto(broker.url + "/")
-    page.click("#signin")
-    page.wait_for_load_state()
-    if not page.url.startswith(broker.url):
-        page.click(f"button[value='{ADMIN}']")
-        page.wait_for_load_state()
-    if not page.url.startswith(broker.url):
-        page.click("button[value='allow']")
-    page.wait_for_url(broker.url + "/connections")
-    page.goto(broker.url + "/admin")
-    page.wait_for_url(broker.url + "/admin/users")
 
 
 def token(broker: LiveBroker, client_id: str, secret: str) -> httpx.Response:
@@ -70,6 +35,7 @@ def create_client(page: Any, broker: LiveBroker, shots: Path) -> tuple[str, str]
     page.fill("#name", "nightly-export")
     page.check(f"#create-client input[value='{READONLY}']")
     page.click("#create-client-button")
+    page.wait_for_url("**/secret")  # post, redirect, get: the answer to the POST is a 303
     secret = page.inner_text("#client-secret").strip()
     client_id = page.inner_text("#client-id").strip()
     page.screenshot(path=str(shots / "admin-04-client-secret-once.png"), full_page=True)

@@ -23,6 +23,7 @@ def test_untick_withholds_and_remove_at_google_asks_again(
     page: Any, live_broker: LiveBroker, emulator: EmulatorControls, screenshots: Path
 ) -> None:
     sign_in(page, live_broker)
+    page.check(BOX)  # no job uses labels, so the consent form leaves it unticked
     page.click("#connect")
     page.click("button[value='allow']")
     page.wait_for_url(live_broker.url + "/connections")

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from broker import worker
-from tests.e2e.conftest import LiveBroker
-from tests.e2e.test_admin import admin_broker, sign_in_admin  # noqa: F401 - the fixture
+from tests.e2e.conftest import LiveBroker, sign_in_admin
 
 pytestmark = pytest.mark.e2e
 AMBER = "rgb(122, 77, 0)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +88,10 @@ class World:
         with get_db(self.app).transaction() as session:
             tenant = session.get(Tenant, self.tenant.id)
             assert tenant is not None
+            # Client names are unique per tenant, and a world may add several clients.
             issued = clients.create_client(
-                session, tenant, name="job", scopes=scopes, ip_ranges=ip_ranges
+                session, tenant, name=f"job-{uuid.uuid4().hex[:8]}", scopes=scopes,
+                ip_ranges=ip_ranges,
             )
         return issued.client_id, issued.client_secret
 

@@ -22,7 +22,7 @@ def require_admin() -> Response | None:
         if state.may_resume:
             return redirect(url_for("auth.login", next=guard.safe_next(request.path)))
         if state.ended in guard.ENDED_MESSAGES:
-            flash(guard.ENDED_MESSAGES[state.ended])
+            flash(guard.ENDED_MESSAGES[state.ended], guard.ended_kind(state.ended))
         return redirect(url_for("home.index"))
     if state.user is None or state.user.role != "admin":
         raise Forbidden("These pages are for your organization's administrators.")
@@ -59,8 +59,8 @@ def forget_cached_clients() -> None:
         cache.clear()
 
 
-def done(message: str, endpoint: str, **values: Any) -> Response:
-    """Say what happened and go back to a page (POST, redirect, GET)."""
+def done(message: str, endpoint: str, *, kind: str = "success", **values: Any) -> Response:
+    """Say what happened (success, info, warning or error) and go back to a page (PRG)."""
     # Messages can echo typed input; the flash cookie must stay well under 4 KB.
-    flash(message if len(message) <= 300 else message[:297] + "...")
+    flash(message if len(message) <= 300 else message[:297] + "...", kind)
     return redirect(url_for(endpoint, **values), 303)

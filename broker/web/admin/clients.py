@@ -1,41 +1,65 @@
-"""Admin page /admin/clients: create (secret shown once), rotate, disable, edit API clients."""
+"""Admin page /admin/clients: create and rotate (secret shown once, after a redirect), edit."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
+from broker.keys import get_keys
 from broker.scopes import GMAIL_SCOPES
 from broker.tenancy import clients as client_service
 from broker.tenancy import policy, tenants
 from broker.web import guard
-from broker.web.admin import access
+from broker.web.admin import access, once
 
 bp = Blueprint("clients", __name__, url_prefix="/clients")
+
+
+def _form(values: dict[str, object] | None = None) -> dict[str, object]:
+    """Return a client form's values: what was typed, or empty."""
+    return values or {"name": "", "scopes": [], "ip_ranges": ""}
+
+
+def _typed() -> dict[str, object]:
+    return {
+        "name": request.form.get("name", "")[:200],
+        "scopes": request.form.getlist("scopes"),
+        "ip_ranges": request.form.get("ip_ranges", "")[:4000],
+    }
+
+
+def _list_page(form: dict[str, object] | None = None, error: str = "") -> str:
+    with get_db().transaction(write=False) as session:
+        tenant = tenants.tenant_by_id(session, access.tenant_id())
+        rows = client_service.list_clients(session, tenant)
+    return render_template("admin/clients.html", clients=rows, gmail_scopes=GMAIL_SCOPES,
+                           form=_form(form), error=error)
 
 
 @bp.get("")
 def index() -> str:
     """List the tenant's API clients, with a form to create one."""
-    with get_db().transaction(write=False) as session:
-        tenant = tenants.tenant_by_id(session, access.tenant_id())
-        rows = client_service.list_clients(session, tenant)
-    return render_template("admin/clients.html", clients=rows, gmail_scopes=GMAIL_SCOPES)
+    return _list_page()
 
 
-def _secret_page(client_id: str, secret: str, *, rotated: bool) -> str:
-    # The secret goes into this answer only: not a URL, not a flash cookie, not a log.
-    return render_template(
-        "admin/client_secret.html", client_id=client_id, secret=secret, rotated=rotated,
-        token_url=current_app.config["BROKER"].PUBLIC_URL.rstrip("/") + "/api/v1/token",
+def _keep_secret(session: Session, issued: client_service.Issued, *, rotated: bool) -> None:
+    """Keep the new secret for the next page of this browser session only."""
+    state = guard.current()
+    assert state.browser_session is not None  # noqa: S101 - require_admin ran
+    once.keep(
+        session, get_keys(), tenant_id=access.tenant_id(),
+        browser_session_id=state.browser_session.id, now=guard.now(),
+        payload={"client_id": issued.client_id, "secret": issued.client_secret,
+                 "rotated": "yes" if rotated else ""},
     )
 
 
 @bp.post("")
-def create() -> Response | str:
-    """Create a client and show its secret this once."""
+def create() -> Response | tuple[str, int]:
+    """Create a client, keep its secret for one showing, and redirect there."""
     try:
         with get_db().transaction() as session:
             tenant = tenants.tenant_by_id(session, access.tenant_id())
@@ -45,22 +69,50 @@ def create() -> Response | str:
                 ip_ranges=policy.split_ranges(request.form.get("ip_ranges", "")),
                 actor=access.actor(), ip=access.ip(),
             )
-    except InvalidRequest as refused:
-        flash(f"Not created: {refused.description}")
-        return redirect(url_for("admin.clients.index"), 303)
-    return _secret_page(issued.client_id, issued.client_secret, rotated=False)
+            _keep_secret(session, issued, rotated=False)
+    except (InvalidRequest, Conflict) as refused:
+        # The form comes back as typed, with the reason beside it.
+        return _list_page(_typed(), f"Not created: {refused.description}"), refused.status_code
+    return redirect(url_for("admin.clients.secret", client_id=issued.client_id), 303)
+
+
+@bp.get("/<client_id>/secret")
+def secret(client_id: str) -> str:
+    """Show a new secret once; a reload finds it gone and says so."""
+    state = guard.current()
+    assert state.browser_session is not None  # noqa: S101 - require_admin ran
+    with get_db().transaction() as session:
+        kept = once.take(
+            session, get_keys(), tenant_id=access.tenant_id(),
+            browser_session_id=state.browser_session.id, now=guard.now(),
+            about=("client_id", client_id),
+        )
+    return render_template(
+        "admin/client_secret.html", client_id=client_id,
+        secret=kept["secret"] if kept else None, rotated=bool(kept and kept.get("rotated")),
+        token_url=current_app.config["BROKER"].PUBLIC_URL.rstrip("/") + "/api/v1/token",
+    )
+
+
+def _edit_page(client_id: str, form: dict[str, object] | None = None,
+               error: str = "") -> str:
+    with get_db().transaction(write=False) as session:
+        row = client_service.get_client(session, client_id, tenant_id=access.tenant_id())
+    if form is None:
+        form = {"scopes": list(row.allowed_scopes),
+                "ip_ranges": "\n".join(row.allowed_ip_ranges)}
+    return render_template("admin/client.html", client=row, gmail_scopes=GMAIL_SCOPES,
+                           form=form, error=error)
 
 
 @bp.get("/<client_id>")
 def edit(client_id: str) -> str:
     """Show one client with its rotate, disable and edit forms."""
-    with get_db().transaction(write=False) as session:
-        row = client_service.get_client(session, client_id, tenant_id=access.tenant_id())
-    return render_template("admin/client.html", client=row, gmail_scopes=GMAIL_SCOPES)
+    return _edit_page(client_id)
 
 
 @bp.post("/<client_id>")
-def update(client_id: str) -> Response:
+def update(client_id: str) -> Response | tuple[str, int]:
     """Change a client's allowed scopes and IP ranges."""
     try:
         with get_db().transaction() as session:
@@ -70,15 +122,16 @@ def update(client_id: str) -> Response:
                 tenant_id=access.tenant_id(), actor=access.actor(), ip=access.ip(),
             )
     except InvalidRequest as refused:
-        return access.done(f"Not saved: {refused.description}", "admin.clients.edit",
-                           client_id=client_id)
+        return _edit_page(client_id, _typed(), f"Not saved: {refused.description}"), 400
     access.forget_cached_clients()
-    return access.done("Saved." if changes else "Nothing changed.", "admin.clients.edit",
-                       client_id=client_id)
+    if not changes:
+        return access.done("Nothing changed.", "admin.clients.edit", kind="info",
+                           client_id=client_id)
+    return access.done("Saved.", "admin.clients.edit", client_id=client_id)
 
 
 @bp.post("/<client_id>/rotate")
-def rotate(client_id: str) -> Response | str:
+def rotate(client_id: str) -> Response:
     """Give the client a new secret, shown once; the old one works during the grace period."""
     try:
         grace = client_service.parse_grace(request.form.get("grace", ""))
@@ -87,11 +140,12 @@ def rotate(client_id: str) -> Response | str:
                 session, client_id, grace=grace, now=guard.now(), tenant_id=access.tenant_id(),
                 actor=access.actor(), ip=access.ip(),
             )
+            _keep_secret(session, issued, rotated=True)
     except (InvalidRequest, Conflict) as refused:
         return access.done(f"Not rotated: {refused.description}", "admin.clients.edit",
-                           client_id=client_id)
+                           kind="error", client_id=client_id)
     access.forget_cached_clients()
-    return _secret_page(issued.client_id, issued.client_secret, rotated=True)
+    return redirect(url_for("admin.clients.secret", client_id=issued.client_id), 303)
 
 
 @bp.post("/<client_id>/disable")

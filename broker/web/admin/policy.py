@@ -53,6 +53,6 @@ def save() -> Response | tuple[str, int]:
         return _render(submitted, lockout=True, status=409)
     access.forget_cached_clients()
     if not changes:
-        return access.done("Nothing changed.", "admin.policy.index")
+        return access.done("Nothing changed.", "admin.policy.index", kind="info")
     names = ", ".join(name.replace("_", " ") for name in changes)
     return access.done(f"Policy saved: {names}.", "admin.policy.index")

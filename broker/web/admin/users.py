@@ -19,16 +19,23 @@ from broker.web.admin import access
 bp = Blueprint("users", __name__, url_prefix="/users")
 
 
+def _page(invite_form: dict[str, str] | None = None, invite_error: str = "") -> str:
+    with get_db().transaction(write=False) as session:
+        rows = users.list_users(session, access.tenant_id())
+    return render_template(
+        "admin/users.html", rows=rows, me=access.admin(), roles=users.ROLES,
+        invite_form=invite_form or {"email": "", "role": "member"}, invite_error=invite_error,
+    )
+
+
 @bp.get("")
 def index() -> str:
     """List users with status, last sign-in and connection status; invite form."""
-    with get_db().transaction(write=False) as session:
-        rows = users.list_users(session, access.tenant_id())
-    return render_template("admin/users.html", rows=rows, me=access.admin(), roles=users.ROLES)
+    return _page()
 
 
 @bp.post("")
-def invite() -> Response:
+def invite() -> Response | tuple[str, int]:
     """Invite an exact email address."""
     try:
         with get_db().transaction() as session:
@@ -37,7 +44,9 @@ def invite() -> Response:
                 role=request.form.get("role", "member"), actor=access.actor(), ip=access.ip(),
             )
     except (InvalidRequest, Conflict) as refused:
-        return access.done(f"Not invited: {refused.description}", "admin.users.index")
+        typed = {"email": request.form.get("email", "")[:320],
+                 "role": request.form.get("role", "member")}
+        return _page(typed, f"Not invited: {refused.description}"), refused.status_code
     return access.done(f"Invited {user.email}.", "admin.users.index")
 
 
@@ -46,7 +55,8 @@ def _act(label: str, action: Callable[[Session], str]) -> Response:
         with get_db().transaction() as session:
             message = action(session)
     except (InvalidRequest, Conflict) as refused:
-        return access.done(f"{label} refused: {refused.description}", "admin.users.index")
+        return access.done(f"{label} refused: {refused.description}", "admin.users.index",
+                           kind="error")
     return access.done(message, "admin.users.index")
 
 
@@ -131,7 +141,8 @@ def delete(user_id: uuid.UUID) -> Response:
             )
         revoke_before_delete(app, ids, actor_id=access.actor())
     except (InvalidRequest, Conflict) as refused:
-        return access.done(f"Deletion refused: {refused.description}", "admin.users.index")
+        return access.done(f"Deletion refused: {refused.description}", "admin.users.index",
+                           kind="error")
 
     def run(session: Session) -> str:
         email = users.delete_user(

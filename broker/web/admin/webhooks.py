@@ -1,10 +1,10 @@
-"""Admin page /admin/webhooks: add (secret shown once), disable, recent deliveries."""
+"""Admin page /admin/webhooks: add (secret shown once, after a redirect), disable, deliveries."""
 
 from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from broker import webhooks
@@ -12,29 +12,33 @@ from broker.db import get_db
 from broker.errors import InvalidRequest
 from broker.keys import get_keys
 from broker.web import guard
-from broker.web.admin import access
+from broker.web.admin import access, once
 from broker.web.admin.worker_status import worker_seen
 from broker.webhooks import EVENTS
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 
-@bp.get("")
-def index() -> str:
-    """List webhooks and their latest deliveries, with a form to add one."""
+def _page(form: dict[str, object] | None = None, error: str = "") -> str:
     with get_db().transaction(write=False) as session:
         hooks = webhooks.list_webhooks(session, access.tenant_id())
         deliveries = webhooks.recent_deliveries(session, access.tenant_id())
         worker = worker_seen(session, guard.now())
     return render_template(
         "admin/webhooks.html", webhooks=hooks, deliveries=deliveries, events=EVENTS,
-        worker=worker,
+        worker=worker, form=form or {"url": "", "events": list(EVENTS)}, error=error,
     )
 
 
+@bp.get("")
+def index() -> str:
+    """List webhooks and their latest deliveries, with a form to add one."""
+    return _page()
+
+
 @bp.post("")
-def add() -> Response | str:
-    """Register a webhook and show its signing secret this once."""
+def add() -> Response | tuple[str, int]:
+    """Register a webhook, keep its signing secret for one showing, and redirect there."""
     try:
         with get_db().transaction() as session:
             added = webhooks.add(
@@ -43,11 +47,33 @@ def add() -> Response | str:
                 allow_private=current_app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE,
                 actor=access.actor(), ip=access.ip(),
             )
+            state = guard.current()
+            assert state.browser_session is not None  # noqa: S101 - require_admin ran
+            once.keep(
+                session, get_keys(), tenant_id=access.tenant_id(),
+                browser_session_id=state.browser_session.id, now=guard.now(),
+                payload={"webhook_id": str(added.webhook.id), "url": added.webhook.url,
+                         "secret": added.secret},
+            )
     except InvalidRequest as refused:
-        return access.done(f"Not added: {refused.description}", "admin.webhooks.index")
-    # The secret goes into this answer only: not a URL, not a flash cookie, not a log.
-    return render_template("admin/webhook_secret.html", webhook=added.webhook,
-                           secret=added.secret)
+        typed: dict[str, object] = {"url": request.form.get("url", "")[:2000],
+                 "events": request.form.getlist("events")}
+        return _page(typed, f"Not added: {refused.description}"), 400
+    return redirect(url_for("admin.webhooks.secret", webhook_id=added.webhook.id), 303)
+
+
+@bp.get("/<uuid:webhook_id>/secret")
+def secret(webhook_id: uuid.UUID) -> str:
+    """Show a new signing secret once; a reload finds it gone and says so."""
+    state = guard.current()
+    assert state.browser_session is not None  # noqa: S101 - require_admin ran
+    with get_db().transaction() as session:
+        kept = once.take(
+            session, get_keys(), tenant_id=access.tenant_id(),
+            browser_session_id=state.browser_session.id, now=guard.now(),
+            about=("webhook_id", str(webhook_id)),
+        )
+    return render_template("admin/webhook_secret.html", kept=kept)
 
 
 @bp.post("/<uuid:webhook_id>/disable")

@@ -172,8 +172,12 @@ def test_connect_callback_from_another_session_is_refused(
     page = other.get(callback)
     assert "foreign_browser" in text(page)
     assert signed_in.get(callback).status_code == 303  # a foreign attempt burns nothing
+    # Reloading the callback once connected: back to the page with a notice, still audited.
     replay = signed_in.get(callback)
-    assert replay.status_code == 400 and "state_replayed" in text(replay)
+    assert replay.status_code == 303 and replay.headers["Location"] == "/connections"
+    page = signed_in.get("/connections")
+    assert "Gmail is already connected" in text(page) and "flash-info" in text(page)
+    assert reasons(google_app, "connect.refused")[-1] == "state_replayed"
 
 
 def test_needs_reauth_page_offers_reconnect(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -66,7 +67,9 @@ def _accounts(app: Flask, email: str) -> dict[str, User]:
 def _client_token(app: Flask, tenant: Tenant, user: str) -> Any:
     """Ask for a user's token as a new API client of a tenant (a tenant's backend job)."""
     with get_db(app).transaction() as session:
-        issued = clients.create_client(session, tenant, name="jobs", scopes=[READONLY])
+        issued = clients.create_client(
+            session, tenant, name=f"jobs-{uuid.uuid4().hex[:8]}", scopes=[READONLY]
+        )
     return app.test_client().post(
         "/api/v1/token", json={"user": user, "scopes": ["gmail.readonly"]},
         headers={"Authorization": basic(issued.client_id, issued.client_secret)},

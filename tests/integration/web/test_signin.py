@@ -193,7 +193,10 @@ def test_denied_consent_is_refused(
     consent = browser.google_page_click(chooser, "Continue", fill={"email": "alice@acme.test"})
     if "Cancel" in text(consent):
         consent = browser.google_page_click(consent, "Cancel")
-    assert consent.status_code == 403 and "access_denied" in text(consent)
+    # Cancelling is a choice: a calm page that says nothing changed, and the way back.
+    assert consent.status_code == 200 and "Nothing changed" in text(consent)
+    assert "not signed in" in text(consent) and 'id="back" href="/"' in text(consent)
+    assert 'class="card refusal' not in text(consent)
     assert reasons(browser.app, "signin.refused") == ["access_denied"]
 
 

@@ -100,9 +100,10 @@ CASES = [
          lambda s: ["user", "delete", s["email"], "--tenant", s["slug"], "--yes"],
          lambda b, s: b.post(f"/admin/users/{s['id']}/delete")),
     Case("client.create", _invitee,
-         lambda s: ["client", "create", "--tenant", s["slug"], "--name", "nightly", "--scope",
+         # Names are unique per tenant: each surface names its client after its (masked) email.
+         lambda s: ["client", "create", "--tenant", s["slug"], "--name", s["email"], "--scope",
                     "gmail.readonly", "--ip-range", "10.0.0.0/8"],
-         lambda b, s: b.post("/admin/clients", {"name": "nightly", "scopes": [READONLY],
+         lambda b, s: b.post("/admin/clients", {"name": s["email"], "scopes": [READONLY],
                                                 "ip_ranges": "10.0.0.0/8"})),
     Case("client.rotate_secret", _client,
          lambda s: ["client", "rotate-secret", s["id"], "--grace", "2h"],
@@ -185,9 +186,9 @@ def test_the_cli_refuses_a_private_webhook_target_like_the_page(
     assert result.exit_code == 1
     message = "private, loopback and link-local webhook targets are refused"
     assert result.output.strip() == f"Error: {message}"
-    as_admin.post("/admin/webhooks", {"url": "https://10.0.0.5/x",
-                                      "events": ["connection.revoked"]})
-    assert message in as_admin.get("/admin/webhooks").get_data(as_text=True)
+    answer = as_admin.post("/admin/webhooks", {"url": "https://10.0.0.5/x",
+                                               "events": ["connection.revoked"]})
+    assert answer.status_code == 400 and message in answer.get_data(as_text=True)
     with get_db(admin_app).transaction(write=False) as session:
         assert session.scalars(select(Webhook)).all() == []
 

@@ -48,10 +48,14 @@ def test_invite(admin_app: Flask, as_admin: Browser) -> None:
                          ).status_code == 303
     invited = user(admin_app, "new@example.com")
     assert invited is not None and invited.status == "invited" and invited.role == "admin"
-    as_admin.post("/admin/users", {"email": "new@example.com"})
-    assert "already a user" in as_admin.get("/admin/users").get_data(as_text=True)
-    as_admin.post("/admin/users", {"email": "nonsense"})
-    assert "not an email" in as_admin.get("/admin/users").get_data(as_text=True)
+    again = as_admin.post("/admin/users", {"email": "new@example.com"})
+    assert again.status_code == 409 and "already a user" in again.get_data(as_text=True)
+    typo = as_admin.post("/admin/users", {"email": "nonsense", "role": "admin"})
+    body = typo.get_data(as_text=True)
+    assert typo.status_code == 400 and "not an email" in body and 'id="form-error"' in body
+    # The form keeps what was typed, the role included.
+    assert 'id="invite-email" required value="nonsense"' in body
+    assert '<option value="admin" selected>' in body
 
 
 def test_suspend_ends_sessions_and_reactivate_restores(

@@ -24,10 +24,16 @@ def test_adding_a_webhook_shows_its_secret_once_and_seals_it(
     answer = as_admin.post("/admin/webhooks", {
         "url": "https://hooks.example.com/gmail", "events": ["connection.revoked"],
     })
-    assert answer.status_code == 200
-    secret = SECRET.search(answer.get_data(as_text=True))
+    assert answer.status_code == 303
+    shown = as_admin.get(answer.headers["Location"])
+    secret = SECRET.search(shown.get_data(as_text=True))
     assert secret and secret.group(1).startswith("whsec_")
-    assert secret.group(1) not in answer.headers.get("Set-Cookie", "")
+    for response in (answer, shown):
+        assert secret.group(1) not in response.headers.get("Set-Cookie", "")
+    assert secret.group(1) not in answer.headers["Location"]
+    # A reload adds no second webhook and does not show the secret again.
+    again = as_admin.get(answer.headers["Location"]).get_data(as_text=True)
+    assert SECRET.search(again) is None and 'id="secret-gone"' in again
     with get_db(admin_app).transaction(write=False) as session:
         hook = session.scalars(select(Webhook)).one()
         opened = get_keys(admin_app).open(session, org.tenant.id, hook.id, "webhook_secret",
@@ -38,6 +44,16 @@ def test_adding_a_webhook_shows_its_secret_once_and_seals_it(
     assert secret.group(1) not in audited
     listing = as_admin.get("/admin/webhooks").get_data(as_text=True)
     assert "hooks.example.com" in listing and secret.group(1) not in listing
+
+
+def test_a_refused_webhook_keeps_what_was_typed(admin_app: Flask, as_admin: Browser) -> None:
+    answer = as_admin.post("/admin/webhooks", {"url": "http://hooks.example.com/x",
+                                               "events": ["connection.revoked"]})
+    assert answer.status_code == 400
+    body = answer.get_data(as_text=True)
+    assert 'id="form-error"' in body and 'value="http://hooks.example.com/x"' in body
+    form = body[body.index('id="add-webhook"'):]
+    assert form.count(" checked") == 1 and 'value="connection.revoked" checked' in form
 
 
 def test_unsafe_webhook_targets_are_refused(admin_app: Flask, as_admin: Browser) -> None:
