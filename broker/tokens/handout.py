@@ -247,8 +247,11 @@ class Handout:
             raise UnknownUser()
         first = rows[0]
         self.user_id = first.user_id
-        if first.user_status != "active":
+        if first.user_status == "suspended":
             raise UserSuspended()
+        if first.user_status != "active":  # invited: the person has never signed in
+            raise LoginRequired("The user has not signed in yet.",
+                                login_url=self.url("/auth/login"))
         if not rules.login_fresh(first.last_login_at, first.handout_login_max_age, self.now):
             raise LoginRequired(login_url=self.url("/auth/login"))
         granted: list[str] = first.granted_scopes or []
