@@ -103,6 +103,8 @@ class HandedOut:
 @dataclass(frozen=True)
 class _StoredRow:
     id: uuid.UUID
+    connection_id: uuid.UUID
+    scope_key: str
     token: bytes
     scopes: list[str]
     expires_at: dt.datetime
@@ -282,8 +284,10 @@ class Handout:
         found = next((r for r in rows if r.scope_key == key), None)
         if found is None:
             return Refresh(want, user, last_used)
-        row = _StoredRow(found.token_id, found.token, found.scopes, found.expires_at,
-                         found.obtained_at)
+        row = _StoredRow(found.token_id, found.connection_id, found.scope_key, found.token,
+                         found.scopes, found.expires_at, found.obtained_at)
+        if not self.tokens.admissible(row, want.allow_broader):
+            return Refresh(want, user, last_used)  # as if absent: never opened, never served
         try:
             token = self.tokens.keys().open_on(
                 conn, want.tenant_id, row.id, "access_token", row.token
