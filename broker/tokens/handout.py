@@ -35,7 +35,7 @@ from broker.errors import (
     UnknownUser,
     UserSuspended,
 )
-from broker.keys import SealError
+from broker.keys import SealError, access_token_bound
 from broker.models import AccessToken, Connection, Policy, User
 from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
 from broker.tenancy import ClientInfo
@@ -290,7 +290,8 @@ class Handout:
             return Refresh(want, user, last_used)  # as if absent: never opened, never served
         try:
             token = self.tokens.keys().open_on(
-                conn, want.tenant_id, row.id, "access_token", row.token
+                conn, want.tenant_id, row.id, "access_token", row.token,
+                bound=access_token_bound(row.connection_id, row.scope_key),
             ).decode()
         except SealError:
             return Unreadable(want, granted)
