@@ -19,6 +19,7 @@ from broker.db import Database
 from broker.keys.sealed import (
     HEADER,
     Binding,
+    CryptoError,
     Keyring,
     SealError,
     new_key,
@@ -88,8 +89,37 @@ class KeyService:
             self._deks.clear()
             self._blocks.clear()
 
+    def check_wrapping(self, session: Session) -> None:
+        """Refuse (CryptoError) unless the primary master key is the one live keys use.
+
+        Every master key that wraps a live data or audit key must be in this keyring, and the
+        keyring's primary among them: a key file that lacks the deployment's primary (or still
+        names an older one first) would wrap a data key no other process can open (issue 12
+        item 2). Checked before anything is written.
+        """
+        with session.no_autoflush:
+            in_use = set(session.scalars(
+                select(DataKey.master_key_id).where(DataKey.retired_at.is_(None)).distinct()
+            )) | set(session.scalars(select(AuditKey.master_key_id).distinct()))
+        if in_use - set(self.keyring.ids()):
+            self.keyring.reload()  # another process may have added a key since we loaded
+        source = self.keyring.provider.source
+        missing = sorted(in_use - set(self.keyring.ids()))
+        if missing:
+            raise CryptoError(
+                f"master key {missing[0]} wraps live keys but is not in {source}: "
+                "use the current key source"
+            )
+        primary = self.keyring.primary_id
+        if in_use and primary not in in_use:
+            raise CryptoError(
+                f"the primary master key {primary} of {source} wraps no live key (they use "
+                f"{', '.join(sorted(in_use))}): run `broker keys rotate-master` first"
+            )
+
     def create_data_key(self, session: Session, tenant_id: uuid.UUID | None) -> DataKey:
         """Add the next data key version of a tenant (or the system key), wrapped."""
+        self.check_wrapping(session)
         with session.no_autoflush:
             newest = session.scalar(
                 select(func.max(DataKey.version))
