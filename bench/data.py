@@ -15,7 +15,7 @@ from sqlalchemy import Table
 from bench.copy import CopyRows
 from broker.db import Database
 from broker.keys.sealed import Binding, EnvKeyProvider, Keyring, seal
-from broker.keys.service import KeyService, dek_context, tenant_label
+from broker.keys.service import KeyService, access_token_bound, dek_context, tenant_label
 from broker.migrate import upgrade
 from broker.models import AccessToken, Connection, User
 from broker.scopes import PREFIX
@@ -148,7 +148,8 @@ def bulk_load(url: str, keys: KeyService, load: Load, log: Callable[[str], None]
                 sealed_refresh = seal(key, version, load.refresh_token(i).encode(),
                                       Binding(label, str(conn_id), "refresh_token"))
                 sealed_access = seal(key, version, load.access_token(i).encode(),
-                                     Binding(label, str(token_id), "access_token"))
+                                     Binding(label, str(token_id), "access_token",
+                                             access_token_bound(conn_id, " ".join(SCOPES))))
                 lines["users"].append(users.line((user_id, tenant.id, mail, sub)))
                 lines["conns"].append(conns.line(
                     (conn_id, tenant.id, user_id, sub, mail, sealed_refresh)))
@@ -176,7 +177,9 @@ def check_open(url: str, keys: KeyService, tenants: Sequence[TenantInfo], index:
                 .where(Connection.email == email(tenants, index))
             ).one()
             token, tenant_id = row
-            return keys.open(session, tenant_id, token.id, "access_token", token.token).decode()
+            return keys.open(session, tenant_id, token.id, "access_token", token.token,
+                             bound=access_token_bound(token.connection_id, token.scope_key)
+                             ).decode()
     finally:
         database.dispose()
 

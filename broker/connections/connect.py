@@ -14,6 +14,7 @@ from werkzeug.datastructures import MultiDict
 from broker import audit, scopes, webhooks
 from broker.google import TokenResponse
 from broker.identity import FlowService, Refusal, begin, complete
+from broker.keys import access_token_bound
 from broker.models import AccessToken, Connection, Policy, User
 
 ACTION = "connect.refused"
@@ -211,7 +212,8 @@ class ConnectService(FlowService):
             token=b"",
         )
         access.token = self.keys.seal(
-            session, connection.tenant_id, access.id, "access_token", token.access_token.encode()
+            session, connection.tenant_id, access.id, "access_token", token.access_token.encode(),
+            bound=access_token_bound(connection.id, access.scope_key),
         )
         session.add(access)
 

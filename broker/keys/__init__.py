@@ -10,14 +10,16 @@ from broker.keys.sealed import (
     KeySourceError,
     SealError,
     format_key_line,
+    is_unbound,
     new_key,
     new_key_id,
 )
 from broker.keys.secret import digest, new_secret
-from broker.keys.service import KeyService, ResealReport, reseal_tenant
+from broker.keys.service import KeyService, ResealReport, access_token_bound, reseal_tenant
 
 __all__ = [
     "CryptoError", "FileKeyProvider", "KeyProvider", "KeyService", "KeySourceError",
-    "Keyring", "ResealReport", "SealError", "build_key_service", "digest", "format_key_line",
-    "get_keys", "init_app", "new_key", "new_key_id", "new_secret", "reseal", "reseal_tenant",
+    "Keyring", "ResealReport", "SealError", "access_token_bound", "build_key_service", "digest",
+    "format_key_line", "get_keys", "init_app", "is_unbound", "new_key", "new_key_id", "new_secret",
+    "reseal", "reseal_tenant",
 ]

@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 KEY_BYTES = 32
 NONCE_BYTES = 12
 FORMAT_VERSION = 1
+# Values bound to more than their row (an access token's connection and scope key) carry
+# format 2, so a value sealed before that binding existed is told apart, never mistaken.
+BOUND_FORMAT = 2
 HEADER = struct.Struct(">BI")  # format version, data key version
 KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -186,7 +189,8 @@ class Keyring:
         try:
             return AESGCM(self.key(key_id)).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except (InvalidTag, ValueError):
-            raise CryptoError("a wrapped data key does not open under its master key") from None
+            # A SealError: what it wraps is unopenable (a swapped or edited row), like a value.
+            raise SealError("a wrapped data key does not open under its master key") from None
 
 
 def provider_from_settings(master_keys: str | None, keys_file: Path) -> KeyProvider:
@@ -198,22 +202,24 @@ def provider_from_settings(master_keys: str | None, keys_file: Path) -> KeyProvi
 
 @dataclass(frozen=True)
 class Binding:
-    """What a sealed value belongs to: its tenant, row and field."""
+    """What a sealed value belongs to: its tenant, row and field, and what else it is bound to."""
 
     tenant: str
     row: str
     field: str
+    # More of the row than its id (e.g. an access token's connection and scope key): a value
+    # whose row is moved to another connection or scope set no longer opens.
+    bound: tuple[str, ...] = ()
 
 
 def _aad(header: bytes, binding: Binding) -> bytes:
-    return b"|".join(
-        [header, b"tok", binding.tenant.encode(), binding.row.encode(), binding.field.encode()]
-    )
+    parts = [header, b"tok", binding.tenant.encode(), binding.row.encode(), binding.field.encode()]
+    return b"|".join(parts + [part.encode() for part in binding.bound])
 
 
 def seal(key: bytes, key_version: int, plaintext: bytes, binding: Binding) -> bytes:
     """Encrypt under a data key with a fresh random nonce; the header is inside the AAD."""
-    header = HEADER.pack(FORMAT_VERSION, key_version)
+    header = HEADER.pack(BOUND_FORMAT if binding.bound else FORMAT_VERSION, key_version)
     nonce = os.urandom(NONCE_BYTES)
     return header + nonce + AESGCM(key).encrypt(nonce, plaintext, _aad(header, binding))
 
@@ -223,9 +229,14 @@ def sealed_version(blob: bytes) -> int:
     if len(blob) < HEADER.size + NONCE_BYTES + 16:
         raise SealError("sealed value is truncated")
     fmt, version = HEADER.unpack_from(blob)
-    if fmt != FORMAT_VERSION:
+    if fmt not in (FORMAT_VERSION, BOUND_FORMAT):
         raise SealError("sealed value has an unknown format")
     return int(version)
+
+
+def is_unbound(blob: bytes) -> bool:
+    """Say whether a sealed value names format 1, bound to its row only (unauthenticated)."""
+    return blob[:1] == bytes([FORMAT_VERSION])
 
 
 def open_sealed(key: bytes, blob: bytes, binding: Binding) -> bytes:

@@ -19,6 +19,7 @@ from broker.db import Database
 from broker.keys.sealed import (
     HEADER,
     Binding,
+    CryptoError,
     Keyring,
     SealError,
     new_key,
@@ -88,8 +89,37 @@ class KeyService:
             self._deks.clear()
             self._blocks.clear()
 
+    def check_wrapping(self, session: Session) -> None:
+        """Refuse (CryptoError) unless the primary master key is the one live keys use.
+
+        Every master key that wraps a live data or audit key must be in this keyring, and the
+        keyring's primary among them: a key file that lacks the deployment's primary (or still
+        names an older one first) would wrap a data key no other process can open (issue 12
+        item 2). Checked before anything is written.
+        """
+        with session.no_autoflush:
+            in_use = set(session.scalars(
+                select(DataKey.master_key_id).where(DataKey.retired_at.is_(None)).distinct()
+            )) | set(session.scalars(select(AuditKey.master_key_id).distinct()))
+        if in_use - set(self.keyring.ids()):
+            self.keyring.reload()  # another process may have added a key since we loaded
+        source = self.keyring.provider.source
+        missing = sorted(in_use - set(self.keyring.ids()))
+        if missing:
+            raise CryptoError(
+                f"master key {missing[0]} wraps live keys but is not in {source}: "
+                "use the current key source"
+            )
+        primary = self.keyring.primary_id
+        if in_use and primary not in in_use:
+            raise CryptoError(
+                f"the primary master key {primary} of {source} wraps no live key (they use "
+                f"{', '.join(sorted(in_use))}): run `broker keys rotate-master` first"
+            )
+
     def create_data_key(self, session: Session, tenant_id: uuid.UUID | None) -> DataKey:
         """Add the next data key version of a tenant (or the system key), wrapped."""
+        self.check_wrapping(session)
         with session.no_autoflush:
             newest = session.scalar(
                 select(func.max(DataKey.version))
@@ -113,19 +143,20 @@ class KeyService:
 
     def seal(
         self, session: Session, tenant_id: uuid.UUID | None, row_id: object, field: str,
-        plaintext: bytes,
+        plaintext: bytes, *, bound: tuple[str, ...] = (),
     ) -> bytes:
         """Seal a value for one row and field of a tenant under its current data key."""
         block = self._take_seal(session, tenant_id)
-        return seal(block.key, block.version, plaintext, _binding(tenant_id, row_id, field))
+        return seal(block.key, block.version, plaintext,
+                    _binding(tenant_id, row_id, field, bound))
 
     def open(
         self, session: Session, tenant_id: uuid.UUID | None, row_id: object, field: str,
-        blob: bytes,
+        blob: bytes, *, bound: tuple[str, ...] = (),
     ) -> bytes:
         """Open a sealed value of one row and field, or raise SealError."""
         key = self._dek(session, tenant_id, sealed_version(blob))
-        return open_sealed(key, blob, _binding(tenant_id, row_id, field))
+        return open_sealed(key, blob, _binding(tenant_id, row_id, field, bound))
 
     def _take_seal(self, session: Session, tenant_id: uuid.UUID | None) -> _Block:
         label = tenant_label(tenant_id)
@@ -166,7 +197,7 @@ class KeyService:
 
     def open_on(
         self, conn: DBConnection | DriverConnection, tenant_id: uuid.UUID, row_id: object,
-        field: str, blob: bytes,
+        field: str, blob: bytes, *, bound: tuple[str, ...] = (),
     ) -> bytes:
         """Open a tenant's sealed value, reading its data key on `conn` only if not cached."""
         version = sealed_version(blob)
@@ -174,7 +205,7 @@ class KeyService:
         if key is None:
             found = conn.execute(_TENANT_DEK, {"tenant_id": tenant_id, "version": version}).all()
             key = self._usable(found[0] if found else None)
-        return open_sealed(key, blob, _binding(tenant_id, row_id, field))
+        return open_sealed(key, blob, _binding(tenant_id, row_id, field, bound))
 
     def _cached(self, tenant_id: uuid.UUID | None, version: int) -> bytes | None:
         with self._lock:
@@ -283,8 +314,15 @@ def audit_context(version: int) -> str:
     return f"audit|{version}"
 
 
-def _binding(tenant_id: uuid.UUID | None, row_id: object, field: str) -> Binding:
-    return Binding(tenant_label(tenant_id), str(row_id), field)
+def _binding(
+    tenant_id: uuid.UUID | None, row_id: object, field: str, bound: tuple[str, ...] = ()
+) -> Binding:
+    return Binding(tenant_label(tenant_id), str(row_id), field, bound)
+
+
+def access_token_bound(connection_id: object, scope_key: str) -> tuple[str, ...]:
+    """Return what an access token is bound to beyond its row id: its connection, scope key."""
+    return (str(connection_id), scope_key)
 
 
 @dataclass
@@ -301,19 +339,32 @@ def _version_bytes(column: Any) -> Any:
     return func.substr(column, 2, 4)
 
 
-def _sealed_columns(tenant_id: uuid.UUID) -> list[tuple[Any, str, str, Any]]:
-    """Return (model, attribute, field, tenant filter) for every sealed column of a tenant."""
+def _unbound(row: Any) -> tuple[str, ...]:
+    return ()
+
+
+def _token_bound(row: Any) -> tuple[str, ...]:
+    return access_token_bound(row.connection_id, row.scope_key)
+
+
+Bound = Callable[[Any], tuple[str, ...]]
+
+
+def _sealed_columns(tenant_id: uuid.UUID) -> list[tuple[Any, str, str, Any, Bound]]:
+    """Return (model, attribute, field, tenant filter, binding) for a tenant's sealed columns."""
     of_tenant = select(Connection.id).where(Connection.tenant_id == tenant_id)
     return [
-        (Connection, "refresh_token", "refresh_token", Connection.tenant_id == tenant_id),
-        (AccessToken, "token", "access_token", AccessToken.connection_id.in_(of_tenant)),
-        (Webhook, "secret", "webhook_secret", Webhook.tenant_id == tenant_id),
+        (Connection, "refresh_token", "refresh_token", Connection.tenant_id == tenant_id,
+         _unbound),
+        (AccessToken, "token", "access_token", AccessToken.connection_id.in_(of_tenant),
+         _token_bound),
+        (Webhook, "secret", "webhook_secret", Webhook.tenant_id == tenant_id, _unbound),
     ]
 
 
 def _versions_in_use(session: Session, tenant_id: uuid.UUID) -> set[int]:
     used: set[int] = set()
-    for model, attr, _field, of_tenant in _sealed_columns(tenant_id):
+    for model, attr, _field, of_tenant, _bound in _sealed_columns(tenant_id):
         column = getattr(model, attr)
         for raw in session.scalars(
             select(_version_bytes(column)).where(of_tenant, column.is_not(None)).distinct()
@@ -340,7 +391,7 @@ def reseal_tenant(
             if current is None:
                 return report
             header = current.to_bytes(4, "big")
-            for model, attr, field, of_tenant in _sealed_columns(tenant_id):
+            for model, attr, field, of_tenant, bound in _sealed_columns(tenant_id):
                 column = getattr(model, attr)
                 skip = [key for name, key in unreadable if name == model.__name__]
                 rows = session.scalars(
@@ -352,11 +403,13 @@ def reseal_tenant(
                 ).all()
                 for row in rows:
                     try:
-                        plain = keys.open(session, tenant_id, row.id, field, getattr(row, attr))
+                        plain = keys.open(session, tenant_id, row.id, field, getattr(row, attr),
+                                          bound=bound(row))
                     except SealError:
                         unreadable.add((model.__name__, row.id))
                         continue
-                    setattr(row, attr, keys.seal(session, tenant_id, row.id, field, plain))
+                    setattr(row, attr, keys.seal(session, tenant_id, row.id, field, plain,
+                                                 bound=bound(row)))
                     done_in_batch += 1
                 if done_in_batch >= batch:
                     break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import ipaddress
+import logging
 import threading
 import time
 import uuid
@@ -12,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flask import Flask, current_app
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.clientip import IPAddress, ip_in
 from broker.config import Network
@@ -22,6 +24,9 @@ from broker.keys import digest
 from broker.models import ApiClient, Policy
 
 EXTENSION = "broker.client_cache"
+# `last_used_at` is written at most this often per client and process (issue 12 item 6).
+LAST_USED_EVERY = dt.timedelta(minutes=1)
+log = logging.getLogger(__name__)
 # Compared against when the id is unknown, so an unknown id costs the same as a wrong secret.
 _DUMMY = digest("no such client")
 
@@ -51,6 +56,8 @@ class ClientCache:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._rows: dict[str, tuple[float, ClientInfo | None]] = {}
+        # When this process last wrote each client's last use (authenticated clients only).
+        self._used: dict[str, dt.datetime] = {}
         self._lock = threading.Lock()
 
     def get(self, app: Flask, client_id: str) -> ClientInfo | None:
@@ -71,6 +78,15 @@ class ClientCache:
         """Forget every cached client."""
         with self._lock:
             self._rows.clear()
+
+    def use_due(self, client_id: str, now: dt.datetime) -> bool:
+        """Say whether a client's last use is due to be written; if so, count it as written."""
+        with self._lock:
+            written = self._used.get(client_id)
+            if written is not None and now - written < LAST_USED_EVERY:
+                return False
+            self._used[client_id] = now
+            return True
 
 
 def _load(app: Flask, client_id: str) -> ClientInfo | None:
@@ -121,7 +137,26 @@ def verify_secret(
     )
     if info is None or info.status != "active" or not (current or (previous and in_grace)):
         raise InvalidClient(headers=headers or {})
+    if get_cache(app).use_due(info.id, now):
+        _record_use(app, info.id, now)
     return info
+
+
+def _record_use(app: Flask, client_id: str, now: dt.datetime) -> None:
+    """Write a client's last use: one UPDATE a minute per process, a no-op if another wrote it."""
+    try:
+        with get_db(app).transaction() as session:
+            session.execute(
+                update(ApiClient)
+                .where(ApiClient.id == client_id,
+                       or_(ApiClient.last_used_at.is_(None),
+                           ApiClient.last_used_at <= now - LAST_USED_EVERY))
+                .values(last_used_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    except SQLAlchemyError:
+        # Bookkeeping for the admin page: it must never refuse a job (the next minute retries).
+        log.warning("client last use not recorded", extra={"event": "client_last_used"})
 
 
 def init_app(app: Flask) -> None:

@@ -8,13 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from broker import audit
 from broker.clientip import IPAddress, ip_in, parse_cidrs
 from broker.errors import Conflict, InvalidRequest, NotFound
-from broker.models import Policy
-from broker.scopes import GMAIL_SCOPES, InvalidScope, full_name
+from broker.models import AccessToken, Connection, Policy
+from broker.scopes import GMAIL_SCOPES, InvalidScope, full_name, gmail_only
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"^(\d{1,7})\s*([smhd])$")
@@ -207,6 +208,8 @@ def update_policy(
         raise LockoutRisk()
     for name, change in changes.items():
         setattr(policy, name, change["after"])
+    if "allow_broader_tokens" in changes and not policy.allow_broader_tokens:
+        _drop_broader_tokens(session, tenant_id)
     audit.record(
         session, action="policy.update", tenant_id=tenant_id, actor_type="admin",
         actor_id=actor, ip=ip,
@@ -217,3 +220,25 @@ def update_policy(
         },
     )
     return changes
+
+
+def _drop_broader_tokens(session: Session, tenant_id: uuid.UUID) -> None:
+    """Delete stored tokens carrying Gmail scopes beyond their scope key (issue 11 item 3).
+
+    In the policy change's transaction: once it commits, no such token is left to hand out.
+    """
+    rows = session.execute(
+        select(AccessToken.connection_id, AccessToken.scope_key, AccessToken.scopes)
+        .join(Connection, Connection.id == AccessToken.connection_id)
+        .where(Connection.tenant_id == tenant_id)
+    ).all()
+    broader = [
+        (row.connection_id, row.scope_key) for row in rows
+        if set(gmail_only(row.scopes)) - set(row.scope_key.split(" "))
+    ]
+    if broader:
+        session.execute(
+            delete(AccessToken)
+            .where(tuple_(AccessToken.connection_id, AccessToken.scope_key).in_(broader))
+            .execution_options(synchronize_session=False)
+        )

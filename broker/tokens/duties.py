@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from broker.clock import get_clock
 from broker.db import get_db
-from broker.models import AccessToken, Connection, User
+from broker.models import AccessToken, Connection, Policy, User
 from broker.scopes import gmail_only, scope_key
 from broker.tokens import rules
 from broker.tokens.refresh import Lease
@@ -34,15 +34,16 @@ class RefreshWindows:
     parallel: int = 8
 
 
-Due = tuple[Connection, str | None, list[str] | None]
+Due = tuple[Connection, str | None, bool]
 
 
-def _due_query(now: dt.datetime, w: RefreshWindows) -> Select[Connection, str, list[str]]:
-    """Select due connections with their stored tokens' scope keys and scopes."""
+def _due_query(now: dt.datetime, w: RefreshWindows) -> Select[Connection, str, bool]:
+    """Select due connections with their stored tokens' scope keys and the tenant's policy."""
     last_refresh = func.coalesce(Connection.last_refresh_at, Connection.created_at)
     return (
-        select(Connection, AccessToken.scope_key, AccessToken.scopes)
+        select(Connection, AccessToken.scope_key, Policy.allow_broader_tokens)
         .join(User, User.id == Connection.user_id)
+        .join(Policy, Policy.tenant_id == Connection.tenant_id)
         .outerjoin(AccessToken, AccessToken.connection_id == Connection.id)
         .where(
             Connection.status.in_(("active", "degraded")),
@@ -75,10 +76,10 @@ def _due(session: Session, now: dt.datetime, w: RefreshWindows, limit: int) -> l
     rows = session.execute(query.where(Connection.id.in_(ids))).all()
     seen: set[uuid.UUID] = set()
     out: list[Due] = []
-    for conn, key, scopes in rows:
+    for conn, key, allow_broader in rows:
         if conn.id not in seen:
             seen.add(conn.id)
-            out.append((conn, key, scopes))
+            out.append((conn, key, allow_broader))
     return out
 
 
@@ -87,16 +88,17 @@ def _claim_due(app: Flask, w: RefreshWindows, limit: int) -> list[tuple[Want, Le
     tokens, now = get_tokens(app), get_clock(app)()
     claimed = []
     with get_db(app).transaction() as session:
-        for conn, key, scopes in _due(session, now, w, limit):
+        for conn, key, allow_broader in _due(session, now, w, limit):
             lease = tokens.claim_locked(session, conn, now)
             if lease is None:
                 continue
-            # Keeping an idle grant alive mints what jobs may use, never a withheld scope.
-            wanted = sorted(scopes) if key is not None and scopes else rules.usable(
+            # The scope key's scopes, never the stored row's answered ones: a token Google once
+            # answered broadly must not be renewed broadly (issue 11 item 3). Keeping an idle
+            # grant alive mints what jobs may use, never a withheld scope.
+            wanted = key.split(" ") if key else rules.usable(
                 gmail_only(conn.granted_scopes), conn.withheld_scopes)
             want = Want(conn.id, conn.tenant_id, conn.user_id, wanted,
-                        key if key is not None else scope_key(wanted), 0, False,
-                        actor_id="worker")
+                        key or scope_key(wanted), 0, allow_broader, actor_id="worker")
             claimed.append((want, lease))
     return claimed
 

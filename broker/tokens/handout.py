@@ -35,7 +35,7 @@ from broker.errors import (
     UnknownUser,
     UserSuspended,
 )
-from broker.keys import SealError
+from broker.keys import SealError, access_token_bound
 from broker.models import AccessToken, Connection, Policy, User
 from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
 from broker.tenancy import ClientInfo
@@ -103,6 +103,8 @@ class HandedOut:
 @dataclass(frozen=True)
 class _StoredRow:
     id: uuid.UUID
+    connection_id: uuid.UUID
+    scope_key: str
     token: bytes
     scopes: list[str]
     expires_at: dt.datetime
@@ -247,8 +249,11 @@ class Handout:
             raise UnknownUser()
         first = rows[0]
         self.user_id = first.user_id
-        if first.user_status != "active":
+        if first.user_status == "suspended":
             raise UserSuspended()
+        if first.user_status != "active":  # invited: the person has never signed in
+            raise LoginRequired("The user has not signed in yet.",
+                                login_url=self.url("/auth/login"))
         if not rules.login_fresh(first.last_login_at, first.handout_login_max_age, self.now):
             raise LoginRequired(login_url=self.url("/auth/login"))
         # What the user withholds was granted at Google but is not the jobs' to use.
@@ -285,11 +290,14 @@ class Handout:
         found = next((r for r in rows if r.scope_key == key), None)
         if found is None:
             return Refresh(want, user, last_used)
-        row = _StoredRow(found.token_id, found.token, found.scopes, found.expires_at,
-                         found.obtained_at)
+        row = _StoredRow(found.token_id, found.connection_id, found.scope_key, found.token,
+                         found.scopes, found.expires_at, found.obtained_at)
+        if not self.tokens.admissible(row, want.allow_broader):
+            return Refresh(want, user, last_used)  # as if absent: never opened, never served
         try:
             token = self.tokens.keys().open_on(
-                conn, want.tenant_id, row.id, "access_token", row.token
+                conn, want.tenant_id, row.id, "access_token", row.token,
+                bound=access_token_bound(row.connection_id, row.scope_key),
             ).decode()
         except SealError:
             return Unreadable(want, granted)

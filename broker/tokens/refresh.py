@@ -26,7 +26,7 @@ from broker.errors import (
     UpstreamUnavailable,
 )
 from broker.google import Failure, Google, GoogleError, NotConfigured, TokenResponse
-from broker.keys import SealError
+from broker.keys import SealError, access_token_bound
 from broker.models import AccessToken, Connection
 from broker.tokens import rules
 from broker.tokens.store import Issued, Keys, TokenStore, Want, event_payload
@@ -278,7 +278,8 @@ class Refresher:
                 token_id, answer.scopes, expires_at, now,
             )
             row.token = keys.seal(
-                session, want.tenant_id, token_id, "access_token", answer.access_token.encode()
+                session, want.tenant_id, token_id, "access_token", answer.access_token.encode(),
+                bound=access_token_bound(want.connection_id, want.scope_key),
             )
             audit.record(
                 session, now=now, action="token.refresh", tenant_id=want.tenant_id,

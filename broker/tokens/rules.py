@@ -59,6 +59,11 @@ def broader(answered: Iterable[str], asked: Iterable[str]) -> list[str]:
     return sorted(s for s in answered if is_gmail(s) and s not in wanted)
 
 
+def within_key(scopes: Iterable[str], key: str, allow_broader: bool) -> bool:
+    """Say whether a stored token's scopes may serve its scope key under the tenant's policy."""
+    return allow_broader or not broader(scopes, key.split(" "))
+
+
 def token_ready(
     expires_at: dt.datetime, obtained_at: dt.datetime, min_ttl: int, skew: float,
     now: dt.datetime,

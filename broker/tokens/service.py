@@ -56,6 +56,10 @@ class TokenService:
         """Return the name this service's leases carry."""
         return self.refresher.owner
 
+    def admissible(self, row: StoredToken, allow_broader: bool) -> bool:
+        """Say whether a stored token may serve at all (current binding, within its key)."""
+        return self.store.admissible(row, allow_broader)
+
     def satisfies(self, row: StoredToken | None, want: Want, now: dt.datetime) -> bool:
         """Say whether a stored token serves this request."""
         return self.store.satisfies(row, want, now)

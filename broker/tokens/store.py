@@ -17,7 +17,7 @@ from broker.clock import Clock
 from broker.config import Settings
 from broker.db import Database
 from broker.errors import NotConnected, ReauthRequired, UpstreamUnavailable
-from broker.keys import KeyService, SealError
+from broker.keys import KeyService, SealError, access_token_bound, is_unbound
 from broker.models import AccessToken, Connection
 from broker.scopes import gmail_only
 from broker.tokens import rules
@@ -61,6 +61,10 @@ class StoredToken(Protocol):
     @property
     def id(self) -> uuid.UUID: ...
     @property
+    def connection_id(self) -> uuid.UUID: ...
+    @property
+    def scope_key(self) -> str: ...
+    @property
     def token(self) -> bytes: ...
     @property
     def scopes(self) -> list[str]: ...
@@ -85,11 +89,28 @@ class TokenStore:
 
     def open(self, session: Session, tenant_id: uuid.UUID, row: StoredToken) -> str:
         """Open a stored access token (raise SealError if it does not open)."""
-        return self.keys().open(session, tenant_id, row.id, "access_token", row.token).decode()
+        return self.keys().open(
+            session, tenant_id, row.id, "access_token", row.token,
+            bound=access_token_bound(row.connection_id, row.scope_key),
+        ).decode()
+
+    def admissible(self, row: StoredToken, allow_broader: bool) -> bool:
+        """Say whether a stored token may serve at all, judged on values already read.
+
+        A row sealed before access tokens were bound to their connection and scope key is a
+        stale cache (refreshed, not opened; any other format is opened, and refused if bad);
+        one carrying Gmail scopes beyond its scope key serves only while the tenant allows
+        broader tokens (issue 11 items 3 and 11).
+        """
+        if is_unbound(row.token):
+            return False
+        return rules.within_key(row.scopes, row.scope_key, allow_broader)
 
     def satisfies(self, row: StoredToken | None, want: Want, now: dt.datetime) -> bool:
         """Say whether a stored token serves this request."""
         if row is None or (want.rejected_id is not None and row.id == want.rejected_id):
+            return False
+        if not self.admissible(row, want.allow_broader):
             return False
         return rules.token_ready(
             row.expires_at, row.obtained_at, want.min_ttl, self.settings.CLOCK_SKEW, now
@@ -118,7 +139,8 @@ class TokenStore:
         with self.db.transaction(write=False) as session:
             _, row = self.read(session, want)
             usable = row is not None and row.expires_at > now + dt.timedelta(seconds=5)
-            if usable and row is not None and row.id != want.rejected_id:
+            if (usable and row is not None and row.id != want.rejected_id
+                    and self.admissible(row, want.allow_broader)):
                 return self.issued(session, want, row)
         raise UpstreamUnavailable(
             description, headers={"Retry-After": str(max(1, int(retry + 0.999)))}

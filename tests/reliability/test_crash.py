@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from broker.clock import utcnow
 from broker.db import get_db
 from broker.google.client import get_google
+from broker.keys import access_token_bound
 from broker.keys.extension import get_keys
 from broker.models import AccessToken, AuditEvent, Connection
 from tests.factories import make_user
@@ -146,7 +147,8 @@ def _assert_tokens_open_and_accepted(app: Flask) -> tuple[int, int]:
         for row in session.scalars(select(AccessToken)):
             conn = session.get(Connection, row.connection_id)
             assert conn is not None
-            assert keys.open(session, conn.tenant_id, row.id, "access_token", row.token)
+            assert keys.open(session, conn.tenant_id, row.id, "access_token", row.token,
+                             bound=access_token_bound(row.connection_id, row.scope_key))
             access += 1
     for refresh_token in refresh_tokens:
         assert google.refresh(refresh_token, [READONLY], timeout=5).access_token

@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 
 from broker.cli import cli
 from broker.db import get_db
+from broker.keys import access_token_bound
 from broker.keys.extension import get_keys
 from broker.keys.sealed import FileKeyProvider, Keyring, new_key, sealed_version
 from broker.keys.service import KeyService
@@ -193,7 +194,8 @@ def test_rotation_in_phases_under_load(
             .join(Connection, Connection.id == AccessToken.connection_id)
         ):
             assert sealed_version(tok.token) == fresh.current_version(session, tenant_id)
-            fresh.open(session, tenant_id, tok.id, "access_token", tok.token)
+            fresh.open(session, tenant_id, tok.id, "access_token", tok.token,
+                       bound=access_token_bound(tok.connection_id, tok.scope_key))
         masters = {k.master_key_id for k in session.scalars(select(DataKey))
                    if k.retired_at is None}
         assert "mk-first" not in masters

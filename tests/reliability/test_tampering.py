@@ -17,9 +17,10 @@ from flask import Flask
 from sqlalchemy import delete, func, select, update
 
 from broker.db import get_db
+from broker.keys import access_token_bound, is_unbound
 from broker.keys.extension import get_keys
 from broker.keys.sealed import HEADER, NONCE_BYTES, SealError
-from broker.models import AccessToken, AuditEvent, Connection
+from broker.models import AccessToken, AuditEvent, Connection, DataKey
 from tests.plugins.world import World
 
 
@@ -32,6 +33,8 @@ class Sealed:
     field: str
     blob: bytes
     plain: bytes
+    # An access token is bound to its connection and scope key as well (issue 11 item 11).
+    bound: tuple[str, ...] = ()
 
 
 def _sealed_values(app: Flask) -> list[Sealed]:
@@ -45,10 +48,12 @@ def _sealed_values(app: Flask) -> list[Sealed]:
             select(AccessToken, Connection.tenant_id)
             .join(Connection, Connection.id == AccessToken.connection_id)
         ):
-            found.append(Sealed(tenant_id, tok.id, "access_token", tok.token, b""))
+            found.append(Sealed(tenant_id, tok.id, "access_token", tok.token, b"",
+                                access_token_bound(tok.connection_id, tok.scope_key)))
         return [
             Sealed(s.tenant_id, s.row_id, s.field, s.blob,
-                   keys.open(session, s.tenant_id, s.row_id, s.field, s.blob))
+                   keys.open(session, s.tenant_id, s.row_id, s.field, s.blob, bound=s.bound),
+                   s.bound)
             for s in found
         ]
 
@@ -86,20 +91,30 @@ def test_nothing_opens_in_another_place_cut_or_flipped(worlds: list[World]) -> N
     with get_db(app).transaction(write=False) as session:
         for source, target in itertools.permutations(values, 2):
             with pytest.raises(SealError) as refused:
-                keys.open(session, target.tenant_id, target.row_id, target.field, source.blob)
+                keys.open(session, target.tenant_id, target.row_id, target.field, source.blob,
+                          bound=target.bound)
             _no_echo(str(refused.value), source)
             tried += 1
         for value in values:
             for label, tampered in _variants(value.blob):
                 with pytest.raises(SealError) as refused:
-                    keys.open(session, value.tenant_id, value.row_id, value.field, tampered)
+                    keys.open(session, value.tenant_id, value.row_id, value.field, tampered,
+                              bound=value.bound)
                 _no_echo(f"{label} {refused.value}", value)
                 tried += 1
             # Right blob, right row, wrong field or tenant label.
             for field in ("refresh_token", "access_token", "code_verifier", "webhook_secret"):
                 if field != value.field:
                     with pytest.raises(SealError):
-                        keys.open(session, value.tenant_id, value.row_id, field, value.blob)
+                        keys.open(session, value.tenant_id, value.row_id, field, value.blob,
+                                  bound=value.bound)
+            # Right blob and row id, but the row moved to another connection or scope key.
+            for other in values:
+                if value.bound and other.bound and other.bound != value.bound:
+                    with pytest.raises(SealError):
+                        keys.open(session, value.tenant_id, value.row_id, value.field,
+                                  value.blob, bound=other.bound)
+                    tried += 1
     assert tried > 2000
 
 
@@ -167,14 +182,30 @@ def test_tampered_values_are_clean_audited_refusals_through_the_api(
     foreign = [v.blob for v in values if v.row_id not in (refresh.row_id, stored.id)]
     stride = 16
     calls = world.emulator.calls()["token"]["refresh_token"]
-    # The stored access token: swapped for every other value, cut and flipped.
-    for tampered in foreign + [blob for _, blob in _variants(stored.token, stride)]:
+    # The stored access token: swapped for every other bound value, cut and flipped.
+    bound = [blob for blob in foreign if not is_unbound(blob)]
+    for tampered in bound + [blob for _, blob in _variants(stored.token, stride)]:
         _reset(app, world.connection.id, refresh.blob, stored)
         with get_db(app).transaction() as session:
             session.execute(
                 update(AccessToken).where(AccessToken.id == stored.id).values(token=tampered)
             )
         _refused_cleanly(world, refresh.plain)
+    # A value bound to its row only (format 1) in an access token's place reads as a cache
+    # sealed before access tokens were bound: never opened, refreshed with the connection's own
+    # refresh token instead, the connection untouched (as if the row had been deleted).
+    unbound = [v for v in values if is_unbound(v.blob) and v.row_id != refresh.row_id]
+    assert unbound
+    for value in unbound:
+        _reset(app, world.connection.id, refresh.blob, stored)
+        with get_db(app).transaction() as session:
+            session.execute(
+                update(AccessToken).where(AccessToken.id == stored.id).values(token=value.blob)
+            )
+        answer = world.token()
+        assert answer.status_code == 200, answer.json
+        assert value.plain.decode() not in answer.get_data(as_text=True)
+    calls += len(unbound)
     # The refresh token (no access token stored): swapped, cut and flipped.
     for tampered in foreign + [blob for _, blob in _variants(refresh.blob, stride)]:
         _reset(app, world.connection.id, tampered, None)
@@ -184,3 +215,31 @@ def test_tampered_values_are_clean_audited_refusals_through_the_api(
     _reset(app, world.connection.id, refresh.blob, stored)
     assert world.token().status_code == 200
     assert other.token().status_code == 200
+
+
+def test_swapped_data_key_row_is_an_audited_token_unreadable_not_a_500(
+    worlds: list[World],
+) -> None:
+    world, other = worlds[0], worlds[1]
+    app = world.app
+    assert world.connection is not None
+    with get_db(app).transaction() as session:
+        mine = session.scalars(select(DataKey).where(DataKey.tenant_id == world.tenant.id)).one()
+        theirs = session.scalars(
+            select(DataKey).where(DataKey.tenant_id == other.tenant.id)
+        ).one()
+        # Another tenant's wrapped key, copied over this tenant's: same master, wrong context.
+        mine.wrapped, mine.master_key_id = theirs.wrapped, theirs.master_key_id
+    get_keys(app).forget()  # as a process that has not cached this tenant's key yet would be
+    before = _denials(app)
+    calls = world.emulator.calls()["token"]["refresh_token"]
+    answer = world.token()
+    assert answer.status_code == 409, answer.get_data(as_text=True)
+    assert answer.json["error"] == "reauth_required"
+    assert answer.json["reason"] == "token_unreadable"
+    assert _denials(app) == before + 1
+    assert world.emulator.calls()["token"]["refresh_token"] == calls
+    with get_db(app).transaction(write=False) as session:
+        conn = session.get(Connection, world.connection.id)
+        assert conn is not None and conn.status == "needs_reauth"
+    assert other.token().status_code == 200  # the other tenant is untouched

@@ -32,6 +32,14 @@ def test_scopes_default_to_allowed_and_granted_in_full_form() -> None:
     assert policy.broader([R, S, "openid"], [R]) == [S]
 
 
+def test_a_stored_token_serves_its_scope_key_only_within_the_policy() -> None:
+    # Identity scopes ride along; only Gmail scopes beyond the key make a token broader.
+    assert policy.within_key([R, "openid", EMAIL], R, allow_broader=False)
+    assert not policy.within_key([R, S], R, allow_broader=False)
+    assert policy.within_key([R, S], R, allow_broader=True)
+    assert policy.within_key([R, S], f"{R} {S}", allow_broader=False)
+
+
 @pytest.mark.parametrize(
     ("remaining", "lifetime", "min_ttl", "ready"),
     [(3500, 3599, 300, True), (300, 3599, 300, False), (361, 3599, 300, True),
