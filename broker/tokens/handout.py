@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -148,6 +149,18 @@ class Refuse:
 Decision = Serve | Refresh | Unreadable | Refuse
 
 
+def refusal_details(exc: BrokerError) -> dict[str, str]:
+    """Return what an audited refusal records: its reason, and why a request was malformed.
+
+    An `invalid_request` keeps its description only up to the first quote or colon, where the
+    caller's own input would begin (it may hold anything, even a pasted token).
+    """
+    details = {k: str(v) for k, v in exc.extras.items() if k == "reason"}
+    if isinstance(exc, InvalidRequest):
+        details["problem"] = re.split(r"[:'\"]", exc.description, maxsplit=1)[0].strip()[:80]
+    return details
+
+
 class Handout:
     """Decide and hand out one token for an authenticated client."""
 
@@ -174,7 +187,7 @@ class Handout:
             conn, now=now, action="token.handout", tenant_id=self.client.tenant_id,
             actor_type="client", actor_id=self.client.id, ip=self.ip,
             outcome=outcome, reason=exc.error, subject_user_id=self.user_id, scopes=self.scopes,
-            details={k: v for k, v in exc.extras.items() if k == "reason"},
+            details=refusal_details(exc),
         )
 
     def _count_refusal(self, exc: BrokerError) -> None:
