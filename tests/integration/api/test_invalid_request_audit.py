@@ -14,7 +14,7 @@ def _refusals(world: World) -> list[AuditEvent]:
         return list(session.scalars(
             select(AuditEvent).where(AuditEvent.tenant_id == world.tenant.id,
                                      AuditEvent.reason == "invalid_request")
-            .order_by(AuditEvent.at)
+            .order_by(AuditEvent.seq)
         ))
 
 

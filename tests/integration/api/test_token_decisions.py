@@ -35,7 +35,7 @@ def audits(world: World, **where: Any) -> list[AuditEvent]:
         )
         for name, value in where.items():
             query = query.where(getattr(AuditEvent, name) == value)
-        return list(session.scalars(query.order_by(AuditEvent.at)))
+        return list(session.scalars(query.order_by(AuditEvent.seq)))
 
 
 def set_policy(world: World, **values: Any) -> None:

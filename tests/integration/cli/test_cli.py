@@ -275,10 +275,10 @@ def test_worker_once_fails_loudly_when_a_duty_fails(instance: Path) -> None:
     assert [duty for duty, count in report.items() if count < 0] == ["reseal"]
     # The JSON log lines (the other duties' own events) are the log, not the command's answer.
     assert said(result.stderr) == [
-        "Error: worker duty reseal failed (CryptoError); set BROKER_DEBUG=1 for details"
+        "Error: worker duty reseal failed (SealError); set BROKER_DEBUG=1 for details"
     ]
     debug = broker(instance, "worker", "--once", env={"BROKER_DEBUG": "1"})
     assert debug.returncode == 1 and json.loads(debug.stdout)["reseal"] == -1
     assert said(debug.stderr)[0] == "Traceback (most recent call last):"
-    assert "CryptoError" in debug.stderr
-    assert said(debug.stderr)[-1] == "Error: worker duty reseal failed (CryptoError)"
+    assert "SealError" in debug.stderr
+    assert said(debug.stderr)[-1] == "Error: worker duty reseal failed (SealError)"

@@ -100,10 +100,10 @@ def query(url: str) -> dict[str, str]:
 
 
 def events(app: Flask, action: str) -> list[AuditEvent]:
-    """Return the audit events of one action, oldest first."""
+    """Return one action's audit events in insertion order (a test clock may stamp alike)."""
     with get_db(app).transaction(write=False) as session:
         return list(session.scalars(
-            select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.at)
+            select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
         ))
 
 

@@ -307,7 +307,7 @@ def test_the_loop_logs_a_failed_duty_and_keeps_going(
     with pytest.raises(_Stop):
         worker.run(app, interval=1.0)
     failed = [r for r in caplog.records if getattr(r, "event", "") == "worker_duty_failed"]
-    assert [r.getMessage() for r in failed] == ["worker duty reseal failed: CryptoError"] * 2
+    assert [r.getMessage() for r in failed] == ["worker duty reseal failed: SealError"] * 2
     assert all(r.exc_info is None for r in failed)  # no traceback without BROKER_DEBUG
     reports = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "worker"]
     assert len(reports) == 2 and all("'reseal': -1" in m for m in reports)

@@ -127,7 +127,7 @@ CASES = [
 
 def _new_events(app: Flask, before: set[uuid.UUID]) -> list[AuditEvent]:
     with get_db(app).transaction(write=False) as session:
-        rows = session.scalars(select(AuditEvent).order_by(AuditEvent.at)).all()
+        rows = session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
     return [row for row in rows if row.id not in before]
 
 

@@ -30,7 +30,7 @@ def user(app: Flask, email: str) -> User | None:
 
 def actions(app: Flask) -> list[str]:
     with get_db(app).transaction(write=False) as session:
-        return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.at)))
+        return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
 
 
 def test_the_list_shows_status_last_sign_in_and_connection(
