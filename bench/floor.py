@@ -30,9 +30,9 @@ READ = (
     " WHERE u.tenant_id = %s AND u.email = %s"
 )
 INSERT = (
-    "INSERT INTO audit_events (id, tenant_id, at, actor_type, actor_id, action,"
+    "INSERT INTO audit_events (id, tenant_id, chain_id, at, actor_type, actor_id, action,"
     " subject_user_id, ip, outcome, reason, scopes, request_id, details)"
-    " VALUES (%s, %s, %s, 'client', %s, 'token.handout', %s, %s, 'ok', NULL, %s, %s, %s)"
+    " VALUES (%s, %s, %s, %s, 'client', %s, 'token.handout', %s, %s, 'ok', NULL, %s, %s, %s)"
 )
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -60,6 +60,11 @@ class Pool:
             conn.close()
             raise
         self._idle.put(conn)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
 
 
 class Floor:
@@ -92,7 +97,7 @@ class Floor:
             user_id, token, expires_at = row[-3:]
             now = dt.datetime.now(dt.UTC)
             conn.execute(INSERT, (
-                uuid.uuid4(), tenant_id, now, client_id, user_id,
+                uuid.uuid4(), tenant_id, tenant_id, now, client_id, user_id,
                 environ.get("REMOTE_ADDR"), json.dumps(body.get("scopes") or []),
                 secrets.token_hex(12), json.dumps({"expires_at": expires_at.isoformat()}),
             ))
