@@ -124,7 +124,14 @@ def admin_broker(live_broker: LiveBroker, emulator: EmulatorControls) -> LiveBro
 
 
 def sign_in_admin(page: Any, broker: LiveBroker) -> None:
-    """Sign in as the tenant's invited admin through the emulator."""
+    """Sign in as the tenant's invited admin through the emulator and open the console."""
+    sign_in_admin_account(page, broker)
+    page.goto(broker.url + "/admin")
+    page.wait_for_url(broker.url + "/admin/users")
+
+
+def sign_in_admin_account(page: Any, broker: LiveBroker) -> None:
+    """Sign in with the invited admin's Google account; land on the connection page."""
     page.goto(broker.url + "/")
     page.click("#signin")
     page.wait_for_load_state()
@@ -134,5 +141,3 @@ def sign_in_admin(page: Any, broker: LiveBroker) -> None:
     if not page.url.startswith(broker.url):
         page.click("button[value='allow']")
     page.wait_for_url(broker.url + "/connections")
-    page.goto(broker.url + "/admin")
-    page.wait_for_url(broker.url + "/admin/users")

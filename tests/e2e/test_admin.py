@@ -15,7 +15,7 @@ from sqlalchemy import select
 from broker import worker
 from broker.db import get_db
 from broker.models import User
-from tests.e2e.conftest import ADMIN, READONLY, LiveBroker, sign_in_admin
+from tests.e2e.conftest import ADMIN, READONLY, LiveBroker, sign_in_admin, sign_in_admin_account
 
 pytestmark = pytest.mark.e2e
 
@@ -114,15 +114,7 @@ def test_a_member_gets_the_refusal_page(
     with get_db(admin_broker.app).transaction() as session:
         admin = session.scalars(select(User).where(User.email == ADMIN)).one()
         admin.role = "member"  # the invited admin, demoted before their first sign-in
-    page.goto(admin_broker.url + "/")
-    page.click("#signin")
-    page.wait_for_load_state()
-    if not page.url.startswith(admin_broker.url):
-        page.click(f"button[value='{ADMIN}']")
-        page.wait_for_load_state()
-    if not page.url.startswith(admin_broker.url):
-        page.click("button[value='allow']")
-    page.wait_for_url(admin_broker.url + "/connections")
+    sign_in_admin_account(page, admin_broker)
     answer = page.goto(admin_broker.url + "/admin/policy")
     assert answer.status == 403
     assert "administrators" in page.inner_text("main")
