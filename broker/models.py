@@ -134,6 +134,8 @@ class Policy(Base):
         default=lambda: list(DEFAULT_OFFERED_SCOPES)
     )
     allow_broader_tokens: Mapped[bool] = mapped_column(default=False)
+    # Google's `account-credential-change-required` event ends the user's sessions when set.
+    end_sessions_on_credential_change: Mapped[bool] = mapped_column(default=False)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -230,6 +232,14 @@ class Connection(Base):
     revocation_pending: Mapped[bool] = mapped_column(default=False)
     # Last refresh caused by a job's `rejected_token`: at most one per cooldown.
     rejected_refresh_at: Mapped[dt.datetime | None]
+    # Google disabled the account (RISC `account-disabled`): when, by the event's own time.
+    # Hand-outs refuse while set; an `account-enabled` issued later releases it.
+    held_at: Mapped[dt.datetime | None]
+    # How Google names the refresh token in a `token-revoked` event (broker.keys
+    # refresh_token_ids): digests only, never the token or its prefix in clear.
+    refresh_token_prefix_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    refresh_token_hash_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    refresh_token_hexhash_id: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -365,6 +375,38 @@ class AuditEvent(Base):
     mac_key_version: Mapped[int | None]
     prev_mac: Mapped[str | None] = mapped_column(String(64))
     mac: Mapped[str | None] = mapped_column(String(64))
+
+
+class SecurityEvent(Base):
+    """A security event token Google pushed (RISC), kept for BROKER_RISC_RETENTION_DAYS."""
+
+    __tablename__ = "security_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    jti: Mapped[str] = mapped_column(String(255), unique=True)
+    iss: Mapped[str] = mapped_column(String(500))
+    iat: Mapped[dt.datetime]
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    types: Mapped[list[str]] = mapped_column(default=list)
+    # The first event's short name (`tokens-revoked`): what the counts group by.
+    kind: Mapped[str] = mapped_column(String(60))
+    subject: Mapped[str] = mapped_column(String(400), default="")
+    outcome: Mapped[str] = mapped_column(String(20))
+    # The `reason` of an account event, or a verification event's `state`.
+    detail: Mapped[str | None] = mapped_column(String(200))
+
+
+class SecurityEventTenant(Base):
+    """A tenant a security event acted in (one event may reach several)."""
+
+    __tablename__ = "security_event_tenants"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("security_events.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 # The WorkerState row a worker loop rewrites after every pass (its value: the pass interval).

@@ -10,6 +10,7 @@ from flask import Flask
 
 from broker.clock import utcnow
 from broker.db import get_db
+from broker.keys import refresh_token_ids
 from broker.keys.extension import get_keys
 from broker.models import Connection, Tenant, User
 from broker.tenancy.tenants import create_tenant
@@ -61,5 +62,7 @@ def make_connection(
         connection.refresh_token = get_keys(app).seal(
             session, user.tenant_id, connection.id, "refresh_token", refresh_token.encode()
         )
+        for column, value in refresh_token_ids(refresh_token).items():
+            setattr(connection, column, value)
         session.add(connection)
     return connection

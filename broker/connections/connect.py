@@ -14,7 +14,7 @@ from werkzeug.datastructures import MultiDict
 from broker import audit, scopes, webhooks
 from broker.google import TokenResponse
 from broker.identity import FlowService, Refusal, begin, complete
-from broker.keys import access_token_bound
+from broker.keys import access_token_bound, refresh_token_ids
 from broker.models import AccessToken, Connection, Policy, User
 
 ACTION = "connect.refused"
@@ -189,6 +189,10 @@ class ConnectService(FlowService):
                 session, user.tenant_id, connection.id, "refresh_token",
                 token.refresh_token.encode(),
             )
+            for column, value in refresh_token_ids(token.refresh_token).items():
+                setattr(connection, column, value)
+        # Google let the user consent again, so the account works: a RISC hold has ended.
+        connection.held_at = None
         session.flush()
         session.execute(delete(AccessToken).where(AccessToken.connection_id == connection.id))
         # Google's answer carries every granted scope (include_granted_scopes), withheld ones

@@ -42,6 +42,7 @@ from broker.scopes import InvalidScope, gmail_only, normalise, scope_key
 from broker.tenancy import ClientInfo
 from broker.tokens import rules
 from broker.tokens.service import Issued, TokenService, Want, get_tokens
+from broker.tokens.store import HELD_DESCRIPTION, HELD_REASON
 
 if TYPE_CHECKING:
     from broker.driver import DriverConnection
@@ -57,7 +58,7 @@ _READ = (
         _u.id.label("user_id"), _u.email, _u.status.label("user_status"), _u.last_login_at,
         _p.handout_login_max_age, _p.allow_broader_tokens,
         _c.id.label("connection_id"), _c.status, _c.status_reason, _c.granted_scopes,
-        _c.withheld_scopes, _c.last_used_at, _c.rejected_refresh_at,
+        _c.withheld_scopes, _c.last_used_at, _c.rejected_refresh_at, _c.held_at,
         _t.id.label("token_id"), _t.scope_key, _t.token, _t.scopes, _t.expires_at,
         _t.obtained_at,
     )
@@ -282,6 +283,9 @@ class Handout:
                 reason=first.status_reason or "revoked_or_expired",
                 reauth_url=self.url("/connections/connect", granted),
             )
+        if first.held_at is not None:
+            raise ReauthRequired(HELD_DESCRIPTION, reason=HELD_REASON,
+                                 reauth_url=self.url("/connections/connect", granted))
         missing = rules.not_granted(self.scopes, granted) if self.scopes else []
         if missing or not self.scopes:
             wanted = missing or list(self.client.allowed_scopes)

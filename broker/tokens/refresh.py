@@ -26,7 +26,7 @@ from broker.errors import (
     UpstreamUnavailable,
 )
 from broker.google import Failure, Google, GoogleError, NotConfigured, TokenResponse
-from broker.keys import SealError, access_token_bound
+from broker.keys import SealError, access_token_bound, refresh_token_ids
 from broker.models import AccessToken, Connection
 from broker.tokens import rules
 from broker.tokens.store import Issued, Keys, TokenStore, Want, event_payload
@@ -132,6 +132,7 @@ class Refresher:
                 .where(
                     Connection.id == want.connection_id,
                     Connection.status.in_(("active", "degraded")),
+                    Connection.held_at.is_(None),
                     or_(
                         Connection.refresh_lease_until.is_(None),
                         Connection.refresh_lease_until <= now,
@@ -254,6 +255,7 @@ class Refresher:
                     session, want.tenant_id, want.connection_id, "refresh_token",
                     answer.refresh_token.encode(),
                 )
+                values.update(refresh_token_ids(answer.refresh_token))
             if want.rejected_id is not None:
                 values["rejected_refresh_at"] = now
             swapped = session.execute(

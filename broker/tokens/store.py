@@ -22,6 +22,10 @@ from broker.models import AccessToken, Connection
 from broker.scopes import gmail_only
 from broker.tokens import rules
 
+# Google disabled the account (RISC `account-disabled`): the connection is held.
+HELD_REASON = "google_account_disabled"
+HELD_DESCRIPTION = "Google disabled this account; the user must sign in to Google again."
+
 
 @dataclass(frozen=True)
 class Issued:
@@ -123,6 +127,8 @@ class TokenStore:
             raise NotConnected()
         if conn.status == "needs_reauth":
             raise ReauthRequired(reason=conn.status_reason or "revoked_or_expired")
+        if conn.held_at is not None:
+            raise ReauthRequired(HELD_DESCRIPTION, reason=HELD_REASON)
         return conn, session.get(AccessToken, (want.connection_id, want.scope_key))
 
     def issued(self, session: Session, want: Want, row: AccessToken) -> Issued:
