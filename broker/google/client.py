@@ -24,6 +24,9 @@ from broker import config, scopes
 from broker.config import Settings
 
 ID_TOKEN_LEEWAY = 300  # Google: allow a few minutes of clock skew
+# An unknown `kid` refetches a JWK Set at once, but only once per this many seconds: a stream
+# of tokens with made-up kids must not turn into a stream of fetches from Google.
+JWKS_REFETCH_COOLDOWN = 30.0
 TRANSIENT_ERRORS = {"server_error", "temporarily_unavailable", "internal_failure"}
 MISCONFIGURED_ERRORS = {"invalid_client", "unauthorized_client"}
 _MAX_AGE = re.compile(r"max-age=(\d+)")
@@ -119,7 +122,9 @@ class Google:
         self._http: httpx.Client | None = None
         self._pid = 0
         self._discovery: tuple[dict[str, Any], float] | None = None
-        self._jwks: tuple[KeySet, float] | None = None
+        # Per JWKS URL: the keys, when they expire, and when a kid miss last forced a refetch.
+        self._key_sets: dict[str, tuple[KeySet, float, float]] = {}
+        self._documents: dict[str, tuple[dict[str, Any], float]] = {}
 
     @property
     def http(self) -> httpx.Client:
@@ -271,17 +276,52 @@ class Google:
             else Failure.INVALID_REQUEST, error=error, status=response.status_code,
         )
 
-    def _key_set(self, refresh: bool = False) -> KeySet:
-        cached = self._jwks
-        if cached and cached[1] > self.clock() and not refresh:
-            return cached[0]
+    def key_set(self, url: str, *, refresh: bool = False) -> KeySet:
+        """Return the JWK Set at `url`, cached per Cache-Control (the shared JWKS cache).
+
+        `refresh` asks again after a `kid` was not found, at most once per
+        JWKS_REFETCH_COOLDOWN; raise GoogleError when the keys cannot be had.
+        """
+        now = self.clock()
+        with self._lock:
+            cached = self._key_sets.get(url)
+        if cached is not None:
+            keys, expires, forced_at = cached
+            if not refresh and expires > now:
+                return keys
+            if refresh and expires > now and now - forced_at < JWKS_REFETCH_COOLDOWN:
+                return keys
         try:
-            document, expires = self._get_cached_json(self.endpoint("jwks_uri"))
+            document, expires = self._get_cached_json(url)
             keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
         except (httpx.HTTPError, ValueError, JoseError):
-            raise IdTokenError("signing keys unavailable") from None
-        self._jwks = (keys, expires)
+            raise GoogleError(Failure.TRANSIENT, error="jwks_unavailable") from None
+        with self._lock:
+            self._key_sets[url] = (keys, expires, now if refresh else float("-inf"))
         return keys
+
+    def _key_set(self, refresh: bool = False) -> KeySet:
+        try:
+            return self.key_set(self.endpoint("jwks_uri"), refresh=refresh)
+        except GoogleError:
+            raise IdTokenError("signing keys unavailable") from None
+
+    def document(self, url: str) -> dict[str, Any]:
+        """Return a JSON document Google publishes (RISC configuration), cached per its age."""
+        now = self.clock()
+        with self._lock:
+            cached = self._documents.get(url)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            document, expires = self._get_cached_json(url)
+        except (httpx.HTTPError, ValueError):
+            raise GoogleError(Failure.TRANSIENT, error="document_unavailable") from None
+        if not isinstance(document, dict):
+            raise GoogleError(Failure.TRANSIENT, error="document_unavailable")
+        with self._lock:
+            self._documents[url] = (document, expires)
+        return document
 
     def verify_id_token(self, id_token: str, *, nonce: str | None = None) -> dict[str, Any]:
         """Verify signature (RS256 only), issuer, audience, times, nonce and email_verified."""
