@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from broker.emulator import risc
 from broker.emulator.context import get_emulator, issuer, json_response, only_in_emulator
 from broker.emulator.faults import Fault, FaultError
 from broker.emulator.scopes import is_known_scope, normalize_scopes, with_openid
@@ -160,8 +161,35 @@ def mint_grant() -> Response:
 def user_revokes(email: str) -> Response:
     """Revoke every grant of an account, as the user would on their account page."""
     account = _account(email)
-    get_emulator().tokens.revoke_account(account.sub)
-    return json_response({"revoked": account.email})
+    emulator = get_emulator()
+    with emulator.state.lock:
+        doomed = [t.token for t in emulator.state.refresh_tokens.values() if t.sub == account.sub]
+    emulator.tokens.revoke_account(account.sub)
+    # Google tells a registered receiver at once (Cross-Account Protection).
+    told = risc.revoked(account.sub, doomed)
+    return json_response({"revoked": account.email, "risc": [a["status"] for a in told]})
+
+
+@bp.post("/risc/stream")
+def risc_stream() -> Response:
+    """Register a RISC receiver without a service account: `{"url", "audience"?}`."""
+    body = _body()
+    audience = body.get("audience")
+    if audience is not None and not isinstance(audience, (str, list)):
+        raise ControlError("audience must be a string or a list of strings")
+    try:
+        return json_response(risc.set_stream(str(body.get("url", "")), audience))
+    except risc.RiscError as invalid:
+        raise ControlError(invalid.message, invalid.status) from invalid
+
+
+@bp.post("/risc/send")
+def risc_send() -> Response:
+    """Sign and deliver one security event now; answer with the receiver's status and body."""
+    try:
+        return json_response(risc.send_event(_body()))
+    except risc.RiscError as invalid:
+        raise ControlError(invalid.message, invalid.status) from invalid
 
 
 @bp.post("/accounts/<email>/password")

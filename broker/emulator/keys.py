@@ -76,10 +76,10 @@ class KeyRing:
                 answer[kid] = self._certs[kid]
         return answer
 
-    def sign(self, claims: dict[str, Any]) -> str:
+    def sign(self, claims: dict[str, Any], typ: str = "JWT") -> str:
         """Return `claims` as a JWT signed with the current key."""
         key = self._keys()[-1]
-        header = {"alg": "RS256", "kid": str(key.kid), "typ": "JWT"}
+        header = {"alg": "RS256", "kid": str(key.kid), "typ": typ}
         return jwt.encode(header, claims, key)
 
     def verify(self, token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:

@@ -123,6 +123,9 @@ class EmulatorState:
         self.access_tokens: dict[str, AccessToken] = {}
         self.codes: dict[str, AuthCode] = {}
         self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
+        # The RISC stream a receiver registered (kept in memory only): url, audience, status.
+        self.risc_stream: dict[str, Any] | None = None
+        self.risc_last_jti: str | None = None
 
     def now(self) -> int:
         """Return the emulator's clock: real (or frozen) time plus the offset, in whole seconds."""
