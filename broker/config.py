@@ -18,6 +18,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
 GOOGLE_ISSUER = "https://accounts.google.com"
+RISC_CONFIG_URL = "https://accounts.google.com/.well-known/risc-configuration"
+RISC_API_URL = "https://risc.googleapis.com"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -112,6 +114,15 @@ class Settings:
     DATA_KEY_CACHE_SECONDS: float = _setting(300.0, float)
     CLOCK_SKEW: float = _setting(60.0, float)
     CLIENT_CACHE_SECONDS: float = _setting(5.0, float)
+    # Cross-Account Protection: the receiver at POST /risc/events (README "Security events").
+    RISC: bool = _setting(False, parse_bool)
+    RISC_CONFIG_URL: str = _setting(RISC_CONFIG_URL)
+    # Where `broker risc register|verify|status` manage the stream (the emulator in tests).
+    RISC_API_URL: str = _setting(RISC_API_URL)
+    # The `aud` values accepted; empty means the Google client id.
+    RISC_AUDIENCES: tuple[str, ...] = _setting((), parse_list)
+    RISC_RETENTION_DAYS: int = _setting(90, int)
+    RISC_RATE_LIMIT: str = _setting("600/minute")
     LOG_LEVEL: str = _setting("INFO")
     DEBUG: bool = _setting(False, parse_bool)
 
@@ -141,6 +152,13 @@ class Settings:
     def https(self) -> bool:
         """Say whether the public URL is on HTTPS (secure cookies, HSTS)."""
         return urlsplit(self.PUBLIC_URL).scheme == "https"
+
+    @property
+    def risc_audiences(self) -> tuple[str, ...]:
+        """Return the accepted RISC audiences: configured, else the Google client id."""
+        if self.RISC_AUDIENCES:
+            return self.RISC_AUDIENCES
+        return (self.GOOGLE_CLIENT_ID,) if self.GOOGLE_CLIENT_ID else ()
 
     @property
     def google_configured(self) -> bool:
@@ -209,7 +227,8 @@ def validate(settings: Settings) -> list[str]:
         problems.append("BROKER_PUBLIC_URL: must be an absolute http(s) URL")
     elif public.scheme != "https" and not is_loopback_url(settings.PUBLIC_URL):
         problems.append("BROKER_PUBLIC_URL: must be https:// unless it is a loopback address")
-    for name in ("GOOGLE_DISCOVERY_URL", "GMAIL_API_URL"):
+    for name in ("GOOGLE_DISCOVERY_URL", "GMAIL_API_URL", "RISC_CONFIG_URL",
+                 "RISC_API_URL"):
         url = getattr(settings, name)
         scheme = urlsplit(url).scheme
         if scheme not in {"http", "https"}:
@@ -224,12 +243,16 @@ def validate(settings: Settings) -> list[str]:
         if getattr(settings, name) < 0:
             problems.append(f"BROKER_{name}: must not be negative")
     for name in ("API_RATE_LIMIT", "LOGIN_RATE_LIMIT", "CALLBACK_RATE_LIMIT",
-                 "AUTH_FAILURE_LIMIT"):
+                 "AUTH_FAILURE_LIMIT", "RISC_RATE_LIMIT"):
         problem = rate_limit_problem(getattr(settings, name))
         if problem:
             problems.append(f"BROKER_{name}: {problem}")
     if settings.SEAL_BLOCK > settings.SEAL_ROTATE_THRESHOLD:
         problems.append("BROKER_SEAL_BLOCK: must not exceed BROKER_SEAL_ROTATE_THRESHOLD")
+    if settings.RISC_RETENTION_DAYS <= 0:
+        problems.append("BROKER_RISC_RETENTION_DAYS: must be positive")
+    if settings.RISC and not settings.risc_audiences:
+        problems.append("BROKER_RISC: needs BROKER_RISC_AUDIENCES or BROKER_GOOGLE_CLIENT_ID")
     if bool(settings.GOOGLE_CLIENT_ID) != bool(settings.GOOGLE_CLIENT_SECRET):
         problems.append("BROKER_GOOGLE_CLIENT_ID and BROKER_GOOGLE_CLIENT_SECRET go together")
     return problems

@@ -64,6 +64,7 @@ class Limits:
     def __init__(
         self, api: str, auth_failures: str, redis_url: str | None = None, *,
         login: str = "off", callback: str = "off", key_prefix: str = "broker",
+        risc: str = "off",
     ) -> None:
         self.limiter: _Windows | FixedWindowRateLimiter = (
             FixedWindowRateLimiter(storage_from_string(redis_url, key_prefix=key_prefix))
@@ -73,6 +74,7 @@ class Limits:
         self.auth_failures = _item(auth_failures)
         self.login = _item(login)
         self.callback = _item(callback)
+        self.risc = _item(risc)
 
     def _refuse(self, item: RateLimitItem, *key: str) -> RateLimited:
         reset, _ = self.limiter.get_window_stats(item, *key)
@@ -93,6 +95,11 @@ class Limits:
         """Count one OAuth callback (sign-in or connect) from this address; raise past the limit."""
         if self.callback is not None and not self.limiter.hit(self.callback, "callback", ip):
             raise self._refuse(self.callback, "callback", ip)
+
+    def hit_risc(self, ip: str) -> None:
+        """Count one security event pushed from this address; raise RateLimited past the limit."""
+        if self.risc is not None and not self.limiter.hit(self.risc, "risc", ip):
+            raise self._refuse(self.risc, "risc", ip)
 
     def auth_failed(self, ip: str) -> None:
         """Count one failed authentication from this address; raise RateLimited past the limit.
@@ -118,5 +125,5 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = Limits(
         settings.API_RATE_LIMIT, settings.AUTH_FAILURE_LIMIT, settings.REDIS_URL,
         login=settings.LOGIN_RATE_LIMIT, callback=settings.CALLBACK_RATE_LIMIT,
-        key_prefix=settings.REDIS_KEY_PREFIX,
+        key_prefix=settings.REDIS_KEY_PREFIX, risc=settings.RISC_RATE_LIMIT,
     )

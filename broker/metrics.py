@@ -52,6 +52,11 @@ AUDIT_TAMPER = Counter(
     "broker_audit_tamper_total",
     "Audit events the chainer refused as inserted late or back-dated (each pass they remain)",
 )
+RISC_EVENTS = Counter(
+    "broker_risc_events_total",
+    "Security events Google pushed, by short type and outcome (acted, ignored, duplicate, "
+    "refused, error)", ["type", "outcome"],
+)
 # The WorkerState row that serialises chaining and keeps the last signed checkpoint.
 CHECKPOINT_STATE = "audit-checkpoint"
 FETCH_SECONDS = Histogram(

@@ -19,10 +19,12 @@ from broker.connections import RevocationWindows, purge_inactive, retry_revocati
 from broker.db import get_db
 from broker.keys import reseal
 from broker.models import WORKER_HEARTBEAT, WorkerState
+from broker.risc import purge_security_events
 from broker.tokens import RefreshWindows, refresh_due
 
-__all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "purge_inactive", "refresh_due",
-           "reseal", "retry_revocations", "run", "run_once", "run_pass"]
+__all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "purge_inactive",
+           "purge_security_events", "refresh_due", "reseal", "retry_revocations", "run",
+           "run_once", "run_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class Windows(RefreshWindows, ChainWindows, RevocationWindows):
 
 
 DUTIES = (refresh_due, chain_audit, retry_revocations, webhooks.deliver_due, reseal,
-          purge_inactive)
+          purge_inactive, purge_security_events)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ EVENTS = (
     "connection.recovered",
     "connection.needs_reauth",
     "connection.revoked",
+    # Google flagged the account in a bulk (spam) disabling: for an admin to look into.
+    "account.flagged",
 )
 MAX_ATTEMPTS = 10
 TIMEOUT = 5.0

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 BROKER = Path(__file__).resolve().parents[3] / "broker"
-PACKAGES = ("audit", "connections", "google", "identity", "keys", "tenancy", "tokens", "webhooks")
+PACKAGES = ("audit", "connections", "google", "identity", "keys", "risc", "tenancy", "tokens",
+            "webhooks")
 TOP_LEVEL = {
     # foundation
     "__init__", "config", "errors", "db", "driver", "models", "clock", "logging", "metrics",
