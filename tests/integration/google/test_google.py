@@ -11,7 +11,7 @@ import pytest
 
 from broker.config import load_settings
 from broker.emulator import Emulator
-from broker.google.client import Google, GoogleError, IdTokenError
+from broker.google.client import JWKS_REFETCH_COOLDOWN, Google, GoogleError, IdTokenError
 from broker.scopes import PREFIX
 from tests.plugins.emulator import EmulatorControls
 
@@ -184,3 +184,21 @@ def test_authorize_url_carries_pkce_s256(google: Google) -> None:
     )
     assert "code_challenge_method=S256" in url and "v" * 64 not in url
     assert "include_granted_scopes=true" in url and "access_type=offline" in url
+
+
+def test_a_kid_miss_refetches_the_jwks_at_most_once_per_cooldown(emulator) -> None:  # type: ignore[no-untyped-def]
+    now = [1_000_000.0]
+    settings = load_settings({"GOOGLE_TIMEOUT": 2}, environ={})
+    google = Google(settings, clock=lambda: now[0])
+    url = emulator.url + "/oauth2/v3/certs"
+    first = google.key_set(url)
+    assert google.key_set(url) is first  # cached
+    calls = emulator.calls()["certs"]
+    google.key_set(url, refresh=True)  # the first miss refetches at once
+    google.key_set(url, refresh=True)  # a second one within the cooldown does not
+    assert emulator.calls()["certs"] == calls + 1
+    now[0] += JWKS_REFETCH_COOLDOWN
+    google.key_set(url, refresh=True)
+    assert emulator.calls()["certs"] == calls + 2
+    # Another URL has its own entry in the shared cache.
+    assert google.key_set(emulator.url + "/oauth2/v3/certs?other") is not first

@@ -11,7 +11,7 @@ from broker.errors import ReauthRequired
 from broker.keys import get_keys
 from broker.models import AccessToken, Policy
 from broker.tokens import Want, get_tokens
-from tests.integration.risc.conftest import (
+from tests.plugins.risc import (
     Stream,
     audited,
     connection,

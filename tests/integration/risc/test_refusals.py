@@ -13,8 +13,8 @@ import pytest
 from flask import Flask
 
 from broker.emulator import Emulator
-from tests.integration.risc.conftest import Stream, connection, events, risc_config
 from tests.plugins.emulator import EmulatorControls
+from tests.plugins.risc import Stream, connection, events, risc_config
 
 RISC = "https://schemas.openid.net/secevent/risc/event-type/"
 
@@ -153,3 +153,14 @@ def _emulator_token(emulator: EmulatorControls) -> str:
     claims = {"iss": emulator.url + "/", "aud": "broker-api-tests.apps.googleusercontent.com",
               "iat": int(time.time()), "jti": "j", "events": {RISC + "verification": {}}}
     return keys.sign(claims, typ="secevent+jwt")
+
+
+def test_a_database_fault_answers_503_so_google_retries(
+    make_app: Callable[..., Flask], emulator: EmulatorControls
+) -> None:
+    # Nothing listens on port 1: every connection attempt is refused at once.
+    app = make_app(**risc_config(emulator),
+                   DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/none")
+    response = app.test_client().post("/risc/events", data=_emulator_token(emulator))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
