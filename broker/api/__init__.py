@@ -45,9 +45,9 @@ def unexpected(exc: Exception) -> Response:
 
 
 def _api_routing_errors() -> Response | None:
-    # Unmatched /api/ paths never reach a blueprint handler: answer them here, as JSON.
+    # Unmatched /api/ and /risc/ paths never reach a blueprint handler: answer them here, as JSON.
     routing = request.routing_exception
-    if routing is not None and request.path.startswith("/api/"):
+    if routing is not None and request.path.startswith(("/api/", "/risc/")):
         if isinstance(routing, HTTPException):
             return http_error(routing)
     return None

@@ -47,6 +47,7 @@ def _due_query(now: dt.datetime, w: RefreshWindows) -> Select[Connection, str, b
         .outerjoin(AccessToken, AccessToken.connection_id == Connection.id)
         .where(
             Connection.status.in_(("active", "degraded")),
+            Connection.held_at.is_(None),  # Google disabled the account: nothing to refresh
             User.status == "active",  # never keep a suspended user's grant alive
             Connection.refresh_token.is_not(None),
             or_(Connection.refresh_lease_until.is_(None), Connection.refresh_lease_until <= now),

@@ -118,7 +118,8 @@ def test_the_receiver_is_absent_while_risc_is_off(
 def test_the_receiver_is_exempt_from_csrf_and_the_host_redirect(
     make_app: Callable[..., Flask], emulator: EmulatorControls
 ) -> None:
-    app = make_app(**risc_config(emulator), BROKER_CANONICAL_HOST=True)
+    app = make_app(**risc_config(emulator))
+    app.config["BROKER_CANONICAL_HOST"] = True  # tests switch the redirect on explicitly
     # Another Host header, no cookie, no CSRF token: the signature decides (here: none).
     response = app.test_client().post("/risc/events", data=b"x.y.z",
                                       headers={"Host": "broker.internal"})
