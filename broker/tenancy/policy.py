@@ -27,11 +27,12 @@ BOUNDS = {
 }
 MAX_RETENTION_DAYS = 3650
 MAX_RANGES = 100
-FLAGS = ("lock_session_to_ip", "keep_connected", "allow_broader_tokens")
+FLAGS = ("lock_session_to_ip", "keep_connected", "allow_broader_tokens",
+         "end_sessions_on_credential_change")
 FIELDS = (
     "session_max_age", "session_idle_timeout", "lock_session_to_ip", "login_ip_ranges",
     "token_ip_ranges", "handout_login_max_age", "keep_connected", "retention_days",
-    "offered_scopes", "allow_broader_tokens",
+    "offered_scopes", "allow_broader_tokens", "end_sessions_on_credential_change",
 )
 
 

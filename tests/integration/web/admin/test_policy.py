@@ -130,3 +130,19 @@ def test_durations_need_a_unit(as_admin: Browser) -> None:
     answer = as_admin.post("/admin/policy", form(session_max_age="480"))
     assert answer.status_code == 400
     assert "a duration like 30m" in answer.get_data(as_text=True)
+
+
+def test_the_credential_change_flag_is_saved_and_audited(
+    admin_app: Flask, org: Org, as_admin: Browser
+) -> None:
+    body = as_admin.get("/admin/policy").get_data(as_text=True)
+    assert 'name="end_sessions_on_credential_change"' in body
+    answer = as_admin.post("/admin/policy", form(
+        end_sessions_on_credential_change="on"))
+    assert answer.status_code == 303
+    assert policy(admin_app, org).end_sessions_on_credential_change is True
+    with get_db(admin_app).transaction(write=False) as session:
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "policy.update")
+        ).one()
+    assert event.details["after"]["end_sessions_on_credential_change"] is True
