@@ -63,3 +63,24 @@ def test_loopback_http_is_allowed_for_the_emulator() -> None:
         environ={},
     )
     assert settings.GOOGLE_DISCOVERY_URL.startswith("http://localhost")
+
+
+def test_risc_settings_are_validated() -> None:
+    with pytest.raises(ConfigError) as problems:
+        load_settings({"RISC": "on", "RISC_CONFIG_URL": "http://google.example/risc",
+                       "RISC_RETENTION_DAYS": "0", "RISC_RATE_LIMIT": "lots"}, environ={})
+    text = str(problems.value)
+    assert "BROKER_RISC: needs BROKER_RISC_AUDIENCES or BROKER_GOOGLE_CLIENT_ID" in text
+    assert "BROKER_RISC_CONFIG_URL: http:// is allowed only for the local emulator" in text
+    assert "BROKER_RISC_RETENTION_DAYS: must be positive" in text
+    assert "BROKER_RISC_RATE_LIMIT" in text
+
+
+def test_risc_audiences_default_to_the_client_id() -> None:
+    settings = load_settings({"RISC": "on", "GOOGLE_CLIENT_ID": "cid",
+                              "GOOGLE_CLIENT_SECRET": "s"}, environ={})
+    assert settings.RISC and settings.risc_audiences == ("cid",)
+    assert settings.RISC_CONFIG_URL == "https://accounts.google.com/.well-known/risc-configuration"
+    named = load_settings({"RISC": "on", "RISC_AUDIENCES": "a, b"}, environ={})
+    assert named.risc_audiences == ("a", "b")
+    assert load_settings({}, environ={}).RISC is False
