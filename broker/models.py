@@ -367,6 +367,26 @@ class AuditEvent(Base):
     mac: Mapped[str | None] = mapped_column(String(64))
 
 
+class AuditHourly(Base):
+    """Audit events counted per tenant, hour, action, outcome and reason, for the overview."""
+
+    __tablename__ = "audit_hourly"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(60), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(10), primary_key=True)
+    # "" when the event named no reason (a primary key column cannot be null).
+    reason: Mapped[str] = mapped_column(String(60), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
+    # Google's latency as the events recorded it (`google_ms`): sum, worst and how many.
+    google_ms_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    google_ms_max: Mapped[int] = mapped_column(default=0)
+    google_calls: Mapped[int] = mapped_column(default=0)
+
+
 # The WorkerState row a worker loop rewrites after every pass (its value: the pass interval).
 WORKER_HEARTBEAT = "worker.heartbeat"
 

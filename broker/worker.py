@@ -13,7 +13,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import webhooks
-from broker.audit import ChainWindows, chain_audit
+from broker.audit import ChainWindows, chain_audit, fold_audit
 from broker.clock import get_clock, get_sleep
 from broker.connections import RevocationWindows, purge_inactive, retry_revocations
 from broker.db import get_db
@@ -21,8 +21,8 @@ from broker.keys import reseal
 from broker.models import WORKER_HEARTBEAT, WorkerState
 from broker.tokens import RefreshWindows, refresh_due
 
-__all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "purge_inactive", "refresh_due",
-           "reseal", "retry_revocations", "run", "run_once", "run_pass"]
+__all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "fold_audit", "purge_inactive",
+           "refresh_due", "reseal", "retry_revocations", "run", "run_once", "run_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Windows(RefreshWindows, ChainWindows, RevocationWindows):
     """How far ahead and back the worker looks: every duty's windows in one value."""
 
 
-DUTIES = (refresh_due, chain_audit, retry_revocations, webhooks.deliver_due, reseal,
+DUTIES = (refresh_due, chain_audit, fold_audit, retry_revocations, webhooks.deliver_due, reseal,
           purge_inactive)
 
 
