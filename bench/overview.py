@@ -26,7 +26,7 @@ FILL = """
 INSERT INTO audit_events (id, tenant_id, chain_id, at, actor_type, actor_id, action,
                           outcome, reason, scopes, details, chain_seq)
 SELECT gen_random_uuid(), %(tenant)s, %(tenant)s,
-       %(start)s + (i * %(step)s) * interval '1 microsecond', 'client', 'bench',
+       %(start)s + (i::bigint * %(step)s) * interval '1 microsecond', 'client', 'bench',
        CASE WHEN i %% 20 = 0 THEN 'token.refresh' ELSE 'token.handout' END,
        CASE WHEN i %% 10 = 1 THEN 'denied' ELSE 'ok' END,
        CASE WHEN i %% 10 = 1 THEN 'ip_not_allowed' END,
@@ -62,11 +62,11 @@ def overview(run: Run) -> dict[str, Any]:
     libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
     run.log(f"overview: writing {EVENTS:,} audit events of one tenant's week into {name}")
     with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(FILL, {"tenant": tenant.tenant_id, "start": start, "step": step,
+        conn.execute(FILL, {"tenant": tenant.id, "start": start, "step": step,
                             "chained": True, "first": 1, "last": EVENTS})
         conn.execute("ANALYZE audit_events")
         plain_ms = _median_ms(lambda: conn.execute(
-            PLAIN, (tenant.tenant_id, start, ACTIONS)).fetchall(), 5)
+            PLAIN, (tenant.id, start, ACTIONS)).fetchall(), 5)
     database = Database(url)
     try:
         fold_started = time.perf_counter()
@@ -79,24 +79,24 @@ def overview(run: Run) -> dict[str, Any]:
             folded += batch
         fold_s = time.perf_counter() - fold_started
         with psycopg.connect(libpq, autocommit=True) as conn:  # the worker's few seconds' lag
-            conn.execute(FILL, {"tenant": tenant.tenant_id, "start": start, "step": step,
+            conn.execute(FILL, {"tenant": tenant.id, "start": start, "step": step,
                                 "chained": False, "first": EVENTS + 1,
                                 "last": EVENTS + BACKLOG})
             conn.execute("ANALYZE audit_events")
 
         def page() -> None:
             with database.transaction(write=False) as session:
-                audit.tallies(session, tenant.tenant_id, start, ACTIONS)
-                users.connection_counts(session, tenant.tenant_id)
-                users.list_connections(session, tenant.tenant_id, "needs_reauth", limit=10)
-                audit.waiting(session, tenant.tenant_id)
-                key_rotation.list_keys(session, tenant.tenant_id)
-                api_clients.list_clients(session, tenants.tenant_by_id(session, tenant.tenant_id))
+                audit.tallies(session, tenant.id, start, ACTIONS)
+                users.connection_counts(session, tenant.id)
+                users.list_connections(session, tenant.id, "needs_reauth", limit=10)
+                audit.waiting(session, tenant.id)
+                key_rotation.list_keys(session, tenant.id)
+                api_clients.list_clients(session, tenants.tenant_by_id(session, tenant.id))
 
         page_ms = _median_ms(page, 20)
         with database.transaction(write=False) as session:
             counted = sum(t.count for t in audit.tallies(
-                session, tenant.tenant_id, start, ACTIONS).buckets.values())
+                session, tenant.id, start, ACTIONS).buckets.values())
     finally:
         database.dispose()  # the stack drops the database with the run's others
     result = {"events": EVENTS, "backlog": BACKLOG, "folded": folded, "fold_s": fold_s,
