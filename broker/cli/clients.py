@@ -12,6 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from broker import webhooks
+from broker.cli import options
 from broker.cli.actor import actor
 from broker.clock import get_clock
 from broker.db import get_db
@@ -23,7 +24,11 @@ from broker.tenancy import clients, tenants
 
 @click.group(cls=AppGroup)
 def client() -> None:
-    """Manage API clients of a tenant."""
+    """Create, list, rotate and disable the API clients backend jobs authenticate as.
+
+    A client belongs to one tenant, may ask only for its allowed scopes and, when given IP
+    ranges, only from those addresses. Its secret is shown once, at creation or rotation.
+    """
 
 
 def _print_issued(issued: clients.Issued, as_json: bool) -> None:
@@ -37,15 +42,24 @@ def _print_issued(issued: clients.Issued, as_json: bool) -> None:
 
 
 @client.command("create")
-@click.option("--tenant", "slug", required=True)
-@click.option("--name", required=True)
-@click.option("--scope", "scopes", multiple=True, required=True, help="repeatable")
-@click.option("--ip-range", "ip_ranges", multiple=True, help="CIDR (repeatable)")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.tenant
+@click.option("--name", required=True, help="a name unique in the tenant, e.g. nightly-export")
+@click.option("--scope", "scopes", multiple=True, required=True, metavar="SCOPE",
+              help="a Gmail scope the client may ask for, short (gmail.readonly) or as a URL; "
+                   "repeatable")
+@click.option("--ip-range", "ip_ranges", multiple=True, metavar="CIDR",
+              help="only calls from this range are served (default: any address the tenant's "
+                   "policy allows); repeatable")
+@options.as_json
 def client_create(
     slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], as_json: bool
 ) -> None:
-    """Create an API client; print its id and secret once."""
+    """Create an API client; print its id and secret once.
+
+    \b
+    Example:
+      broker client create --tenant acme --name nightly-export --scope gmail.readonly
+    """
     with get_db().transaction() as session:
         issued = clients.create_client(
             session, tenants.get_tenant(session, slug), name=name, scopes=scopes,
@@ -56,10 +70,16 @@ def client_create(
 
 @client.command("rotate-secret")
 @click.argument("client_id")
-@click.option("--grace", default="24h", show_default=True, help="old secret keeps working")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="how long the old secret keeps working: 0h ends it at once, at most 30d")
+@options.as_json
 def client_rotate(client_id: str, grace: str, as_json: bool) -> None:
-    """Give a client a new secret; the old one works through the grace period."""
+    """Give client CLIENT_ID a new secret; the old one works through the grace period.
+
+    \b
+    Example:
+      broker client rotate-secret cl_0123456789abcdef0123 --grace 1h
+    """
     delay = clients.parse_grace(grace)
     with get_db().transaction() as session:
         issued = clients.rotate_secret(
@@ -71,15 +91,15 @@ def client_rotate(client_id: str, grace: str, as_json: bool) -> None:
 @client.command("disable")
 @click.argument("client_id")
 def client_disable(client_id: str) -> None:
-    """Disable a client."""
+    """Disable client CLIENT_ID: its next call is refused (there is no undo; create another)."""
     with get_db().transaction() as session:
         clients.disable_client(session, client_id, actor=actor())
     click.echo(f"disabled {client_id}")
 
 
 @client.command("list")
-@click.option("--tenant", "slug", required=True)
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.tenant
+@options.as_json
 def client_list(slug: str, as_json: bool) -> None:
     """List a tenant's clients (never their secrets)."""
     with get_db().transaction(write=False) as session:
@@ -97,16 +117,29 @@ def client_list(slug: str, as_json: bool) -> None:
 
 @click.group(cls=AppGroup)
 def webhook() -> None:
-    """Manage webhook endpoints for connection events."""
+    """Register, list and disable the HTTPS endpoints told when a connection changes state.
+
+    Each delivery is signed with the webhook's secret (shown once) and retried by the worker.
+    """
 
 
 @webhook.command("add")
 @click.argument("url")
-@click.option("--tenant", "slug", required=True)
-@click.option("--event", "events", multiple=True, type=click.Choice(webhooks.EVENTS))
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.tenant
+@click.option("--event", "events", multiple=True, type=click.Choice(webhooks.EVENTS),
+              help="an event to deliver (default: every event); repeatable")
+@options.as_json
 def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> None:
-    """Register an endpoint (every event unless --event is given); print its secret once."""
+    """Register the https:// endpoint URL; print its signing secret once.
+
+    Private, loopback and link-local addresses are refused (the broker would be calling its
+    own network).
+
+    \b
+    Example:
+      broker webhook add https://hooks.acme.test/broker --tenant acme \\
+        --event connection.needs_reauth
+    """
     with get_db().transaction() as session:
         added = webhooks.add(
             session, get_keys(), tenants.get_tenant(session, slug).id, url=url,
@@ -121,7 +154,7 @@ def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> 
 
 
 @webhook.command("list")
-@click.option("--tenant", "slug", required=True)
+@options.tenant
 def webhook_list(slug: str) -> None:
     """List a tenant's webhooks."""
     with get_db().transaction(write=False) as session:
@@ -132,7 +165,7 @@ def webhook_list(slug: str) -> None:
 @webhook.command("disable")
 @click.argument("webhook_id")
 def webhook_disable(webhook_id: str) -> None:
-    """Stop deliveries to a webhook."""
+    """Stop deliveries to webhook WEBHOOK_ID (its id from `broker webhook list`)."""
     try:
         wanted = uuid.UUID(webhook_id)
     except ValueError:
@@ -144,12 +177,19 @@ def webhook_disable(webhook_id: str) -> None:
 
 @click.command("worker")
 @with_appcontext
-@click.option("--once", is_flag=True, help="run every duty once and exit")
+@click.option("--once", is_flag=True,
+              help="run every duty once, print what each did as JSON and exit (for cron); "
+                   "exit 1 if a duty failed")
 @click.option("--interval", default=15.0, show_default=True,
               help="seconds between passes (with --once: how often you run it, which pages use "
                    "to tell a stopped worker)")
 def worker_command(once: bool, interval: float) -> None:
-    """Run the background worker."""
+    """Run the background worker: refresh ahead, chain and count the audit log, retry
+    revocations, deliver webhooks, re-seal under new keys, purge what policy says to.
+
+    Several workers may run at once (they claim work with row locks). The admin pages warn
+    when no pass completed for a while.
+    """
     from broker import worker
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
