@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
 
+from broker.tls import TlsConfigError, client_context
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
@@ -86,6 +88,8 @@ class Settings:
     GOOGLE_ISSUERS: tuple[str, ...] = _setting((), parse_list)
     GMAIL_API_URL: str = _setting("https://gmail.googleapis.com")
     GOOGLE_TIMEOUT: float = _setting(5.0, float)
+    # The roots every callout (Google, webhooks) verifies its peer against; default the system's.
+    CA_BUNDLE: str | None = _setting(None, opt_str)
     TRUSTED_PROXIES: tuple[Network, ...] = _setting((), parse_networks)
     REFRESH_BUDGET: float = _setting(10.0, float)
     API_RATE_LIMIT: str = _setting("1000/second")
@@ -230,6 +234,11 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"BROKER_{name}: {problem}")
     if settings.SEAL_BLOCK > settings.SEAL_ROTATE_THRESHOLD:
         problems.append("BROKER_SEAL_BLOCK: must not exceed BROKER_SEAL_ROTATE_THRESHOLD")
+    if settings.CA_BUNDLE:
+        try:
+            client_context(settings.CA_BUNDLE)
+        except TlsConfigError as exc:
+            problems.append(f"BROKER_CA_BUNDLE: {exc}")
     if bool(settings.GOOGLE_CLIENT_ID) != bool(settings.GOOGLE_CLIENT_SECRET):
         problems.append("BROKER_GOOGLE_CLIENT_ID and BROKER_GOOGLE_CLIENT_SECRET go together")
     return problems

@@ -192,11 +192,12 @@ def demo(port: int, emulator_port: int) -> None:
 
 def _register_commands() -> None:
     from broker.cli import audit as cli_audit
+    from broker.cli import certs as cli_certs
     from broker.cli import clients as cli_clients
     from broker.cli import keys as cli_keys
     from broker.cli import tenants as cli_tenants
 
-    for module in (cli_tenants, cli_keys, cli_clients, cli_audit):
+    for module in (cli_tenants, cli_keys, cli_clients, cli_audit, cli_certs):
         for command in module.COMMANDS:
             cli.add_command(command)
     try:

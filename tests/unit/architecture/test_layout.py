@@ -13,7 +13,7 @@ PACKAGES = ("audit", "connections", "google", "identity", "keys", "tenancy", "to
 TOP_LEVEL = {
     # foundation
     "__init__", "config", "errors", "db", "driver", "models", "clock", "logging", "metrics",
-    "health", "scopes", "clientip", "limits", "migrate",
+    "health", "scopes", "clientip", "limits", "migrate", "tls",
     # entry points
     "worker", "server", "wsgi", "gunicorn_conf", "client",
 }
