@@ -109,6 +109,11 @@ class Settings:
         ("127.0.0.0/8", "::1/128"), parse_networks
     )
     WEBHOOK_ALLOW_PRIVATE: bool = _setting(False, parse_bool)
+    # Proxies whose client-certificate header is believed (its own list: not TRUSTED_PROXIES),
+    # the form they send it in (rfc9440, nginx or envoy), and the URL of the mTLS listener.
+    MTLS_PROXIES: tuple[Network, ...] = _setting((), parse_networks)
+    MTLS_HEADER: str = _setting("rfc9440")
+    MTLS_URL: str | None = _setting(None, opt_str)
     # A buffering reverse proxy fronts `broker serve`: only then may it bind a public address.
     BEHIND_PROXY: bool = _setting(False, parse_bool)
     SEAL_ROTATE_THRESHOLD: int = _setting(2**30, int)
@@ -234,6 +239,10 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"BROKER_{name}: {problem}")
     if settings.SEAL_BLOCK > settings.SEAL_ROTATE_THRESHOLD:
         problems.append("BROKER_SEAL_BLOCK: must not exceed BROKER_SEAL_ROTATE_THRESHOLD")
+    if settings.MTLS_URL and urlsplit(settings.MTLS_URL).scheme != "https":
+        problems.append("BROKER_MTLS_URL: must be an https:// URL (the mTLS listener)")
+    if settings.MTLS_HEADER not in ("rfc9440", "nginx", "envoy"):
+        problems.append("BROKER_MTLS_HEADER: must be rfc9440, nginx or envoy")
     if settings.CA_BUNDLE:
         try:
             client_context(settings.CA_BUNDLE)

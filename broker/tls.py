@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hmac
 import ssl
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 # TLS 1.2 only with forward-secret AEAD suites; TLS 1.3's suites are all AEAD and preferred.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -142,3 +151,113 @@ def _check_key(
     if ours != theirs:
         report.problems.append("the key does not match the first certificate: use the key the "
                                "leaf was issued for, or put that key's certificate first")
+
+
+# --- Client certificates (RFC 8705) ----------------------------------------------------------
+
+MATCHES = ("subject_dn", "san_dns", "san_uri", "san_ip", "san_email")
+
+
+class CertificateRejected(Exception):
+    """A client certificate that does not authenticate; `reason` goes to logs and metrics."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Presented:
+    """A client certificate as a request brought it: the leaf, its intermediates, and how."""
+
+    leaf: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()
+    via: str = "tls"  # "tls" (our own listener) or "proxy" (a trusted proxy's header)
+
+    def audit(self) -> dict[str, str]:
+        """Return what the audit records of the certificate (never the certificate itself)."""
+        return {"cert_sha256": thumbprint(self.leaf), "cert_serial": f"{self.leaf.serial_number:x}",
+                "cert_issuer": self.leaf.issuer.rfc4514_string()[:200], "cert_via": self.via}
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    """Return the SHA-256 of a certificate's public key (SubjectPublicKeyInfo), in hex."""
+    der = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize().hex()
+
+
+def normalise_match(kind: str, value: str) -> str:
+    """Return the stored form of a leaf-name rule, or raise ValueError saying what is wrong."""
+    value = value.strip()
+    if kind not in MATCHES:
+        raise ValueError(f"match must be one of {', '.join(MATCHES)}")
+    if not value or len(value) > 500:
+        raise ValueError("a certificate name to match is 1-500 characters")
+    if kind == "subject_dn":
+        try:
+            return x509.Name.from_rfc4514_string(value).rfc4514_string()
+        except ValueError:
+            raise ValueError("a subject DN like CN=nightly-export,O=Acme") from None
+    if kind == "san_ip":
+        return str(ip_address(value))
+    if kind == "san_dns":
+        return value.lower().rstrip(".")
+    if kind == "san_email":
+        local, _, domain = value.rpartition("@")
+        if not local:
+            raise ValueError("an email address like job@acme.com")
+        return f"{local}@{domain.lower()}"
+    return value
+
+
+def leaf_matches(leaf: x509.Certificate, kind: str, value: str) -> bool:
+    """Say whether the leaf itself carries the name (no CN fallback, no patterns)."""
+    if kind == "subject_dn":
+        return leaf.subject.rfc4514_string() == value
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    if kind == "san_dns":
+        return value in (n.lower().rstrip(".") for n in names.get_values_for_type(x509.DNSName))
+    if kind == "san_uri":
+        return value in names.get_values_for_type(x509.UniformResourceIdentifier)
+    if kind == "san_ip":
+        return value in (str(a) for a in names.get_values_for_type(x509.IPAddress))
+    return value in (normalise_match("san_email", e)
+                     for e in names.get_values_for_type(x509.RFC822Name) if "@" in e)
+
+
+def verify_client(
+    presented: Presented, anchor: x509.Certificate, now: dt.datetime
+) -> None:
+    """Verify a client chain to one CA (validity, signatures, client EKU); raise if not."""
+    leaf_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)  # DN-only leaves are fine
+    verifier = (
+        PolicyBuilder().store(Store([anchor])).time(now.replace(tzinfo=None))
+        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=leaf_policy)
+        .build_client_verifier()
+    )
+    try:
+        verifier.verify(presented.leaf, list(presented.chain))
+    except VerificationError as exc:
+        raise CertificateRejected("chain_invalid") from exc
+
+
+def pinned(presented: Presented, pems: list[str], now: dt.datetime) -> bool:
+    """Say whether the leaf is one of the pinned self-signed certificates, and still valid."""
+    if not (presented.leaf.not_valid_before_utc <= now <= presented.leaf.not_valid_after_utc):
+        raise CertificateRejected("expired")
+    offered = thumbprint(presented.leaf)
+    found = False
+    for pem in pems:
+        try:
+            ours = thumbprint(x509.load_pem_x509_certificate(pem.encode()))
+        except ValueError:
+            continue
+        found |= hmac.compare_digest(offered, ours)
+    return found

@@ -6,6 +6,7 @@ import json
 import sys
 import traceback
 import uuid
+from pathlib import Path
 
 import click
 from flask import current_app
@@ -20,6 +21,8 @@ from broker.errors import InvalidRequest
 from broker.keys import get_keys
 from broker.logging import redact
 from broker.tenancy import clients, tenants
+
+PEM_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
 
 @click.group(cls=AppGroup)
@@ -50,22 +53,66 @@ def _print_issued(issued: clients.Issued, as_json: bool) -> None:
 @click.option("--ip-range", "ip_ranges", multiple=True, metavar="CIDR",
               help="only calls from this range are served (default: any address the tenant's "
                    "policy allows); repeatable")
+@click.option("--auth", "method", type=click.Choice(clients.METHODS),
+              default="client_secret_basic", show_default=True,
+              help="how the client proves itself: a secret, a certificate its tenant's CA "
+                   "issued (RFC 8705 tls_client_auth) or a pinned self-signed one")
+@click.option("--tls-ca", type=PEM_FILE,
+              help="tls_client_auth: the CA (PEM) that issues the client's certificates, "
+                   "pinned by its public key")
+@click.option("--tls-subject", help="tls_client_auth: the leaf's exact subject DN, e.g. "
+              "\"CN=nightly-export,O=Acme\"")
+@click.option("--tls-san-dns", help="tls_client_auth: a DNS name the leaf's SAN carries")
+@click.option("--tls-san-uri", help="tls_client_auth: a URI the leaf's SAN carries, e.g. "
+              "spiffe://acme/job")
+@click.option("--tls-san-ip", help="tls_client_auth: an IP address the leaf's SAN carries")
+@click.option("--tls-san-email", help="tls_client_auth: an email the leaf's SAN carries")
+@click.option("--tls-cert", "tls_certs", type=PEM_FILE, multiple=True,
+              help="self_signed_tls_client_auth: the pinned certificate (PEM); give two "
+                   "while replacing one")
 @options.as_json
 def client_create(
-    slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], as_json: bool
+    slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], method: str,
+    tls_ca: Path | None, tls_subject: str | None, tls_san_dns: str | None,
+    tls_san_uri: str | None, tls_san_ip: str | None, tls_san_email: str | None,
+    tls_certs: tuple[Path, ...], as_json: bool,
 ) -> None:
-    """Create an API client; print its id and secret once.
+    """Create an API client; print its id (and its secret, shown once).
+
+    With --auth tls_client_auth, name exactly one of --tls-subject or --tls-san-*: the
+    leaf itself must carry it (no CN fallback, no patterns). A certificate client gets no
+    secret and names itself with client_id in the request body.
 
     \b
-    Example:
+    Examples:
       broker client create --tenant acme --name nightly-export --scope gmail.readonly
+      broker client create --tenant acme --name mailer --scope gmail.send \\
+        --auth tls_client_auth --tls-ca acme-ca.pem --tls-san-uri spiffe://acme/mailer
     """
+    matches = {"subject_dn": tls_subject, "san_dns": tls_san_dns, "san_uri": tls_san_uri,
+               "san_ip": tls_san_ip, "san_email": tls_san_email}
+    given = {k: v for k, v in matches.items() if v is not None}
+    if len(given) > 1:
+        raise click.UsageError("name one of --tls-subject, --tls-san-dns, --tls-san-uri, "
+                               "--tls-san-ip, --tls-san-email")
+    match, value = next(iter(given.items()), (None, None))
+    auth = clients.ClientAuth(
+        method=method, ca_pem=tls_ca.read_text() if tls_ca else None, match=match,
+        match_value=value, certificates=tuple(p.read_text() for p in tls_certs),
+    )
     with get_db().transaction() as session:
         issued = clients.create_client(
             session, tenants.get_tenant(session, slug), name=name, scopes=scopes,
-            ip_ranges=ip_ranges, actor=actor(),
+            ip_ranges=ip_ranges, actor=actor(), auth=auth,
         )
-    _print_issued(issued, as_json)
+    if issued.client_secret:
+        _print_issued(issued, as_json)
+    elif as_json:
+        click.echo(json.dumps({"client_id": issued.client_id, "auth_method": method}))
+    else:
+        click.echo(f"client_id:     {issued.client_id}")
+        click.echo(f"It authenticates with {method}: send client_id in the body over mutual "
+                   "TLS.", err=True)
 
 
 @client.command("rotate-secret")

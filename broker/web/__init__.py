@@ -15,7 +15,7 @@ from broker.clock import utcnow
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
 # Probes, metrics and the API answer on any host: load balancers and jobs call them directly.
-ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/")
+ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/")
 CALLBACK_PATHS = ("/auth/callback", "/connections/callback")
 
 
