@@ -115,6 +115,14 @@ def table(results: dict[str, Any]) -> str:
                          + _mark(bool(crash.get("passed"))) + f"  ({crash.get('seed', '')})")
         else:
             lines.append(f"  not available: {crash.get('reason')}")
+    view = results.get("overview")
+    if view:
+        lines.append(f"OVERVIEW  {view['events']:,} audit events of one tenant's week "
+                     f"(+{view['backlog']:,} not yet folded)")
+        lines.append(f"  page queries {view['page_ms']:.1f} ms median vs plain GROUP BY "
+                     f"{view['plain_group_by_ms']:.0f} ms: ratio "
+                     f"{view['page_ms'] / view['plain_group_by_ms']:.3f}; one-time fold "
+                     f"{view['fold_s']:.1f}s; counted {view['counted']:,}")
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
     return "\n".join(lines)

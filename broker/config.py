@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from limits import parse as parse_limit
 
+from broker.tls import TlsConfigError, client_context
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GOOGLE_DISCOVERY_URL = "https://accounts.google.com/.well-known/openid-configuration"
@@ -88,6 +90,8 @@ class Settings:
     GOOGLE_ISSUERS: tuple[str, ...] = _setting((), parse_list)
     GMAIL_API_URL: str = _setting("https://gmail.googleapis.com")
     GOOGLE_TIMEOUT: float = _setting(5.0, float)
+    # The roots every callout (Google, webhooks) verifies its peer against; default the system's.
+    CA_BUNDLE: str | None = _setting(None, opt_str)
     TRUSTED_PROXIES: tuple[Network, ...] = _setting((), parse_networks)
     REFRESH_BUDGET: float = _setting(10.0, float)
     API_RATE_LIMIT: str = _setting("1000/second")
@@ -107,6 +111,11 @@ class Settings:
         ("127.0.0.0/8", "::1/128"), parse_networks
     )
     WEBHOOK_ALLOW_PRIVATE: bool = _setting(False, parse_bool)
+    # Proxies whose client-certificate header is believed (its own list: not TRUSTED_PROXIES),
+    # the form they send it in (rfc9440, nginx or envoy), and the URL of the mTLS listener.
+    MTLS_PROXIES: tuple[Network, ...] = _setting((), parse_networks)
+    MTLS_HEADER: str = _setting("rfc9440")
+    MTLS_URL: str | None = _setting(None, opt_str)
     # A buffering reverse proxy fronts `broker serve`: only then may it bind a public address.
     BEHIND_PROXY: bool = _setting(False, parse_bool)
     SEAL_ROTATE_THRESHOLD: int = _setting(2**30, int)
@@ -253,6 +262,15 @@ def validate(settings: Settings) -> list[str]:
         problems.append("BROKER_RISC_RETENTION_DAYS: must be positive")
     if settings.RISC and not settings.risc_audiences:
         problems.append("BROKER_RISC: needs BROKER_RISC_AUDIENCES or BROKER_GOOGLE_CLIENT_ID")
+    if settings.MTLS_URL and urlsplit(settings.MTLS_URL).scheme != "https":
+        problems.append("BROKER_MTLS_URL: must be an https:// URL (the mTLS listener)")
+    if settings.MTLS_HEADER not in ("rfc9440", "nginx", "envoy"):
+        problems.append("BROKER_MTLS_HEADER: must be rfc9440, nginx or envoy")
+    if settings.CA_BUNDLE:
+        try:
+            client_context(settings.CA_BUNDLE)
+        except TlsConfigError as exc:
+            problems.append(f"BROKER_CA_BUNDLE: {exc}")
     if bool(settings.GOOGLE_CLIENT_ID) != bool(settings.GOOGLE_CLIENT_SECRET):
         problems.append("BROKER_GOOGLE_CLIENT_ID and BROKER_GOOGLE_CLIENT_SECRET go together")
     return problems

@@ -37,6 +37,9 @@ HANDOUTS = Counter(
 REFRESHES = Counter(
     "broker_refreshes_total", "Refreshes at Google by result class", ["result"]
 )
+MTLS_FAILURES = Counter(
+    "broker_mtls_failures_total", "Client certificates that did not authenticate", ["reason"]
+)
 AUTH_FAILURES = Counter(
     "broker_api_auth_failures_total", "Failed API client authentications"
 )

@@ -274,6 +274,34 @@ class ApiClient(Base):
     status: Mapped[str] = mapped_column(String(10), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None]
+    # Exactly one way to authenticate (RFC 8705 names): client_secret_basic,
+    # tls_client_auth (a CA of the tenant and one leaf name) or self_signed_tls_client_auth.
+    auth_method: Mapped[str] = mapped_column(String(32), default="client_secret_basic")
+    tls_ca_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("client_cas.id", ondelete="RESTRICT")
+    )
+    # subject_dn | san_dns | san_uri | san_ip | san_email, and the exact value to match.
+    tls_match: Mapped[str | None] = mapped_column(String(16))
+    tls_match_value: Mapped[str | None] = mapped_column(String(512))
+    # Pinned self-signed certificates (PEM), at most two so one can replace the other.
+    tls_certificates: Mapped[list[str]] = mapped_column(default=list)
+
+
+class ClientCA(Base):
+    """A certificate authority a tenant trusts for its clients, pinned by its key (SPKI)."""
+
+    __tablename__ = "client_cas"
+    __table_args__ = (UniqueConstraint("tenant_id", "spki_sha256"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    spki_sha256: Mapped[str] = mapped_column(String(64))
+    pem: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(String(512))
+    not_after: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Webhook(Base):
@@ -375,6 +403,26 @@ class AuditEvent(Base):
     mac_key_version: Mapped[int | None]
     prev_mac: Mapped[str | None] = mapped_column(String(64))
     mac: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditHourly(Base):
+    """Audit events counted per tenant, hour, action, outcome and reason, for the overview."""
+
+    __tablename__ = "audit_hourly"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(60), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(10), primary_key=True)
+    # "" when the event named no reason (a primary key column cannot be null).
+    reason: Mapped[str] = mapped_column(String(60), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
+    # Google's latency as the events recorded it (`google_ms`): sum, worst and how many.
+    google_ms_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    google_ms_max: Mapped[int] = mapped_column(default=0)
+    google_calls: Mapped[int] = mapped_column(default=0)
 
 
 class SecurityEvent(Base):

@@ -13,7 +13,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker import webhooks
-from broker.audit import ChainWindows, chain_audit
+from broker.audit import ChainWindows, chain_audit, fold_audit
 from broker.clock import get_clock, get_sleep
 from broker.connections import RevocationWindows, purge_inactive, retry_revocations
 from broker.db import get_db
@@ -22,7 +22,7 @@ from broker.models import WORKER_HEARTBEAT, WorkerState
 from broker.risc import purge_security_events
 from broker.tokens import RefreshWindows, refresh_due
 
-__all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "purge_inactive",
+__all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "fold_audit", "purge_inactive",
            "purge_security_events", "refresh_due", "reseal", "retry_revocations", "run",
            "run_once", "run_pass"]
 
@@ -34,7 +34,7 @@ class Windows(RefreshWindows, ChainWindows, RevocationWindows):
     """How far ahead and back the worker looks: every duty's windows in one value."""
 
 
-DUTIES = (refresh_due, chain_audit, retry_revocations, webhooks.deliver_due, reseal,
+DUTIES = (refresh_due, chain_audit, fold_audit, retry_revocations, webhooks.deliver_due, reseal,
           purge_inactive, purge_security_events)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import logging
 import re
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 MAX_MIN_TTL = 3000
 STATUSES = ("active", "degraded", "needs_reauth", "revoked")
-TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token"}
+TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token", "client_id"}
 
 
 def admit() -> Handout:
@@ -48,7 +49,7 @@ def admit() -> Handout:
     ip = client_ip(request, app.config["BROKER"].TRUSTED_PROXIES)
     limits = get_limits(app)
     try:
-        client = authenticate(request, get_clock(app)())
+        client, credential = authenticate(request, get_clock(app)())
     except InvalidClient as failed:
         metrics.AUTH_FAILURES.inc()
         refusal: BrokerError = failed
@@ -60,7 +61,7 @@ def admit() -> Handout:
         log.warning("api auth refused: %s", refusal.error, extra={"event": "api_auth",
                     "outcome": refusal.error})
         raise refusal from None
-    handout = Handout(app, client, ip)
+    handout = Handout(app, client, ip, credential=credential)
     handout.check_ip()
     try:
         limits.hit_client(client.id)
@@ -103,8 +104,8 @@ def _clean(text: str) -> bool:
     return True
 
 
-def parse_token_request() -> TokenRequest:
-    """Parse the JSON body strictly: known fields, types and sizes."""
+def parse_token_request(client_id: str) -> TokenRequest:
+    """Parse the JSON body strictly: known fields, types and sizes (and the client it names)."""
     if not request.is_json:
         raise UnsupportedMediaType()
     if (request.content_length or 0) > MAX_BODY:
@@ -120,6 +121,9 @@ def parse_token_request() -> TokenRequest:
     unknown = sorted(set(body) - TOKEN_FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown fields: {', '.join(unknown)[:200]}")
+    named = body.get("client_id", client_id)
+    if not isinstance(named, str) or not hmac.compare_digest(named.encode(), client_id.encode()):
+        raise InvalidRequest("client_id names another client than the one authenticated")
     user = body.get("user")
     if not isinstance(user, str) or not 1 <= len(user) <= 320:
         raise InvalidRequest("user must be an email address or user id")
@@ -153,7 +157,7 @@ def token() -> Response:
 def _token() -> Response:
     handout = admit()
     try:
-        req = parse_token_request()
+        req = parse_token_request(handout.client.id)
     except BrokerError as exc:
         handout.refuse(exc)
     result = handout.run(req)
@@ -183,7 +187,7 @@ def _decode_cursor(cursor: str) -> uuid.UUID:
 
 
 def _query_args() -> tuple[str | None, uuid.UUID | None, int]:
-    allowed = {"status", "cursor", "limit"}
+    allowed = {"status", "cursor", "limit", "client_id"}
     for name in request.args:
         if name not in allowed:
             raise InvalidRequest(f"unknown parameter {name[:40]!r}")

@@ -12,7 +12,7 @@ from broker.audit.chains import (
     parse_checkpoint,
     verify,
 )
-from broker.audit.duties import chain_audit
+from broker.audit.duties import chain_audit, fold_audit
 from broker.audit.events import (
     INSERT,
     event_values,
@@ -27,10 +27,12 @@ from broker.audit.queries import (
     page_of_events,
     parse_filter,
 )
+from broker.audit.rollup import Tallies, Tally, fold, hour_of, tallies, waiting
 
 __all__ = [
     "INSERT", "OUTCOMES", "ChainWindows", "Chained", "Checkpoint", "Verdict", "actions",
-    "chain", "chain_audit", "chain_key", "chain_status", "check_checkpoint", "checkpoint",
-    "event_values", "export_csv", "insert_event", "page_of_events", "parse_checkpoint",
-    "parse_filter", "record", "verify",
+    "Tallies", "Tally", "chain", "chain_audit", "chain_key", "chain_status", "check_checkpoint",
+    "checkpoint", "event_values", "export_csv", "fold", "fold_audit", "hour_of",
+    "insert_event", "page_of_events", "parse_checkpoint", "parse_filter", "record", "tallies",
+    "verify", "waiting",
 ]

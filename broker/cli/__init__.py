@@ -81,12 +81,21 @@ class BrokerGroup(FlaskGroup):
     package_name="gmail-token-broker", prog_name="broker", message="%(prog)s %(version)s"
 )
 def cli() -> None:
-    """Gmail OAuth token broker."""
+    """Gmail OAuth token broker: people connect Gmail, jobs get tokens under policy.
+
+    Settings come from BROKER_* environment variables (see the README); the instance folder
+    (BROKER_INSTANCE_PATH, default ./instance) holds the SQLite database and key files.
+    Start with `broker demo`, or `broker init` then `broker serve` and `broker worker`.
+    """
 
 
 @cli.command()
 def init() -> None:
-    """Create the instance folder, secret key, master key and schema (idempotent)."""
+    """Create the instance folder, secret key, master key and schema (idempotent).
+
+    Files are created with mode 0600 and never overwritten; run it again after an upgrade to
+    migrate the schema.
+    """
     from broker.cli.bootstrap import initialise
 
     for line in initialise(current_app._get_current_object()):  # type: ignore[attr-defined]
@@ -95,13 +104,13 @@ def init() -> None:
 
 @cli.group()
 def db() -> None:
-    """Schema migrations."""
+    """Upgrade or downgrade the database schema (Alembic migrations shipped in the package)."""
 
 
 @db.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
-    """Upgrade the schema (default: to the newest revision)."""
+    """Upgrade the schema to REVISION (default: head, the newest)."""
     from broker.db import get_db
     from broker.migrate import upgrade
 
@@ -112,7 +121,7 @@ def db_upgrade(revision: str) -> None:
 @db.command("downgrade")
 @click.argument("revision", default="-1")
 def db_downgrade(revision: str) -> None:
-    """Downgrade the schema (default: one revision)."""
+    """Downgrade the schema to REVISION (default: -1, one revision back); may drop data."""
     from broker.db import get_db
     from broker.migrate import downgrade
 
@@ -121,10 +130,14 @@ def db_downgrade(revision: str) -> None:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes")
-@click.option("--threads", type=click.IntRange(1, 256), help="threads per worker")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; a non-loopback address needs --behind-proxy")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="TCP port to listen on")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="gunicorn worker processes (default: two per core; one on SQLite)")
+@click.option("--threads", type=click.IntRange(1, 256),
+              help="threads per worker (default: 4; 8 on SQLite)")
 @click.option("--dev", is_flag=True, help="Flask's development server (never in production)")
 @click.option("--behind-proxy", is_flag=True,
               help="a buffering reverse proxy fronts this server (needed to bind a public "
@@ -133,7 +146,11 @@ def serve(
     host: str, port: int, workers: int | None, threads: int | None, dev: bool,
     behind_proxy: bool,
 ) -> None:
-    """Serve the broker with gunicorn (or Flask's development server with --dev)."""
+    """Serve the broker with gunicorn (or Flask's development server with --dev).
+
+    Run `broker worker` beside it: it refreshes ahead, chains the audit log and delivers
+    webhooks. /healthz and /readyz answer once the broker is up.
+    """
     from broker.db import get_db
     from broker.keys import get_keys
     from broker.server import bind_problem, run_gunicorn, sensible_workers
@@ -158,10 +175,16 @@ def serve(
 
 
 @cli.command(with_appcontext=False)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--emulator-port", default=8081, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="the broker's port on 127.0.0.1")
+@click.option("--emulator-port", default=8081, show_default=True, type=click.IntRange(1, 65535),
+              help="the Google emulator's port on localhost")
 def demo(port: int, emulator_port: int) -> None:
-    """Run the emulator and the broker on loopback with a demo tenant (Ctrl-C stops both)."""
+    """Run the emulator, the broker and its worker on loopback with a demo tenant.
+
+    Creates what is missing in the instance folder (reused on the next run), prints the demo
+    accounts and a ready curl line; Ctrl-C stops all three. No Google account is needed.
+    """
     from broker.cli.demo import run
 
     run(port, emulator_port)
@@ -169,12 +192,13 @@ def demo(port: int, emulator_port: int) -> None:
 
 def _register_commands() -> None:
     from broker.cli import audit as cli_audit
+    from broker.cli import certs as cli_certs
     from broker.cli import clients as cli_clients
     from broker.cli import keys as cli_keys
     from broker.cli import risc as cli_risc
     from broker.cli import tenants as cli_tenants
 
-    for module in (cli_tenants, cli_keys, cli_clients, cli_audit, cli_risc):
+    for module in (cli_tenants, cli_keys, cli_clients, cli_audit, cli_certs, cli_risc):
         for command in module.COMMANDS:
             cli.add_command(command)
     try:

@@ -19,7 +19,11 @@ from broker.tenancy import tenants
 
 @click.group("audit", cls=AppGroup)
 def audit_group() -> None:
-    """Audit log integrity."""
+    """Check the audit log's hash chains and print signed checkpoints to keep elsewhere.
+
+    Every event is chained per tenant by the worker; a checkpoint recorded outside the broker
+    (`broker audit head`) lets `verify --expect` catch a truncated or rewritten history.
+    """
 
 
 def _chains(session: Session) -> list[tuple[str, uuid.UUID]]:

@@ -6,12 +6,14 @@ import json
 import sys
 import traceback
 import uuid
+from pathlib import Path
 
 import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from broker import webhooks
+from broker.cli import options
 from broker.cli.actor import actor
 from broker.clock import get_clock
 from broker.db import get_db
@@ -20,10 +22,16 @@ from broker.keys import get_keys
 from broker.logging import redact
 from broker.tenancy import clients, tenants
 
+PEM_FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+
 
 @click.group(cls=AppGroup)
 def client() -> None:
-    """Manage API clients of a tenant."""
+    """Create, list, rotate and disable the API clients backend jobs authenticate as.
+
+    A client belongs to one tenant, may ask only for its allowed scopes and, when given IP
+    ranges, only from those addresses. Its secret is shown once, at creation or rotation.
+    """
 
 
 def _print_issued(issued: clients.Issued, as_json: bool) -> None:
@@ -37,29 +45,88 @@ def _print_issued(issued: clients.Issued, as_json: bool) -> None:
 
 
 @client.command("create")
-@click.option("--tenant", "slug", required=True)
-@click.option("--name", required=True)
-@click.option("--scope", "scopes", multiple=True, required=True, help="repeatable")
-@click.option("--ip-range", "ip_ranges", multiple=True, help="CIDR (repeatable)")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.tenant
+@click.option("--name", required=True, help="a name unique in the tenant, e.g. nightly-export")
+@click.option("--scope", "scopes", multiple=True, required=True, metavar="SCOPE",
+              help="a Gmail scope the client may ask for, short (gmail.readonly) or as a URL; "
+                   "repeatable")
+@click.option("--ip-range", "ip_ranges", multiple=True, metavar="CIDR",
+              help="only calls from this range are served (default: any address the tenant's "
+                   "policy allows); repeatable")
+@click.option("--auth", "method", type=click.Choice(clients.METHODS),
+              default="client_secret_basic", show_default=True,
+              help="how the client proves itself: a secret, a certificate its tenant's CA "
+                   "issued (RFC 8705 tls_client_auth) or a pinned self-signed one")
+@click.option("--tls-ca", type=PEM_FILE,
+              help="tls_client_auth: the CA (PEM) that issues the client's certificates, "
+                   "pinned by its public key")
+@click.option("--tls-subject", help="tls_client_auth: the leaf's exact subject DN, e.g. "
+              "\"CN=nightly-export,O=Acme\"")
+@click.option("--tls-san-dns", help="tls_client_auth: a DNS name the leaf's SAN carries")
+@click.option("--tls-san-uri", help="tls_client_auth: a URI the leaf's SAN carries, e.g. "
+              "spiffe://acme/job")
+@click.option("--tls-san-ip", help="tls_client_auth: an IP address the leaf's SAN carries")
+@click.option("--tls-san-email", help="tls_client_auth: an email the leaf's SAN carries")
+@click.option("--tls-cert", "tls_certs", type=PEM_FILE, multiple=True,
+              help="self_signed_tls_client_auth: the pinned certificate (PEM); give two "
+                   "while replacing one")
+@options.as_json
 def client_create(
-    slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], as_json: bool
+    slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], method: str,
+    tls_ca: Path | None, tls_subject: str | None, tls_san_dns: str | None,
+    tls_san_uri: str | None, tls_san_ip: str | None, tls_san_email: str | None,
+    tls_certs: tuple[Path, ...], as_json: bool,
 ) -> None:
-    """Create an API client; print its id and secret once."""
+    """Create an API client; print its id (and its secret, shown once).
+
+    With --auth tls_client_auth, name exactly one of --tls-subject or --tls-san-*: the
+    leaf itself must carry it (no CN fallback, no patterns). A certificate client gets no
+    secret and names itself with client_id in the request body.
+
+    \b
+    Examples:
+      broker client create --tenant acme --name nightly-export --scope gmail.readonly
+      broker client create --tenant acme --name mailer --scope gmail.send \\
+        --auth tls_client_auth --tls-ca acme-ca.pem --tls-san-uri spiffe://acme/mailer
+    """
+    matches = {"subject_dn": tls_subject, "san_dns": tls_san_dns, "san_uri": tls_san_uri,
+               "san_ip": tls_san_ip, "san_email": tls_san_email}
+    given = {k: v for k, v in matches.items() if v is not None}
+    if len(given) > 1:
+        raise click.UsageError("name one of --tls-subject, --tls-san-dns, --tls-san-uri, "
+                               "--tls-san-ip, --tls-san-email")
+    match, value = next(iter(given.items()), (None, None))
+    auth = clients.ClientAuth(
+        method=method, ca_pem=tls_ca.read_text() if tls_ca else None, match=match,
+        match_value=value, certificates=tuple(p.read_text() for p in tls_certs),
+    )
     with get_db().transaction() as session:
         issued = clients.create_client(
             session, tenants.get_tenant(session, slug), name=name, scopes=scopes,
-            ip_ranges=ip_ranges, actor=actor(),
+            ip_ranges=ip_ranges, actor=actor(), auth=auth,
         )
-    _print_issued(issued, as_json)
+    if issued.client_secret:
+        _print_issued(issued, as_json)
+    elif as_json:
+        click.echo(json.dumps({"client_id": issued.client_id, "auth_method": method}))
+    else:
+        click.echo(f"client_id:     {issued.client_id}")
+        click.echo(f"It authenticates with {method}: send client_id in the body over mutual "
+                   "TLS.", err=True)
 
 
 @client.command("rotate-secret")
 @click.argument("client_id")
-@click.option("--grace", default="24h", show_default=True, help="old secret keeps working")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="how long the old secret keeps working: 0h ends it at once, at most 30d")
+@options.as_json
 def client_rotate(client_id: str, grace: str, as_json: bool) -> None:
-    """Give a client a new secret; the old one works through the grace period."""
+    """Give client CLIENT_ID a new secret; the old one works through the grace period.
+
+    \b
+    Example:
+      broker client rotate-secret cl_0123456789abcdef0123 --grace 1h
+    """
     delay = clients.parse_grace(grace)
     with get_db().transaction() as session:
         issued = clients.rotate_secret(
@@ -71,15 +138,15 @@ def client_rotate(client_id: str, grace: str, as_json: bool) -> None:
 @client.command("disable")
 @click.argument("client_id")
 def client_disable(client_id: str) -> None:
-    """Disable a client."""
+    """Disable client CLIENT_ID: its next call is refused (there is no undo; create another)."""
     with get_db().transaction() as session:
         clients.disable_client(session, client_id, actor=actor())
     click.echo(f"disabled {client_id}")
 
 
 @client.command("list")
-@click.option("--tenant", "slug", required=True)
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.tenant
+@options.as_json
 def client_list(slug: str, as_json: bool) -> None:
     """List a tenant's clients (never their secrets)."""
     with get_db().transaction(write=False) as session:
@@ -97,16 +164,29 @@ def client_list(slug: str, as_json: bool) -> None:
 
 @click.group(cls=AppGroup)
 def webhook() -> None:
-    """Manage webhook endpoints for connection events."""
+    """Register, list and disable the HTTPS endpoints told when a connection changes state.
+
+    Each delivery is signed with the webhook's secret (shown once) and retried by the worker.
+    """
 
 
 @webhook.command("add")
 @click.argument("url")
-@click.option("--tenant", "slug", required=True)
-@click.option("--event", "events", multiple=True, type=click.Choice(webhooks.EVENTS))
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.tenant
+@click.option("--event", "events", multiple=True, type=click.Choice(webhooks.EVENTS),
+              help="an event to deliver (default: every event); repeatable")
+@options.as_json
 def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> None:
-    """Register an endpoint (every event unless --event is given); print its secret once."""
+    """Register the https:// endpoint URL; print its signing secret once.
+
+    Private, loopback and link-local addresses are refused (the broker would be calling its
+    own network).
+
+    \b
+    Example:
+      broker webhook add https://hooks.acme.test/broker --tenant acme \\
+        --event connection.needs_reauth
+    """
     with get_db().transaction() as session:
         added = webhooks.add(
             session, get_keys(), tenants.get_tenant(session, slug).id, url=url,
@@ -121,7 +201,7 @@ def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> 
 
 
 @webhook.command("list")
-@click.option("--tenant", "slug", required=True)
+@options.tenant
 def webhook_list(slug: str) -> None:
     """List a tenant's webhooks."""
     with get_db().transaction(write=False) as session:
@@ -132,7 +212,7 @@ def webhook_list(slug: str) -> None:
 @webhook.command("disable")
 @click.argument("webhook_id")
 def webhook_disable(webhook_id: str) -> None:
-    """Stop deliveries to a webhook."""
+    """Stop deliveries to webhook WEBHOOK_ID (its id from `broker webhook list`)."""
     try:
         wanted = uuid.UUID(webhook_id)
     except ValueError:
@@ -144,12 +224,19 @@ def webhook_disable(webhook_id: str) -> None:
 
 @click.command("worker")
 @with_appcontext
-@click.option("--once", is_flag=True, help="run every duty once and exit")
+@click.option("--once", is_flag=True,
+              help="run every duty once, print what each did as JSON and exit (for cron); "
+                   "exit 1 if a duty failed")
 @click.option("--interval", default=15.0, show_default=True,
               help="seconds between passes (with --once: how often you run it, which pages use "
                    "to tell a stopped worker)")
 def worker_command(once: bool, interval: float) -> None:
-    """Run the background worker."""
+    """Run the background worker: refresh ahead, chain and count the audit log, retry
+    revocations, deliver webhooks, re-seal under new keys, purge what policy says to.
+
+    Several workers may run at once (they claim work with row locks). The admin pages warn
+    when no pass completed for a while.
+    """
     from broker import worker
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]

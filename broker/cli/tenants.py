@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
+from broker.cli import options
 from broker.cli.actor import actor
 from broker.clock import get_clock
 from broker.connections import revoke_before_delete
@@ -21,21 +22,34 @@ from broker.tenancy import tenants, users
 
 @click.group(cls=AppGroup)
 def tenant() -> None:
-    """Manage tenants."""
+    """Create, list and delete tenants: organisations whose users' tokens are sealed under
+    the tenant's own data key, with their own policy, admins, API clients and audit chain."""
 
 
 @tenant.command("create")
 @click.argument("slug")
-@click.option("--name", required=True, help="display name")
-@click.option("--domain", "domains", multiple=True, help="Workspace domain (repeatable)")
-@click.option("--admin", "admin_email", required=True, help="email of the invited first admin")
-@click.option("--allow-consumer-accounts", is_flag=True, help="admit invited gmail.com users")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--name", required=True, help="the name people see, e.g. \"Acme Corp\"")
+@click.option("--domain", "domains", multiple=True, metavar="DOMAIN",
+              help="a Google Workspace domain whose accounts join this tenant at sign-in "
+                   "(checked against Google's `hd` claim); repeatable")
+@click.option("--admin", "admin_email", required=True, metavar="EMAIL",
+              help="the first admin, invited by exact address (signs in with Google)")
+@click.option("--allow-consumer-accounts", is_flag=True,
+              help="also admit invited personal Google accounts (gmail.com), not only the "
+                   "Workspace domains")
+@options.as_json
 def tenant_create(
     slug: str, name: str, domains: tuple[str, ...], admin_email: str,
     allow_consumer_accounts: bool, as_json: bool,
 ) -> None:
-    """Create a tenant with its first data key and an invited admin."""
+    """Create tenant SLUG with its first data key and an invited admin.
+
+    SLUG is a short lowercase name (letters, digits, hyphens) used by every other command.
+
+    \b
+    Example:
+      broker tenant create acme --name "Acme Corp" --domain acme.com --admin it@acme.com
+    """
     keys = get_keys()
     with get_db().transaction() as session:
         row = tenants.create_tenant(
@@ -51,10 +65,12 @@ def tenant_create(
 
 @tenant.command("delete")
 @click.argument("slug")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
-@click.option("--force", is_flag=True, help="delete even if some grants could not be revoked")
+@options.yes
+@click.option("--force", is_flag=True,
+              help="delete even if Google could not be told to revoke some grants (they "
+                   "then stay valid at Google until the user removes them)")
 def tenant_delete(slug: str, yes: bool, force: bool) -> None:
-    """Revoke a tenant's grants at Google, shred its keys and delete it."""
+    """Revoke tenant SLUG's grants at Google, shred its keys and delete it (no undo)."""
     if not yes:
         click.confirm(f"Delete tenant {slug} and destroy all of its tokens?", abort=True)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -70,7 +86,7 @@ def tenant_delete(slug: str, yes: bool, force: bool) -> None:
 
 
 @tenant.command("list")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.as_json
 def tenant_list(as_json: bool) -> None:
     """List tenants."""
     with get_db().transaction(write=False) as session:
@@ -93,12 +109,16 @@ def tenant_list(as_json: bool) -> None:
 
 @click.group(cls=AppGroup)
 def user() -> None:
-    """Manage users of a tenant."""
+    """Invite, list, suspend, promote and delete the people of a tenant.
+
+    People sign in with Google; an invitation binds to the Google account that first signs in
+    with its exact address. Suspending ends sessions and stops hand-outs at once.
+    """
 
 
 @user.command("list")
-@click.option("--tenant", "slug", required=True)
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@options.tenant
+@options.as_json
 def user_list(slug: str, as_json: bool) -> None:
     """List a tenant's users with their connection status."""
     with get_db().transaction(write=False) as session:
@@ -123,10 +143,15 @@ def user_list(slug: str, as_json: bool) -> None:
 
 @user.command("invite")
 @click.argument("email")
-@click.option("--tenant", "slug", required=True)
-@click.option("--admin", is_flag=True, help="invite as an admin")
+@options.tenant
+@click.option("--admin", is_flag=True, help="invite as an admin (default: a member)")
 def user_invite(email: str, slug: str, admin: bool) -> None:
-    """Invite a user by exact email address."""
+    """Invite EMAIL, by exact address, to sign in with Google and connect Gmail.
+
+    \b
+    Example:
+      broker user invite bob@acme.com --tenant acme
+    """
     with get_db().transaction() as session:
         invited = users.invite(
             session, tenants.get_tenant(session, slug).id, email,
@@ -142,7 +167,7 @@ def user_invite(email: str, slug: str, admin: bool) -> None:
 def _status_command(name: str, status: str, help_text: str) -> click.Command:
     @click.command(name, help=help_text)
     @click.argument("email")
-    @click.option("--tenant", "slug", required=True)
+    @options.tenant
     @with_appcontext
     def command(email: str, slug: str) -> None:
         with get_db().transaction() as session:
@@ -155,17 +180,18 @@ def _status_command(name: str, status: str, help_text: str) -> click.Command:
     return command
 
 
-user.add_command(_status_command("suspend", "suspended", "Suspend a user: sessions end, "
-                                 "hand-outs stop at once."))
-user.add_command(_status_command("reactivate", "active", "Reactivate a suspended user."))
+user.add_command(_status_command("suspend", "suspended", "Suspend user EMAIL: their "
+                                 "sessions end and hand-outs of their tokens stop at once."))
+user.add_command(_status_command("reactivate", "active", "Let suspended user EMAIL sign in "
+                                 "and be served again."))
 
 
 @user.command("role")
 @click.argument("email")
 @click.argument("role", type=click.Choice(users.ROLES))
-@click.option("--tenant", "slug", required=True)
+@options.tenant
 def user_role(email: str, role: str, slug: str) -> None:
-    """Make a user an admin or a member (the last active admin stays one)."""
+    """Make user EMAIL an admin or a member (the last active admin stays one)."""
     with get_db().transaction() as session:
         row = users.set_role(
             session, tenants.get_tenant(session, slug).id, email, role, actor=actor()
@@ -175,11 +201,12 @@ def user_role(email: str, role: str, slug: str) -> None:
 
 @user.command("delete")
 @click.argument("email")
-@click.option("--tenant", "slug", required=True)
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
-@click.option("--force", is_flag=True, help="delete even if the grant could not be revoked")
+@options.tenant
+@options.yes
+@click.option("--force", is_flag=True,
+              help="delete even if Google could not be told to revoke the grant")
 def user_delete(email: str, slug: str, yes: bool, force: bool) -> None:
-    """Revoke and erase a user's connection and delete the user."""
+    """Revoke user EMAIL's grant at Google, erase the connection and delete the user."""
     if not yes:
         click.confirm(f"Delete {email} and revoke their Gmail connection?", abort=True)
     app = current_app._get_current_object()  # type: ignore[attr-defined]

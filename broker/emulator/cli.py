@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ BANNER = (
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}  # noqa: S104 - compared, not bound
 
 
-def public_base(app_config: dict[str, Any], host: str, port: int) -> str:
+def public_base(app_config: dict[str, Any], host: str, port: int, tls: bool = False) -> str:
     """Return the base URL to print: the configured issuer, else how this machine reaches it."""
     configured = app_config.get("EMULATOR_ISSUER")
     if configured:
         return str(configured).rstrip("/")
-    return base_url("localhost" if host in LOCAL_HOSTS else host, port)
+    return base_url("localhost" if host in LOCAL_HOSTS else host, port, tls)
 
 
 @click.command("emulator")
@@ -44,8 +45,14 @@ def public_base(app_config: dict[str, Any], host: str, port: int) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="JSON file that keeps accounts, grants, keys and tokens across restarts.",
 )
+@click.option(
+    "--tls", is_flag=True,
+    help="Serve HTTPS with a throw-away PKI (root, intermediate, leaf for localhost and "
+         "127.0.0.1) kept beside --state, else in a new temporary folder; prints the root to "
+         "trust (BROKER_CA_BUNDLE).",
+)
 def emulator_command(
-    host: str, port: int, config_file: Path | None, state_file: Path | None
+    host: str, port: int, config_file: Path | None, state_file: Path | None, tls: bool
 ) -> None:
     """Run an offline stand-in for Google's OAuth endpoints (not Google)."""
     from broker.emulator import create_app
@@ -62,8 +69,18 @@ def emulator_command(
         app = create_app(config, state_file=str(state_file) if state_file else None)
     except (KeyError, TypeError, ValueError) as error:
         raise click.ClickException(f"invalid emulator configuration: {error}") from error
-    server = build_server(app, host, port)
-    click.echo(BANNER.format(url=public_base(dict(app.config), host, server.port)))
+    context = None
+    if tls:
+        from broker.emulator.pki import make_pki
+
+        folder = (state_file.parent if state_file else
+                  Path(tempfile.mkdtemp(prefix="google-emulator-pki-")))
+        pki = make_pki(folder)
+        context = pki.server_context()
+    server = build_server(app, host, port, context)
+    click.echo(BANNER.format(url=public_base(dict(app.config), host, server.port, tls)))
+    if tls:
+        click.echo(f"  root CA    {pki.root} (trust it: BROKER_CA_BUNDLE={pki.root})")
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo("Warning: its controls only answer loopback peers.", err=True)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -20,21 +21,26 @@ class QuietQueryHandler(WSGIRequestHandler):
         self.log("info", '"%s %s" %s %s', self.command, path, code, size)
 
 
-def build_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
+def build_server(
+    app: Flask, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> BaseWSGIServer:
     """Return a threaded werkzeug server, so a hanging call never blocks the controls."""
-    return make_server(host, port, app, threaded=True, request_handler=QuietQueryHandler)
+    return make_server(host, port, app, threaded=True, request_handler=QuietQueryHandler,
+                       ssl_context=ssl_context)
 
 
-def base_url(host: str, port: int) -> str:
-    """Return the http URL of a host and port."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def base_url(host: str, port: int, tls: bool = False) -> str:
+    """Return the http(s) URL of a host and port."""
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def serve_in_thread(
-    app: Flask, host: str = "127.0.0.1", port: int = 0
+    app: Flask, host: str = "127.0.0.1", port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[str, Callable[[], None]]:
-    """Start serving `app` and return its base URL and a function that stops it."""
-    server = build_server(app, host, port)
+    """Start serving `app` (over TLS when given a context); return its URL and a stopper."""
+    server = build_server(app, host, port, ssl_context)
     thread = threading.Thread(
         target=server.serve_forever, name=f"google-emulator:{server.port}", daemon=True
     )
@@ -49,4 +55,4 @@ def serve_in_thread(
         server.server_close()
         thread.join(timeout=10)
 
-    return base_url(host, server.port), stop
+    return base_url(host, server.port, ssl_context is not None), stop

@@ -22,6 +22,7 @@ from joserfc.jwk import KeySet
 
 from broker import config, scopes
 from broker.config import Settings
+from broker.tls import client_context
 
 ID_TOKEN_LEEWAY = 300  # Google: allow a few minutes of clock skew
 # An unknown `kid` refetches a JWK Set at once, but only once per this many seconds: a stream
@@ -128,12 +129,12 @@ class Google:
 
     @property
     def http(self) -> httpx.Client:
-        """Return this process's HTTP client: TLS verified, no redirects, timeouts."""
+        """Return this process's HTTP client: TLS verified (broker.tls), no redirects, timeouts."""
         if self._http is None or self._pid != os.getpid():
             self._http = httpx.Client(
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
-                verify=True,
+                verify=client_context(self.settings.CA_BUNDLE),
                 headers={"User-Agent": "gmail-token-broker"},
             )
             self._pid = os.getpid()

@@ -21,6 +21,7 @@ from joserfc.jwk import RSAKey
 from broker import config
 from broker.config import Settings
 from broker.risc.actions import KNOWN, OAUTH_TYPES, RISC_TYPES
+from broker.tls import client_context
 
 MANAGEMENT_AUDIENCE = (
     "https://risc.googleapis.com/google.identity.risc.v1beta.RiscManagementService"
@@ -95,8 +96,8 @@ class Stream:
         self.base = settings.RISC_API_URL.rstrip("/")
         self.account = account
         self.http = http or httpx.Client(
-            follow_redirects=False, timeout=httpx.Timeout(settings.GOOGLE_TIMEOUT), verify=True,
-            headers={"User-Agent": "gmail-token-broker"},
+            follow_redirects=False, timeout=httpx.Timeout(settings.GOOGLE_TIMEOUT),
+            verify=client_context(settings.CA_BUNDLE), headers={"User-Agent": "gmail-token-broker"},
         )
 
     def _assertion(self) -> str:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cryptography import x509
 from flask import Flask, current_app
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +22,8 @@ from broker.config import Network
 from broker.db import get_db
 from broker.errors import InvalidClient
 from broker.keys import digest
-from broker.models import ApiClient, Policy
+from broker.models import ApiClient, ClientCA, Policy
+from broker.tls import CertificateRejected, Presented, leaf_matches, pinned, verify_client
 
 EXTENSION = "broker.client_cache"
 # `last_used_at` is written at most this often per client and process (issue 12 item 6).
@@ -44,6 +46,11 @@ class ClientInfo:
     allowed_ip_ranges: tuple[Network, ...]
     token_ip_ranges: tuple[Network, ...]
     status: str
+    auth_method: str = "client_secret_basic"
+    tls_ca: x509.Certificate | None = None  # tls_client_auth: the one CA, parsed once per load
+    tls_match: str | None = None
+    tls_match_value: str | None = None
+    tls_certificates: tuple[str, ...] = ()  # self_signed_tls_client_auth: the pinned PEMs
 
     def admits(self, address: IPAddress) -> bool:
         """Say whether an address lies within the tenant's and the client's IP ranges."""
@@ -92,13 +99,14 @@ class ClientCache:
 def _load(app: Flask, client_id: str) -> ClientInfo | None:
     with get_db(app).transaction(write=False) as session:
         row = session.execute(
-            select(ApiClient, Policy.token_ip_ranges)
+            select(ApiClient, Policy.token_ip_ranges, ClientCA.pem)
             .join(Policy, Policy.tenant_id == ApiClient.tenant_id)
+            .outerjoin(ClientCA, ClientCA.id == ApiClient.tls_ca_id)
             .where(ApiClient.id == client_id)
         ).one_or_none()
     if row is None:
         return None
-    client, token_ranges = row
+    client, token_ranges, ca_pem = row
     return ClientInfo(
         id=client.id, tenant_id=client.tenant_id, secret_sha256=client.secret_sha256,
         previous_secret_sha256=client.previous_secret_sha256,
@@ -107,6 +115,10 @@ def _load(app: Flask, client_id: str) -> ClientInfo | None:
         # Parsed once per load, not per request.
         allowed_ip_ranges=_networks(client.allowed_ip_ranges),
         token_ip_ranges=_networks(token_ranges or ()), status=client.status,
+        auth_method=client.auth_method,
+        tls_ca=x509.load_pem_x509_certificate(ca_pem.encode()) if ca_pem else None,
+        tls_match=client.tls_match, tls_match_value=client.tls_match_value,
+        tls_certificates=tuple(client.tls_certificates or ()),
     )
 
 
@@ -137,6 +149,29 @@ def verify_secret(
     )
     if info is None or info.status != "active" or not (current or (previous and in_grace)):
         raise InvalidClient(headers=headers or {})
+    if info.auth_method != "client_secret_basic":  # one method per client: no downgrade
+        raise InvalidClient(headers=headers or {})
+    if get_cache(app).use_due(info.id, now):
+        _record_use(app, info.id, now)
+    return info
+
+
+def verify_certificate(
+    app: Flask, client_id: str, offered: Presented, now: dt.datetime
+) -> ClientInfo:
+    """Return the client this certificate authenticates, or raise CertificateRejected(reason)."""
+    info = get_cache(app).get(app, client_id)
+    if info is None or info.status != "active":
+        raise CertificateRejected("unknown_client")
+    if info.auth_method == "tls_client_auth" and info.tls_ca is not None:
+        verify_client(offered, info.tls_ca, now)  # the client's own CA, whatever a proxy said
+        if not leaf_matches(offered.leaf, info.tls_match or "", info.tls_match_value or ""):
+            raise CertificateRejected("name_mismatch")
+    elif info.auth_method == "self_signed_tls_client_auth":
+        if not pinned(offered, list(info.tls_certificates), now):
+            raise CertificateRejected("not_pinned")
+    else:
+        raise CertificateRejected("wrong_method")
     if get_cache(app).use_due(info.id, now):
         _record_use(app, info.id, now)
     return info

@@ -14,17 +14,32 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker import audit
 from broker.errors import Conflict, InvalidRequest, NotFound
 from broker.keys import digest, new_secret
-from broker.models import ApiClient, Tenant
+from broker.models import ApiClient, ClientCA, Tenant
 from broker.scopes import InvalidScope, normalise
 from broker.tenancy.policy import parse_duration
+from broker.tls import MATCHES, describe, normalise_match, spki_sha256, thumbprint
 
 MAX_GRACE = dt.timedelta(days=30)
+METHODS = ("client_secret_basic", "tls_client_auth", "self_signed_tls_client_auth")
+
+
+@dataclass(frozen=True)
+class ClientAuth:
+    """How a client will authenticate: a secret, a certificate from a CA, or a pinned one."""
+
+    method: str = "client_secret_basic"
+    ca_pem: str | None = None  # tls_client_auth: the CA (PEM) that issues the client's leaves
+    match: str | None = None  # tls_client_auth: subject_dn, san_dns, san_uri, san_ip, san_email
+    match_value: str | None = None
+    certificates: tuple[str, ...] = ()  # self_signed_tls_client_auth: one or two PEMs
 
 
 @dataclass(frozen=True)
@@ -104,11 +119,88 @@ def get_client(
     return row
 
 
+def _certificate(pem: str, what: str) -> x509.Certificate:
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        raise InvalidRequest(f"the {what} is not a PEM certificate") from None
+    if len(certs) != 1:
+        raise InvalidRequest(f"give exactly one certificate as the {what}")
+    return certs[0]
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def register_ca(session: Session, tenant_id: uuid.UUID, pem: str) -> ClientCA:
+    """Return the tenant's CA with this public key, registering it the first time."""
+    cert = _certificate(pem, "client CA")
+    if not _is_ca(cert):
+        raise InvalidRequest("the client CA is not a CA certificate (basicConstraints CA:TRUE)")
+    spki = spki_sha256(cert)
+    row = session.scalar(select(ClientCA).where(ClientCA.tenant_id == tenant_id,
+                                                ClientCA.spki_sha256 == spki))
+    if row is None:
+        row = ClientCA(tenant_id=tenant_id, spki_sha256=spki,
+                       pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                       subject=cert.subject.rfc4514_string()[:512],
+                       not_after=cert.not_valid_after_utc)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _apply_auth(session: Session, row: ApiClient, auth: ClientAuth) -> dict[str, object]:
+    """Set the client's method and its certificate rules; return what the audit records."""
+    if auth.method not in METHODS:
+        raise InvalidRequest(f"auth must be one of {', '.join(METHODS)}")
+    row.auth_method = auth.method
+    if auth.method == "client_secret_basic":
+        if auth.ca_pem or auth.match or auth.certificates:
+            raise InvalidRequest("certificate options need --auth tls_client_auth or "
+                                 "self_signed_tls_client_auth")
+        return {"auth_method": auth.method}
+    if auth.method == "tls_client_auth":
+        if not auth.ca_pem or not auth.match or auth.certificates:
+            raise InvalidRequest("tls_client_auth needs the client CA and exactly one name to "
+                                 f"match ({', '.join(MATCHES)})")
+        try:
+            value = normalise_match(auth.match, auth.match_value or "")
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        ca = register_ca(session, row.tenant_id, auth.ca_pem)
+        row.tls_ca_id, row.tls_match, row.tls_match_value = ca.id, auth.match, value
+        return {"auth_method": auth.method, "ca_spki_sha256": ca.spki_sha256,
+                "match": auth.match, "match_value": value}
+    if auth.ca_pem or auth.match or not 1 <= len(auth.certificates) <= 2:
+        raise InvalidRequest("self_signed_tls_client_auth takes one or two certificates "
+                             "(two while replacing one)")
+    pems = []
+    for pem in auth.certificates:
+        cert = _certificate(pem, "pinned certificate")
+        if cert.issuer != cert.subject:
+            raise InvalidRequest(f"the pinned certificate is not self-signed ({describe(cert)})")
+        pems.append(cert.public_bytes(serialization.Encoding.PEM).decode())
+    row.tls_certificates = pems
+    return {"auth_method": auth.method,
+            "cert_sha256": [thumbprint(x509.load_pem_x509_certificate(p.encode()))
+                            for p in pems]}
+
+
 def create_client(
     session: Session, tenant: Tenant, *, name: str, scopes: Iterable[str],
     ip_ranges: Iterable[str] = (), actor: str | None = None, ip: str | None = None,
+    auth: ClientAuth | None = None,
 ) -> Issued:
-    """Create an API client; its secret is returned once and stored only as a digest."""
+    """Create an API client; a secret is returned once and stored only as a digest.
+
+    A client that authenticates with a certificate gets no usable secret (an empty one is
+    returned): it has exactly one method, so nothing can downgrade it to a secret.
+    """
     name = name.strip()
     if not 1 <= len(name) <= 200:
         raise InvalidRequest("a client name is 1-200 characters")
@@ -119,13 +211,14 @@ def create_client(
         secret_sha256=digest(secret), allowed_scopes=check_scopes(scopes),
         allowed_ip_ranges=check_ranges(ip_ranges), status="active",
     )
+    how = _apply_auth(session, row, auth or ClientAuth())
     session.add(row)
     audit.record(
         session, action="client.create", tenant_id=tenant.id, actor_type="admin", actor_id=actor,
         ip=ip, scopes=row.allowed_scopes,
-        details={"client_id": row.id, "name": name, "ip_ranges": row.allowed_ip_ranges},
+        details={"client_id": row.id, "name": name, "ip_ranges": row.allowed_ip_ranges, **how},
     )
-    return Issued(row.id, secret)
+    return Issued(row.id, secret if row.auth_method == "client_secret_basic" else "")
 
 
 def rotate_secret(
@@ -136,6 +229,8 @@ def rotate_secret(
     row = get_client(session, client_id, tenant_id=tenant_id)
     if row.status != "active":
         raise InvalidRequest("a disabled client gets no new secret")
+    if row.auth_method != "client_secret_basic":
+        raise InvalidRequest(f"this client authenticates with {row.auth_method}, not a secret")
     if grace > MAX_GRACE:
         raise InvalidRequest("the grace period is at most 30d")
     secret = new_secret()

@@ -63,7 +63,8 @@ def list_users(session: Session, tenant_id: uuid.UUID) -> list[UserRow]:
 
 
 def list_connections(
-    session: Session, tenant_id: uuid.UUID, status: str | None = None
+    session: Session, tenant_id: uuid.UUID, status: str | None = None,
+    limit: int | None = None,
 ) -> list[Connection]:
     """Return the tenant's connections, those needing re-consent first."""
     if status and status not in STATUSES:
@@ -71,7 +72,19 @@ def list_connections(
     query = select(Connection).where(Connection.tenant_id == tenant_id)
     if status:
         query = query.where(Connection.status == status)
-    return list(session.scalars(query.order_by(_STATUS_ORDER, Connection.updated_at.desc())))
+    query = query.order_by(_STATUS_ORDER, Connection.updated_at.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def connection_counts(session: Session, tenant_id: uuid.UUID) -> dict[str, int]:
+    """Count the tenant's connections by status, every status named (zero when none)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, count in session.execute(
+        select(Connection.status, func.count()).where(Connection.tenant_id == tenant_id)
+        .group_by(Connection.status)
+    ):
+        counts[status] = count
+    return counts
 
 
 def invite(

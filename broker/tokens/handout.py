@@ -165,13 +165,18 @@ def refusal_details(exc: BrokerError) -> dict[str, str]:
 class Handout:
     """Decide and hand out one token for an authenticated client."""
 
-    def __init__(self, app: Flask, client: ClientInfo, ip: IPAddress) -> None:
+    def __init__(
+        self, app: Flask, client: ClientInfo, ip: IPAddress,
+        credential: dict[str, str] | None = None,
+    ) -> None:
         self.tokens: TokenService = get_tokens(app)
         self.db = self.tokens.db
         self.settings = self.tokens.settings
         self.client = client
         self.ip = str(ip)
         self.address = ip
+        # What the audit records of how the client proved itself (a certificate's thumbprint).
+        self.credential = credential or {}
         self.now = self.tokens.clock()
         self.user_id: uuid.UUID | None = None
         self.scopes: list[str] = []
@@ -188,7 +193,7 @@ class Handout:
             conn, now=now, action="token.handout", tenant_id=self.client.tenant_id,
             actor_type="client", actor_id=self.client.id, ip=self.ip,
             outcome=outcome, reason=exc.error, subject_user_id=self.user_id, scopes=self.scopes,
-            details=refusal_details(exc),
+            details={**refusal_details(exc), **self.credential},
         )
 
     def _count_refusal(self, exc: BrokerError) -> None:
@@ -372,7 +377,7 @@ class Handout:
             "action": "token.handout", "tenant_id": self.client.tenant_id,
             "actor_type": "client", "actor_id": self.client.id, "ip": self.ip,
             "subject_user_id": want.user_id, "scopes": issued.scopes,
-            "details": {"expires_at": issued.expires_at.isoformat()},
+            "details": {"expires_at": issued.expires_at.isoformat(), **self.credential},
         }, now)
         before = self.now - LAST_USED_EVERY
         if last_used is not None and last_used >= before:  # written within the minute

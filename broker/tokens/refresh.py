@@ -200,10 +200,11 @@ class Refresher:
             self._events[want.connection_id] = event
         try:
             stop = min(deadline, lease.until - LEASE_MARGIN)
+            started = time.monotonic()
             try:
                 answer = self._call(lease.refresh_token, want.scopes, stop)
             except GoogleError as exc:
-                return self._failed(want, lease, exc)
+                return self._failed(want, lease, exc, _ms_since(started))
             extra = rules.broader(answer.scopes, want.scopes)
             if extra and not want.allow_broader:
                 self._release(want, lease)
@@ -211,7 +212,7 @@ class Refresher:
                     "Google answered a broader scope than asked and this tenant does not allow "
                     "broader tokens.", headers={"Retry-After": "60"},
                 )
-            return self._store(want, lease, answer)
+            return self._store(want, lease, answer, _ms_since(started))
         finally:
             with self._lock:
                 self._events.pop(want.connection_id, None)
@@ -239,7 +240,7 @@ class Refresher:
                     raise
                 self.sleep(delay)
 
-    def _store(self, want: Want, lease: Lease, answer: TokenResponse) -> Issued:
+    def _store(self, want: Want, lease: Lease, answer: TokenResponse, google_ms: int) -> Issued:
         now = self.clock()
         expires_at = now + dt.timedelta(seconds=answer.expires_in)
         token_id = uuid.uuid4()
@@ -288,7 +289,8 @@ class Refresher:
                 actor_type=want.actor_type, actor_id=want.actor_id,
                 subject_user_id=want.user_id, ip=want.ip,
                 scopes=answer.scopes,
-                details={"reason": "rejected_token" if want.rejected_id else "expiring"},
+                details={"reason": "rejected_token" if want.rejected_id else "expiring",
+                         "google_ms": google_ms},
             )
             if lease.status == "degraded":
                 webhooks.enqueue(session, want.tenant_id, "connection.recovered",
@@ -308,7 +310,9 @@ class Refresher:
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
-    def _failed(self, want: Want, lease: Lease, exc: GoogleError) -> Issued | None:
+    def _failed(
+        self, want: Want, lease: Lease, exc: GoogleError, google_ms: int
+    ) -> Issued | None:
         if exc.kind is Failure.INVALID_GRANT:
             with self.db.transaction() as session:
                 conn = session.get(Connection, want.connection_id)
@@ -348,10 +352,15 @@ class Refresher:
                 actor_type=want.actor_type, actor_id=want.actor_id,
                 subject_user_id=want.user_id, ip=want.ip,
                 outcome="error", reason=exc.kind, scopes=want.scopes,
-                details={"error": exc.error[:60], "status": exc.status},
+                details={"error": exc.error[:60], "status": exc.status, "google_ms": google_ms},
             )
             if lease.status == "active":
                 webhooks.enqueue(session, want.tenant_id, "connection.degraded",
                                  event_payload(want.connection_id, want.user_id))
         log.warning("refresh failed (%s %s)", exc.kind, exc.error, extra={"event": "refresh"})
         return self.store.fallback(want, wait, "Google could not refresh the token in time.")
+
+
+def _ms_since(started: float) -> int:
+    """Return whole milliseconds since a monotonic instant (Google's latency, for the audit)."""
+    return round((time.monotonic() - started) * 1000)

@@ -14,9 +14,9 @@ from broker.clock import utcnow
 
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
-# Probes, metrics, the API and the RISC receiver answer on any host: load balancers, jobs and
-# Google call them directly.
-ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/risc/")
+# Probes, metrics, the API, metadata and the RISC receiver answer on any host: load balancers,
+# jobs and Google call them directly.
+ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/", "/risc/")
 CALLBACK_PATHS = ("/auth/callback", "/connections/callback")
 
 

@@ -21,6 +21,7 @@ from broker.clock import backoff, get_clock, utcnow
 from broker.db import get_db
 from broker.keys import SealError, get_keys
 from broker.models import Webhook, WebhookDelivery
+from broker.tls import client_context
 from broker.webhooks.targets import allowed
 
 EVENTS = (
@@ -102,7 +103,8 @@ def send(app: Flask, url: str, secret: str, delivery_id: str, event: str,
         "X-Broker-Event": event, "X-Broker-Delivery": delivery_id,
         "X-Broker-Timestamp": timestamp, "X-Broker-Signature": sign(secret, timestamp, body),
     }
-    with httpx.Client(follow_redirects=False, timeout=TIMEOUT, verify=True) as client:
+    verify = client_context(app.config["BROKER"].CA_BUNDLE)
+    with httpx.Client(follow_redirects=False, timeout=TIMEOUT, verify=verify) as client:
         response = client.post(target, content=body, headers=headers,
                                extensions={"sni_hostname": parts.hostname or ""})
     return response.status_code

@@ -127,7 +127,7 @@ def sign_in_admin(page: Any, broker: LiveBroker) -> None:
     """Sign in as the tenant's invited admin through the emulator and open the console."""
     sign_in_admin_account(page, broker)
     page.goto(broker.url + "/admin")
-    page.wait_for_url(broker.url + "/admin/users")
+    page.wait_for_url(broker.url + "/admin/overview")
 
 
 def sign_in_admin_account(page: Any, broker: LiveBroker) -> None:

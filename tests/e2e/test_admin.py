@@ -47,6 +47,7 @@ def test_admin_pages_client_policy_suspension_and_csv(
 ) -> None:
     broker = admin_broker
     sign_in_admin(page, broker)
+    page.goto(broker.url + "/admin/users")
     assert "alice@acme.test" in page.inner_text("#users")
     page.screenshot(path=str(screenshots / "admin-01-users.png"), full_page=True)
 
@@ -106,6 +107,30 @@ def test_admin_pages_client_policy_suspension_and_csv(
         r["action"] for r in rows
     }
     assert secret not in target.read_text(encoding="utf-8")
+
+
+def test_the_overview_draws_hand_outs_and_refusals(
+    page: Any, admin_broker: LiveBroker, screenshots: Path
+) -> None:
+    broker = admin_broker
+    sign_in_admin(page, broker)
+    assert page.inner_text("#connection-status [data-status=active] .tile-count") == "1"
+    client_id, secret = create_client(page, broker, screenshots)
+    for _ in range(3):
+        assert token(broker, client_id, secret).status_code == 200
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    refused = httpx.post(  # a scope the client may not ask for: refused and audited
+        broker.url + "/api/v1/token", headers={"Authorization": "Basic " + basic}, timeout=15,
+        json={"user": "alice@acme.test", "scopes": [READONLY.replace("readonly", "send")]})
+    assert refused.status_code == 403, refused.text
+    page.goto(broker.url + "/admin/overview")
+    # Drawn on the server as SVG (no script runs), and said again as a table.
+    assert page.locator("#handouts-24h svg rect.series-served").count() == 1
+    assert page.locator("#handouts-24h svg rect.series-refused").count() == 1
+    cells = page.locator("#handouts-24h table tbody tr").last.locator("td").all_inner_texts()
+    assert cells == ["3", "1"]
+    assert "nightly-export" in page.inner_text("#clients")
+    page.screenshot(path=str(screenshots / "admin-00-overview.png"), full_page=True)
 
 
 def test_a_member_gets_the_refusal_page(

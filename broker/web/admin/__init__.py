@@ -6,20 +6,30 @@ from flask import Blueprint, Flask, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
 from broker.errors import BrokerError
-from broker.web.admin import access, audit, clients, connections, keys, policy, users, webhooks
+from broker.web.admin import (
+    access,
+    audit,
+    clients,
+    connections,
+    keys,
+    overview,
+    policy,
+    users,
+    webhooks,
+)
 from broker.web.errors import broker_error_page
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(access.require_admin)
 bp.register_error_handler(BrokerError, broker_error_page)
-for _module in (policy, clients, users, connections, webhooks, audit, keys):
+for _module in (overview, policy, clients, users, connections, webhooks, audit, keys):
     bp.register_blueprint(_module.bp)
 
 
 @bp.get("")
 def index() -> Response:
-    """Open the users page, where most admin work starts."""
-    return redirect(url_for("admin.users.index"))
+    """Open the overview: the tenant at a glance."""
+    return redirect(url_for("admin.overview.index"))
 
 
 @bp.get("/admin.css")

@@ -184,3 +184,32 @@ def test_command_serves_a_discovery_document_whose_endpoints_answer(tmp_path: Pa
         process.terminate()
         process.communicate(timeout=10)
     assert json.loads((tmp_path / "state.json").read_text())["clients"][0]["client_id"] == "seeded"
+
+
+def test_tls_serves_https_under_a_root_it_prints(tmp_path: Path) -> None:
+    port = free_port()
+    script = "from broker.emulator.cli import emulator_command; emulator_command()"
+    command = [sys.executable, "-u", "-c", script, "--port", str(port), "--tls",
+               "--state", str(tmp_path / "state.json")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout is not None
+        banner = [process.stdout.readline()]
+        while "root CA" not in banner[-1]:  # printed after the usual banner
+            assert banner[-1], banner
+            banner.append(process.stdout.readline())
+        root = tmp_path / "emulator-root.pem"
+        assert str(root) in banner[-1] and f"issuer     https://localhost:{port}" in banner[1]
+        document = requests.get(f"https://localhost:{port}/.well-known/openid-configuration",
+                                verify=str(root), timeout=10).json()
+        assert document["issuer"] == f"https://localhost:{port}"
+        with pytest.raises(requests.exceptions.SSLError):  # not trusted without the root
+            requests.get(f"https://127.0.0.1:{port}/.well-known/openid-configuration",
+                         timeout=10)
+        assert oct((tmp_path / "emulator-key.pem").stat().st_mode & 0o777) == "0o600"
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)

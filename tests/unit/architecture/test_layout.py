@@ -14,7 +14,8 @@ PACKAGES = ("audit", "connections", "google", "identity", "keys", "risc", "tenan
 TOP_LEVEL = {
     # foundation
     "__init__", "config", "errors", "db", "driver", "models", "clock", "logging", "metrics",
-    "health", "scopes", "clientip", "limits", "migrate",
+    "health", "scopes", "clientip", "limits", "migrate", "tls",
+    "clientcert",
     # entry points
     "worker", "server", "wsgi", "gunicorn_conf", "client",
 }

@@ -1,7 +1,7 @@
 """security events from Google (RISC), the connection hold and refresh-token identifiers
 
-Revision ID: 0006_risc_events
-Revises: 0005_bound_access_tokens
+Revision ID: 0008_risc_events
+Revises: 0007_client_certificates
 Create Date: 2026-11-30 04:15:00.000000
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import broker.models
 
-revision = "0006_risc_events"
-down_revision = "0005_bound_access_tokens"
+revision = "0008_risc_events"
+down_revision = "0007_client_certificates"
 branch_labels = None
 depends_on = None
 
