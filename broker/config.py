@@ -114,6 +114,9 @@ class Settings:
     MTLS_PROXIES: tuple[Network, ...] = _setting((), parse_networks)
     MTLS_HEADER: str = _setting("rfc9440")
     MTLS_URL: str | None = _setting(None, opt_str)
+    # The mTLS listener's own chain and key (`broker serve --tls-cert/--tls-key` default).
+    TLS_CERT: str | None = _setting(None, opt_str)
+    TLS_KEY: str | None = _setting(None, opt_str)
     # A buffering reverse proxy fronts `broker serve`: only then may it bind a public address.
     BEHIND_PROXY: bool = _setting(False, parse_bool)
     SEAL_ROTATE_THRESHOLD: int = _setting(2**30, int)

@@ -75,10 +75,11 @@ def init_app(app: Flask) -> None:
     app.session_interface = PagesOnlySessions()
     from broker import limits
     from broker.api import metadata, openapi, v1
-    from broker.tenancy import client_auth
+    from broker.tenancy import certificates, client_auth
 
     limits.init_app(app)
     client_auth.init_app(app)
+    certificates.init_app(app)
     app.register_error_handler(errors.BrokerError, error_response)
     for blueprint in (v1.bp, openapi.bp, metadata.bp):
         app.register_blueprint(blueprint)

@@ -144,9 +144,12 @@ def db_downgrade(revision: str) -> None:
               help="threads per worker (default: 4; 8 on SQLite)")
 @click.option("--dev", is_flag=True, help="Flask's development server (never in production)")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, readable=True),
-              help="with --mtls-port: the server's chain (PEM, leaf first, no root)")
+              envvar="BROKER_TLS_CERT",
+              help="with --mtls-port: the server's chain (PEM, leaf first, no root); also "
+                   "BROKER_TLS_CERT")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, readable=True),
-              help="with --mtls-port: the server's private key (PEM)")
+              envvar="BROKER_TLS_KEY",
+              help="with --mtls-port: the server's private key (PEM); also BROKER_TLS_KEY")
 @click.option("--mtls-port", type=click.IntRange(1, 65535),
               help="also listen here with TLS 1.3 in gunicorn, asking for client certificates "
                    "(RFC 8705 jobs); a port of its own so browsers never see a prompt")
@@ -205,9 +208,10 @@ def _mtls_listener(
     from broker.tls import TlsConfigError, check_chain
 
     if mtls_port is None:
-        if cert or key:
+        typed = click.get_current_context().get_parameter_source("tls_cert")
+        if (cert or key) and typed is click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError("--tls-cert and --tls-key go with --mtls-port")
-        return None
+        return None  # BROKER_TLS_CERT alone only names the chain for the inventory
     if not (cert and key):
         raise click.UsageError("--mtls-port needs --tls-cert and --tls-key")
     if dev or mtls_port == port:
