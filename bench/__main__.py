@@ -1,4 +1,4 @@
-"""`python -m bench all|fastpath|size|stampede|worker|overview|profile|crash [--quick]`: figures.
+"""`python -m bench all|fastpath|size|stampede|worker|overview|mtls|profile|crash`: figures.
 
 `all` runs every scenario but `crash`, the long crash-consistency run, which is asked for alone.
 """
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import overview, report, run, slow
+from bench import mtls, overview, report, run, slow
 from bench.load import ensure_wrk
 from bench.stack import Stack, interrupts_as_exceptions
 
@@ -21,6 +21,7 @@ SCENARIOS: dict[str, Callable[[run.Run], dict[str, Any]]] = {
     "stampede": slow.stampede,
     "worker": slow.worker,
     "overview": overview.overview,
+    "mtls": mtls.mtls,
 }
 
 
@@ -41,7 +42,8 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="+",
                         choices=["all", *SCENARIOS, "profile", "crash"], metavar="SCENARIO",
-                        help="all, fastpath, size, stampede, worker, overview, profile or crash")
+                        help="all, fastpath, size, stampede, worker, overview, mtls, profile "
+                             "or crash")
     parser.add_argument("--quick", action="store_true",
                         help="short runs, one round, big N of 100,000 (for development)")
     parser.add_argument("--duration", type=float, help="seconds per measured run")

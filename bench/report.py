@@ -123,6 +123,19 @@ def table(results: dict[str, Any]) -> str:
                      f"{view['plain_group_by_ms']:.0f} ms: ratio "
                      f"{view['page_ms'] / view['plain_group_by_ms']:.3f}; one-time fold "
                      f"{view['fold_s']:.1f}s; counted {view['counted']:,}")
+    tls = results.get("mtls")
+    if tls:
+        lines.append(f"MTLS  {tls['clients']} keep-alive clients, {tls['seconds']:.0f}s runs, "
+                     "the same TLS 1.3 listener")
+        for name in ("basic", "mtls"):
+            row = tls[name]
+            lines.append(f"  {name:<6} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:.2f} ms  "
+                         f"p99 {row['p99_ms']:.2f} ms")
+        lines.append(f"  mtls/basic throughput {tls['ratio']:.2f}  target >= 0.9"
+                     f"{_mark(tls['ratio'] >= 0.9)}")
+        lines.append(f"  one mTLS fetch: {tls['keepalive_ms']:.2f} ms kept alive, "
+                     f"{tls['fresh_ms']:.2f} ms with a new handshake "
+                     f"(+{tls['handshake_ms']:.2f} ms)")
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
     return "\n".join(lines)

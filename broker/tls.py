@@ -176,6 +176,13 @@ class Presented:
     chain: tuple[x509.Certificate, ...] = ()
     via: str = "tls"  # "tls" (our own listener) or "proxy" (a trusted proxy's header)
 
+    def digest(self) -> str:
+        """Return a SHA-256 over the leaf and its chain, naming exactly what was verified."""
+        summed = hashes.Hash(hashes.SHA256())
+        for cert in (self.leaf, *self.chain):
+            summed.update(cert.fingerprint(hashes.SHA256()))
+        return summed.finalize().hex()
+
     def audit(self) -> dict[str, str]:
         """Return what the audit records of the certificate (never the certificate itself)."""
         return {"cert_sha256": thumbprint(self.leaf), "cert_serial": f"{self.leaf.serial_number:x}",
