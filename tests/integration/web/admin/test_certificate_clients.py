@@ -52,3 +52,20 @@ def test_a_bad_ca_comes_back_with_the_form_as_typed(
     assert answer.status_code == 400 and "Not created: the client CA is not a PEM" in body
     assert 'value="m.acme"' in body and "not a certificate</textarea>" in body
     assert '<option value="tls_client_auth" selected>' in body
+
+
+def test_a_webhook_with_a_client_certificate_from_the_page(
+    admin_app: Flask, org: Org, as_admin: Browser
+) -> None:
+    ca = issue("hooks client CA", ca=True)
+    cert = issue("broker", issuer=ca, hosts=("broker.acme.test",), client=True)
+    form = {"url": "https://hooks.acme.test/gmail", "events": "connection.needs_reauth",
+            "client_cert": cert.pem().decode(), "client_key": ca.key_pem().decode()}
+    refused = as_admin.post("/admin/webhooks", form)
+    body = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and "key does not match" in body
+    assert "PRIVATE KEY" not in body  # the typed key never comes back in the page
+    form["client_key"] = cert.key_pem().decode()
+    assert as_admin.post("/admin/webhooks", form).status_code == 303
+    page = as_admin.get("/admin/certificates").get_data(as_text=True)
+    assert "Webhook client certificate" in page and "https://hooks.acme.test/gmail" in page
