@@ -71,23 +71,36 @@ class _Module:
         self._sessions: dict[str, Any] = {}
 
     def run(self, token: str, pin: str, call: Callable[[Any], T]) -> T:
-        """Run `call(session)` on the token's session, opening it first if needed."""
+        """Run `call(session)` on the token's session, opening it first if needed.
+
+        A failure drops the session and re-initialises the module, then tries once more on a
+        fresh one: a token that came back is used at once, one that is gone raises.
+        """
         import pkcs11
 
         with self.lock:
-            try:
-                if self._lib is None:
-                    self._lib = pkcs11.lib(self.path)
-                session = self._sessions.get(token)
-                if session is None:
-                    session = self._lib.get_token(token_label=token).open(user_pin=pin, rw=True)
-                    self._sessions[token] = session
-                return call(session)
-            except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:
-                self._reset()
-                raise KeyServiceError(
-                    PROVIDER, f"PKCS#11 token {token!r} did not answer ({type(exc).__name__})"
-                ) from None
+            for attempt in (1, 2):
+                try:
+                    return call(self._session(token, pin))
+                except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:
+                    self._reset()
+                    if attempt == 2:
+                        raise KeyServiceError(
+                            PROVIDER,
+                            f"PKCS#11 token {token!r} did not answer ({type(exc).__name__})",
+                        ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _session(self, token: str, pin: str) -> Any:
+        import pkcs11
+
+        if self._lib is None:
+            self._lib = pkcs11.lib(self.path)
+        session = self._sessions.get(token)
+        if session is None:
+            session = self._lib.get_token(token_label=token).open(user_pin=pin, rw=True)
+            self._sessions[token] = session
+        return session
 
     def _reset(self) -> None:
         # A session whose token vanished cannot log in again until the module re-initialises.

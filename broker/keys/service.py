@@ -315,13 +315,17 @@ class KeyService:
 
     def inventory(self, session: Session) -> list[MasterInfo]:
         """Describe every master: provider, where it lives, what it wraps, whether exportable."""
-        deks = dict(session.execute(
-            select(DataKey.master_key_id, func.count())
-            .where(DataKey.retired_at.is_(None)).group_by(DataKey.master_key_id)
-        ).tuples().all())
-        akeys = dict(session.execute(
-            select(AuditKey.master_key_id, func.count()).group_by(AuditKey.master_key_id)
-        ).tuples().all())
+        deks: dict[str, int] = {
+            master: count for master, count in session.execute(
+                select(DataKey.master_key_id, func.count())
+                .where(DataKey.retired_at.is_(None)).group_by(DataKey.master_key_id)
+            )
+        }
+        akeys: dict[str, int] = {
+            master: count for master, count in session.execute(
+                select(AuditKey.master_key_id, func.count()).group_by(AuditKey.master_key_id)
+            )
+        }
         return [
             MasterInfo(m.key_id, m.provider, m.location, int(deks.get(m.key_id, 0)),
                        int(akeys.get(m.key_id, 0)), m.exportable, index == 0)
