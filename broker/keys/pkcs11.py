@@ -69,6 +69,7 @@ class _Module:
         self.lock = threading.Lock()
         self._lib: Any = None
         self._sessions: dict[str, Any] = {}
+        self._pid = os.getpid()
 
     def run(self, token: str, pin: str, call: Callable[[Any], T]) -> T:
         """Run `call(session)` on the token's session, opening it first if needed.
@@ -94,6 +95,11 @@ class _Module:
     def _session(self, token: str, pin: str) -> Any:
         import pkcs11
 
+        if self._pid != os.getpid():
+            # A forked worker (gunicorn) must not use its parent's sessions: start afresh.
+            self._pid, self._sessions = os.getpid(), {}
+            if self._lib is not None:
+                self._lib.reinitialize()
         if self._lib is None:
             self._lib = pkcs11.lib(self.path)
         session = self._sessions.get(token)

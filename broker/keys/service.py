@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from broker.driver import DriverConnection
 
 SYSTEM = "system"
+AUDIT = "(audit)"  # the cache slot of audit keys; never a tenant label
 
 # The hand-out opens tokens on its own connection, which may be the bare driver's.
 _TENANT_DEK = select(
@@ -380,9 +381,15 @@ class KeyService:
             session.add(AuditKey(version=1, wrapped=wrapped, master_key_id=master_id))
             session.flush()
             return 1, key
-        return row.version, self.keyring.unwrap(
-            row.master_key_id, row.wrapped, audit_context(row.version)
-        )
+        # Cached like a data key: the chainer must keep working through a key service outage.
+        with self._lock:
+            cached = self._deks.get((AUDIT, row.version))
+        if cached and cached[1] > self.clock():
+            return row.version, cached[0]
+        key = self.keyring.unwrap(row.master_key_id, row.wrapped, audit_context(row.version))
+        with self._lock:
+            self._deks[(AUDIT, row.version)] = (key, self.clock() + self.cache_seconds)
+        return row.version, key
 
 
 def audit_context(version: int) -> str:
