@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import Result
 from flask import Flask
 from sqlalchemy import select
@@ -76,6 +79,49 @@ def test_a_file_master_moves_into_the_hsm_while_handouts_run(
                 for cid in sealed} == sealed
     check = run(admin, "keys", "check")
     assert check.exit_code == 0, check.output
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_concurrent_handouts_see_no_failure_while_the_master_moves_into_the_hsm(
+    make_app: Callable[..., Flask], make_world: Callable[..., World],
+    emulator: EmulatorControls, softhsm: SoftHsm, tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "master.keys"
+    FileKeyProvider(key_file).write({"m-file": new_key()})
+    config = broker_config(emulator, MASTER_KEYS=None, MASTER_KEYS_FILE=str(key_file),
+                           PKCS11_PIN=softhsm.pin)
+    admin, serving = make_app(**config), make_app(**config)
+    worlds = [make_world(app=admin) for _ in range(3)]
+    reference = softhsm.new_key()
+    hsm_id = reference.rpartition("key=")[2]
+    done = threading.Event()
+    outcomes: list[int] = []
+
+    def handouts() -> None:
+        client = serving.test_client()
+        while not done.is_set():
+            for number, world in enumerate(worlds):
+                if number == 0:
+                    get_keys(serving).forget()  # keep unwrapping under whichever master
+                outcomes.append(world.token(client=client).status_code)
+
+    thread = threading.Thread(target=handouts)
+    thread.start()
+    try:
+        for args in (("add-master", reference), ("rotate-master", hsm_id),
+                     ("retire-master", "m-file")):
+            result = run(admin, "keys", *args)
+            assert result.exit_code == 0, result.output
+        # Let the serving side make at least a few more rounds under the HSM master alone.
+        seen = len(outcomes)
+        deadline = time.monotonic() + 30
+        while len(outcomes) < seen + 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        done.set()
+        thread.join()
+    assert len(outcomes) >= 6 and set(outcomes) == {200}
+    assert _wrapping(admin) == {hsm_id}
 
 
 def test_a_kms_master_rotates_into_the_hsm(
