@@ -203,6 +203,7 @@ class Pkcs11KeyProvider(RemoteProvider):
         return f"pkcs11 token {self.fields['token']}"
 
     def masters(self) -> list[MasterKey]:
+        read_pin(self.options)  # a missing PIN stops start-up, like a missing key file
         return [Pkcs11Master(self.fields, self.options)]
 
 

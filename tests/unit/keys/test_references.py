@@ -80,7 +80,12 @@ def test_a_keyring_mixes_local_keys_and_references_primary_first() -> None:
 def test_a_keyring_refuses_the_same_id_from_two_providers() -> None:
     value = ",".join([HSM, format_key_line("master-1", new_key())])
     with pytest.raises(KeySourceError, match="appears twice"):
-        EnvKeyProvider(value).masters()
+        EnvKeyProvider(value, RemoteOptions(pin="1")).masters()
+
+
+def test_a_pkcs11_master_without_a_pin_stops_start_up() -> None:
+    with pytest.raises(KeySourceError, match="BROKER_PKCS11_PIN"):
+        EnvKeyProvider(HSM).masters()
 
 
 def test_unknown_scheme_is_not_taken_for_a_local_key() -> None:
