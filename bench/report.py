@@ -138,7 +138,26 @@ def table(results: dict[str, Any]) -> str:
                      f"(+{tls['handshake_ms']:.2f} ms)")
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
+    lines += _keys_table(results.get("keys"))
     return "\n".join(lines)
+
+
+def _keys_table(keys: dict[str, Any] | None) -> list[str]:
+    """Return the KEYS section: hand-outs with the master in a key file and in SoftHSM2."""
+    if not keys:
+        return []
+    if not keys.get("available"):
+        return [f"KEYS  not available ({keys.get('reason', '')})"]
+    lines = ["KEYS  master in a key file vs in SoftHSM2 (same run, interleaved)",
+             f"{'master':<10}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"]
+    for key, row in keys.items():
+        if isinstance(row, dict) and "rps" in row:
+            master, clients = key.split("@")
+            lines.append(f"{master:<10}{clients:>8}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}"
+                         f"{row['p99_ms']:>10.2f}{row['errors'] + row['non_2xx']:>8}")
+    for clients in (1, 32):
+        lines.append(f"  hsm/file at {clients} clients: {keys[f'hsm_over_file@{clients}']:.2f}")
+    return lines
 
 
 def write(results: dict[str, Any], command: str) -> Path:

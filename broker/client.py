@@ -99,12 +99,14 @@ UserSuspendedError = _error_class("user_suspended")
 UpstreamUnavailableError = _error_class("upstream_unavailable")
 BrokerMisconfiguredError = _error_class("broker_misconfigured")
 DatabaseUnavailableError = _error_class("database_unavailable")
+KeyServiceUnavailableError = _error_class("key_service_unavailable")
 ERRORS: dict[str, type[BrokerAPIError]] = {
     cls.error: cls for cls in (
         InvalidClientError, IpNotAllowedError, RateLimitedError, InvalidRequestError,
         ScopeNotAllowedError, UnknownUserError, UserSuspendedError, LoginRequiredError,
         NotConnectedError, ReauthRequiredError, ScopeNotGrantedError,
         UpstreamUnavailableError, BrokerMisconfiguredError, DatabaseUnavailableError,
+        KeyServiceUnavailableError,
     )
 }
 

@@ -55,6 +55,11 @@ AUDIT_TAMPER = Counter(
     "broker_audit_tamper_total",
     "Audit events the chainer refused as inserted late or back-dated (each pass they remain)",
 )
+KEY_SERVICE_ERRORS = Counter(
+    "broker_key_service_errors_total",
+    "Wraps and unwraps a master key's service (HSM, KMS) failed to answer (alert on any)",
+    ["provider"],
+)
 # The WorkerState row that serialises chaining and keeps the last signed checkpoint.
 CHECKPOINT_STATE = "audit-checkpoint"
 # Collectors higher packages add (e.g. the certificate inventory's expiry gauge).
