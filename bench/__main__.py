@@ -1,6 +1,7 @@
-"""`python -m bench all|fastpath|size|stampede|worker|overview|profile|crash [--quick]`: figures.
+"""`python -m bench all|fastpath|size|stampede|worker|overview|mtls|profile|crash|keys`: figures.
 
-`all` runs every scenario but `crash`, the long crash-consistency run, which is asked for alone.
+`all` runs every scenario but `crash`, the long crash-consistency run, and `keys` (file vs HSM
+master, it needs SoftHSM2), which are asked for alone.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import overview, report, run, slow
+from bench import mtls, overview, report, run, slow
 from bench.load import ensure_wrk
 from bench.stack import Stack, interrupts_as_exceptions
 
@@ -21,6 +22,7 @@ SCENARIOS: dict[str, Callable[[run.Run], dict[str, Any]]] = {
     "stampede": slow.stampede,
     "worker": slow.worker,
     "overview": overview.overview,
+    "mtls": mtls.mtls,
 }
 
 
@@ -36,12 +38,20 @@ def _profile(r: run.Run) -> dict[str, Any]:
     return profile(r)
 
 
+def _keys(r: run.Run) -> dict[str, Any]:
+    from bench.keys import keys
+
+    return keys(r)
+
+
 def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     """Read the scenario names and options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="+",
-                        choices=["all", *SCENARIOS, "profile", "crash"], metavar="SCENARIO",
-                        help="all, fastpath, size, stampede, worker, overview, profile or crash")
+                        choices=["all", *SCENARIOS, "profile", "crash", "keys"],
+                        metavar="SCENARIO",
+                        help="all, fastpath, size, stampede, worker, overview, mtls, profile, "
+                             "crash or keys")
     parser.add_argument("--quick", action="store_true",
                         help="short runs, one round, big N of 100,000 (for development)")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             if stale:
                 current.log(f"dropped databases of dead runs: {', '.join(stale)}")
             for name in names:
-                extra = {"profile": _profile, "crash": _crash}
+                extra = {"profile": _profile, "crash": _crash, "keys": _keys}
                 scenario = extra.get(name) or SCENARIOS[name]
                 current.results[name] = scenario(current)
             current.results["memory"] = run.rss(current)

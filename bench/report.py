@@ -123,9 +123,41 @@ def table(results: dict[str, Any]) -> str:
                      f"{view['plain_group_by_ms']:.0f} ms: ratio "
                      f"{view['page_ms'] / view['plain_group_by_ms']:.3f}; one-time fold "
                      f"{view['fold_s']:.1f}s; counted {view['counted']:,}")
+    tls = results.get("mtls")
+    if tls:
+        lines.append(f"MTLS  {tls['clients']} keep-alive clients, {tls['seconds']:.0f}s runs, "
+                     "the same TLS 1.3 listener")
+        for name in ("basic", "mtls"):
+            row = tls[name]
+            lines.append(f"  {name:<6} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:.2f} ms  "
+                         f"p99 {row['p99_ms']:.2f} ms")
+        lines.append(f"  mtls/basic throughput {tls['ratio']:.2f}  target >= 0.9"
+                     f"{_mark(tls['ratio'] >= 0.9)}")
+        lines.append(f"  one mTLS fetch: {tls['keepalive_ms']:.2f} ms kept alive, "
+                     f"{tls['fresh_ms']:.2f} ms with a new handshake "
+                     f"(+{tls['handshake_ms']:.2f} ms)")
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
+    lines += _keys_table(results.get("keys"))
     return "\n".join(lines)
+
+
+def _keys_table(keys: dict[str, Any] | None) -> list[str]:
+    """Return the KEYS section: hand-outs with the master in a key file and in SoftHSM2."""
+    if not keys:
+        return []
+    if not keys.get("available"):
+        return [f"KEYS  not available ({keys.get('reason', '')})"]
+    lines = ["KEYS  master in a key file vs in SoftHSM2 (same run, interleaved)",
+             f"{'master':<10}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}"]
+    for key, row in keys.items():
+        if isinstance(row, dict) and "rps" in row:
+            master, clients = key.split("@")
+            lines.append(f"{master:<10}{clients:>8}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}"
+                         f"{row['p99_ms']:>10.2f}{row['errors'] + row['non_2xx']:>8}")
+    for clients in (1, 32):
+        lines.append(f"  hsm/file at {clients} clients: {keys[f'hsm_over_file@{clients}']:.2f}")
+    return lines
 
 
 def write(results: dict[str, Any], command: str) -> Path:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,12 +99,14 @@ UserSuspendedError = _error_class("user_suspended")
 UpstreamUnavailableError = _error_class("upstream_unavailable")
 BrokerMisconfiguredError = _error_class("broker_misconfigured")
 DatabaseUnavailableError = _error_class("database_unavailable")
+KeyServiceUnavailableError = _error_class("key_service_unavailable")
 ERRORS: dict[str, type[BrokerAPIError]] = {
     cls.error: cls for cls in (
         InvalidClientError, IpNotAllowedError, RateLimitedError, InvalidRequestError,
         ScopeNotAllowedError, UnknownUserError, UserSuspendedError, LoginRequiredError,
         NotConnectedError, ReauthRequiredError, ScopeNotGrantedError,
         UpstreamUnavailableError, BrokerMisconfiguredError, DatabaseUnavailableError,
+        KeyServiceUnavailableError,
     )
 }
 
@@ -127,12 +130,29 @@ class BrokerClient:
     """Ask the broker for users' Gmail access tokens."""
 
     def __init__(
-        self, base_url: str, client_id: str, client_secret: str, *,
+        self, base_url: str, client_id: str, client_secret: str | None = None, *,
+        cert: tuple[str, str] | None = None, verify: str | bool = True,
         timeout: float = 15.0, http: httpx.Client | None = None,
     ) -> None:
+        """Authenticate with the client's secret, or with `cert=(chain.pem, key.pem)` (RFC 8705).
+
+        With a certificate, call the broker's mTLS listener (its `mtls_endpoint_aliases`);
+        `verify` is a CA file for the broker's own certificate, or True for the system store.
+        """
+        if (client_secret is None) == (cert is None):
+            raise ValueError("give exactly one of client_secret and cert")
         self.base_url = base_url.rstrip("/")
-        self._auth = httpx.BasicAuth(client_id, client_secret)
-        self.http = http or httpx.Client(timeout=timeout, follow_redirects=False)
+        self.client_id = client_id
+        self._auth = httpx.BasicAuth(client_id, client_secret) if client_secret else None
+        if http is None:
+            trust: ssl.SSLContext | bool = verify is not False
+            if cert is not None or isinstance(verify, str):
+                trust = ssl.create_default_context(
+                    cafile=verify if isinstance(verify, str) else None)
+                if cert is not None:
+                    trust.load_cert_chain(*cert)
+            http = httpx.Client(timeout=timeout, follow_redirects=False, verify=trust)
+        self.http = http
 
     def token(
         self, user: str, scopes: list[str] | None = None, min_ttl: int = 300,
@@ -144,9 +164,12 @@ class BrokerClient:
             body["scopes"] = scopes
         if rejected_token is not None:
             body["rejected_token"] = rejected_token
+        if self._auth is None:
+            body["client_id"] = self.client_id  # RFC 8705: the certificate names no client
         try:
             response = self.http.post(
-                self.base_url + "/api/v1/token", json=body, auth=self._auth
+                self.base_url + "/api/v1/token", json=body,
+                auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
             # Connection refused, DNS, TLS, timeouts: one class a job can retry on.

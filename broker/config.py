@@ -83,6 +83,10 @@ class Settings:
     SECRET_KEY: str | None = _setting(None, opt_str, repr=False)
     MASTER_KEYS: str | None = _setting(None, opt_str, repr=False)
     MASTER_KEYS_FILE: str | None = _setting(None, opt_str)
+    PKCS11_PIN: str | None = _setting(None, opt_str, repr=False)
+    PKCS11_PIN_FILE: str | None = _setting(None, opt_str)
+    # How long a wrap or unwrap may wait on an HSM or KMS before answering 503.
+    KEY_SERVICE_TIMEOUT: float = _setting(5.0, float)
     PUBLIC_URL: str = _setting("http://127.0.0.1:8080")
     GOOGLE_CLIENT_ID: str | None = _setting(None, opt_str)
     GOOGLE_CLIENT_SECRET: str | None = _setting(None, opt_str, repr=False)
@@ -116,6 +120,9 @@ class Settings:
     MTLS_PROXIES: tuple[Network, ...] = _setting((), parse_networks)
     MTLS_HEADER: str = _setting("rfc9440")
     MTLS_URL: str | None = _setting(None, opt_str)
+    # The mTLS listener's own chain and key (`broker serve --tls-cert/--tls-key` default).
+    TLS_CERT: str | None = _setting(None, opt_str)
+    TLS_KEY: str | None = _setting(None, opt_str)
     # A buffering reverse proxy fronts `broker serve`: only then may it bind a public address.
     BEHIND_PROXY: bool = _setting(False, parse_bool)
     SEAL_ROTATE_THRESHOLD: int = _setting(2**30, int)
@@ -244,8 +251,8 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"BROKER_{name}: must be an absolute http(s) URL")
         elif scheme == "http" and not is_loopback_url(url):
             problems.append(f"BROKER_{name}: http:// is allowed only for the local emulator")
-    for name in ("REFRESH_BUDGET", "GOOGLE_TIMEOUT", "SEAL_BLOCK", "SEAL_ROTATE_THRESHOLD",
-                 "DB_POOL_SIZE"):
+    for name in ("REFRESH_BUDGET", "GOOGLE_TIMEOUT", "KEY_SERVICE_TIMEOUT", "SEAL_BLOCK",
+                 "SEAL_ROTATE_THRESHOLD", "DB_POOL_SIZE"):
         if getattr(settings, name) <= 0:
             problems.append(f"BROKER_{name}: must be positive")
     for name in ("DB_MAX_OVERFLOW", "DB_PING_IDLE"):

@@ -103,6 +103,11 @@ class DatabaseUnavailable(BrokerError):
     default_description = "The database is unavailable; retry later."
 
 
+class KeyServiceUnavailable(BrokerError):
+    error, status_code = "key_service_unavailable", 503
+    default_description = "The key service holding the master key did not answer; retry later."
+
+
 class NotFound(BrokerError):
     error, status_code = "not_found", 404
     default_description = "Nothing here."

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import ssl
+import threading
+import time
 from typing import Any
 
 accesslog = "-"
@@ -25,3 +29,63 @@ def on_exit(_server: Any) -> None:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if os.path.basename(path).startswith("broker-metrics-"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- The mTLS listener (`broker serve --mtls-port`) ------------------------------------------
+
+# How often a worker re-reads the client CAs and pinned certificates of every tenant.
+CLIENT_CA_REFRESH = 30.0
+_tls_lock = threading.Lock()
+_tls: dict[str, Any] = {"context": None, "checked": 0.0, "seen": set(), "db": None}
+log = logging.getLogger("broker.mtls")
+
+
+def ssl_context(_conf: Any, default_ssl_context_factory: Any) -> ssl.SSLContext:
+    """TLS 1.3 only; client certificates asked for and chained to a CA some tenant registered.
+
+    gunicorn asks for a context per connection: one is built per worker and kept, and the
+    client CAs are re-read from the database at most every CLIENT_CA_REFRESH seconds, so a CA
+    registered after start is trusted without a restart. Which client a certificate proves is
+    decided by the broker against that client's own CA, not here.
+    """
+    with _tls_lock:
+        context: ssl.SSLContext | None = _tls["context"]
+        if context is None:
+            context = default_ssl_context_factory()
+            context.minimum_version = ssl.TLSVersion.TLSv1_3  # certificates never in clear
+            context.verify_mode = ssl.CERT_OPTIONAL
+            _tls["context"] = context
+        if time.monotonic() - _tls["checked"] >= CLIENT_CA_REFRESH:
+            _tls["checked"] = time.monotonic()
+            _trust_client_cas(context)
+    return context
+
+
+def _trust_client_cas(context: ssl.SSLContext) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from broker.config import load_settings
+    from broker.db import Database
+    from broker.models import ApiClient, ClientCA
+
+    try:
+        if _tls["db"] is None:
+            _tls["db"] = Database(load_settings().database_url, pool_size=1, max_overflow=1)
+        with _tls["db"].transaction(write=False) as session:
+            pems = list(session.scalars(select(ClientCA.pem)))
+            for certificates in session.scalars(
+                select(ApiClient.tls_certificates)
+                .where(ApiClient.auth_method == "self_signed_tls_client_auth")
+            ):
+                pems.extend(certificates or ())
+    except (SQLAlchemyError, ValueError) as exc:
+        log.warning("client CAs not re-read (%s)", type(exc).__name__)
+        return
+    for pem in pems:
+        if pem not in _tls["seen"]:
+            try:
+                context.load_verify_locations(cadata=pem)
+            except ssl.SSLError:
+                continue
+            _tls["seen"].add(pem)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -60,8 +60,15 @@ RISC_EVENTS = Counter(
     "Security events Google pushed, by short type and outcome (acted, ignored, duplicate, "
     "refused, error)", ["type", "outcome"],
 )
+KEY_SERVICE_ERRORS = Counter(
+    "broker_key_service_errors_total",
+    "Wraps and unwraps a master key's service (HSM, KMS) failed to answer (alert on any)",
+    ["provider"],
+)
 # The WorkerState row that serialises chaining and keeps the last signed checkpoint.
 CHECKPOINT_STATE = "audit-checkpoint"
+# Collectors higher packages add (e.g. the certificate inventory's expiry gauge).
+COLLECTORS = "broker.metrics_collectors"
 FETCH_SECONDS = Histogram(
     "broker_fetch_seconds", "Latency of POST /api/v1/token inside the broker",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -138,9 +145,17 @@ def metrics() -> Response:
         registry = REGISTRY
     body = generate_latest(registry)
     scrape = CollectorRegistry()
-    scrape.register(DatabaseCollector(current_app._get_current_object()))  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    scrape.register(DatabaseCollector(app))
+    for make in app.extensions.get(COLLECTORS, ()):
+        scrape.register(make(app))
     body += generate_latest(scrape)
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+def add_collector(app: Flask, make: Callable[[Flask], Collector]) -> None:
+    """Have /metrics also read a collector of a higher package (it is built per scrape)."""
+    app.extensions.setdefault(COLLECTORS, []).append(make)
 
 
 def init_app(app: Flask) -> None:

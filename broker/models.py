@@ -316,6 +316,9 @@ class Webhook(Base):
     events: Mapped[list[str]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(10), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Two-way TLS: the certificate (PEM chain) deliveries present, and its key sealed.
+    client_cert: Mapped[str | None] = mapped_column(Text)
+    client_key: Mapped[bytes | None]
 
 
 class WebhookDelivery(Base):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 
 UNBUFFERED = (
     "refusing to serve on {host} without a buffering reverse proxy in front: gunicorn's "
@@ -50,6 +54,53 @@ def gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]
         "--worker-class", "gthread",
         "broker.wsgi:app",
     ]
+
+
+@dataclass(frozen=True)
+class MtlsListener:
+    """The second listener: TLS in gunicorn, client certificates asked for, its own port."""
+
+    port: int
+    cert: str  # the server chain, leaf first
+    key: str
+
+
+def mtls_argv(host: str, listener: MtlsListener, workers: int, threads: int) -> list[str]:
+    """Return the command line of the mTLS listener (gunicorn_conf.ssl_context does the rest)."""
+    argv = gunicorn_argv(host, listener.port, workers, threads)
+    return [*argv[:-1], "--certfile", listener.cert, "--keyfile", listener.key,
+            "--cert-reqs", "1", argv[-1]]  # 1: CERT_OPTIONAL, so Basic still works there
+
+
+def run_gunicorn_pair(
+    host: str, port: int, listener: MtlsListener, workers: int, threads: int
+) -> int:
+    """Run the plain and the mTLS listener as children; stop both when either stops."""
+    metrics_dir = tempfile.mkdtemp(prefix="broker-pair-metrics-")  # gunicorn_conf leaves it
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    sys.stdout.flush()
+    children = [
+        subprocess.Popen(gunicorn_argv(host, port, workers, threads), env=env),  # noqa: S603
+        subprocess.Popen(mtls_argv(host, listener, workers, threads), env=env),  # noqa: S603
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        while all(child.poll() is None for child in children):
+            try:
+                children[0].wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+        forward(signal.SIGTERM, None)
+        return max(child.wait(timeout=30) or 0 for child in children)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:

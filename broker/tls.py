@@ -6,8 +6,10 @@ import datetime as dt
 import functools
 import hmac
 import ssl
+import tempfile
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -174,6 +176,13 @@ class Presented:
     chain: tuple[x509.Certificate, ...] = ()
     via: str = "tls"  # "tls" (our own listener) or "proxy" (a trusted proxy's header)
 
+    def digest(self) -> str:
+        """Return a SHA-256 over the leaf and its chain, naming exactly what was verified."""
+        summed = hashes.Hash(hashes.SHA256())
+        for cert in (self.leaf, *self.chain):
+            summed.update(cert.fingerprint(hashes.SHA256()))
+        return summed.finalize().hex()
+
     def audit(self) -> dict[str, str]:
         """Return what the audit records of the certificate (never the certificate itself)."""
         return {"cert_sha256": thumbprint(self.leaf), "cert_serial": f"{self.leaf.serial_number:x}",
@@ -261,3 +270,27 @@ def pinned(presented: Presented, pems: list[str], now: dt.datetime) -> bool:
             continue
         found |= hmac.compare_digest(offered, ours)
     return found
+
+
+def client_context_with_certificate(
+    ca_bundle: str | None, cert_pem: str, key_pem: bytes
+) -> ssl.SSLContext:
+    """Return a callout context that also presents a client certificate (two-way TLS).
+
+    `ssl` loads a key only from a file: it is written to a private temporary folder, loaded
+    and deleted at once. A fresh context each time: the shared one must not carry a key.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = True, ssl.CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
+    if ca_bundle:
+        context.load_verify_locations(cafile=ca_bundle)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    with tempfile.TemporaryDirectory(prefix="broker-tls-") as folder:  # mode 0700
+        path = Path(folder) / "client.pem"
+        path.touch(mode=0o600)
+        path.write_bytes(key_pem + b"\n" + cert_pem.encode())
+        context.load_cert_chain(path)
+    return context

@@ -22,7 +22,8 @@ from broker.keys.sealed import format_key_line, new_key
 from broker.migrate import upgrade
 from broker.models import Base
 
-pytest_plugins = ["tests.plugins.emulator", "tests.plugins.world", "tests.plugins.risc"]
+pytest_plugins = ["tests.plugins.emulator", "tests.plugins.world", "tests.plugins.keyservices",
+                  "tests.plugins.risc"]
 
 MASTER_KEYS = ",".join(format_key_line(f"test-{i}", new_key()) for i in (1, 2))
 

@@ -11,8 +11,11 @@ from werkzeug.routing import RequestRedirect
 
 from broker import errors
 from broker.errors import database_down, error_response
+from broker.keys import KeyServiceError
 
 log = logging.getLogger(__name__)
+# Seconds a caller waits before asking again while the HSM or KMS is unreachable.
+KEY_SERVICE_RETRY_AFTER = "5"
 _BY_STATUS: dict[int, type[errors.BrokerError]] = {
     400: errors.InvalidRequest, 404: errors.NotFound, 405: errors.MethodNotAllowed,
     413: errors.PayloadTooLarge, 415: errors.UnsupportedMediaType,
@@ -37,6 +40,13 @@ def unexpected(exc: Exception) -> Response:
     """Answer any unexpected failure with a generic error and no traceback."""
     if isinstance(exc, HTTPException):
         return http_error(exc)
+    if isinstance(exc, KeyServiceError):
+        # Served from cached data keys keeps working; only new unwraps land here (issue 17).
+        log.warning("key service unavailable: %s", exc, extra={"event": "key_service",
+                    "provider": exc.provider})
+        return error_response(
+            errors.KeyServiceUnavailable(headers={"Retry-After": KEY_SERVICE_RETRY_AFTER})
+        )
     if database_down(exc):
         log.warning("database unavailable: %s", type(exc).__name__)
         return error_response(errors.DatabaseUnavailable(headers={"Retry-After": "1"}))
@@ -75,10 +85,11 @@ def init_app(app: Flask) -> None:
     app.session_interface = PagesOnlySessions()
     from broker import limits
     from broker.api import metadata, openapi, risc, v1
-    from broker.tenancy import client_auth
+    from broker.tenancy import certificates, client_auth
 
     limits.init_app(app)
     client_auth.init_app(app)
+    certificates.init_app(app)
     app.register_error_handler(errors.BrokerError, error_response)
     for blueprint in (v1.bp, openapi.bp, metadata.bp, risc.bp):
         app.register_blueprint(blueprint)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask, current_app
@@ -15,6 +16,9 @@ from broker.config import ConfigError
 from broker.db import schema_missing
 from broker.errors import BrokerError
 from broker.keys import CryptoError
+
+if TYPE_CHECKING:
+    from broker.server import MtlsListener
 
 
 def _create_app() -> Flask:
@@ -139,12 +143,22 @@ def db_downgrade(revision: str) -> None:
 @click.option("--threads", type=click.IntRange(1, 256),
               help="threads per worker (default: 4; 8 on SQLite)")
 @click.option("--dev", is_flag=True, help="Flask's development server (never in production)")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, readable=True),
+              envvar="BROKER_TLS_CERT",
+              help="with --mtls-port: the server's chain (PEM, leaf first, no root); also "
+                   "BROKER_TLS_CERT")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, readable=True),
+              envvar="BROKER_TLS_KEY",
+              help="with --mtls-port: the server's private key (PEM); also BROKER_TLS_KEY")
+@click.option("--mtls-port", type=click.IntRange(1, 65535),
+              help="also listen here with TLS 1.3 in gunicorn, asking for client certificates "
+                   "(RFC 8705 jobs); a port of its own so browsers never see a prompt")
 @click.option("--behind-proxy", is_flag=True,
               help="a buffering reverse proxy fronts this server (needed to bind a public "
                    "address; also BROKER_BEHIND_PROXY=on)")
 def serve(
     host: str, port: int, workers: int | None, threads: int | None, dev: bool,
-    behind_proxy: bool,
+    tls_cert: str | None, tls_key: str | None, mtls_port: int | None, behind_proxy: bool,
 ) -> None:
     """Serve the broker with gunicorn (or Flask's development server with --dev).
 
@@ -153,11 +167,17 @@ def serve(
     """
     from broker.db import get_db
     from broker.keys import get_keys
-    from broker.server import bind_problem, run_gunicorn, sensible_workers
+    from broker.server import (
+        bind_problem,
+        run_gunicorn,
+        run_gunicorn_pair,
+        sensible_workers,
+    )
 
     problem = bind_problem(host, behind_proxy or current_app.config["BROKER"].BEHIND_PROXY)
     if problem:
         raise click.ClickException(problem)
+    listener = _mtls_listener(tls_cert, tls_key, mtls_port, port, dev)
     get_keys()  # a missing or malformed master key stops start-up here
     if dev:
         # Never Werkzeug's interactive debugger, even with BROKER_DEBUG: it runs code for
@@ -171,7 +191,39 @@ def serve(
                    f"{workers}); use PostgreSQL for more processes", err=True)
     n_workers, n_threads = sensible_workers(sqlite, workers, threads)
     click.echo(f"broker on http://{host}:{port} ({n_workers} workers x {n_threads} threads)")
-    run_gunicorn(host, port, n_workers, n_threads)
+    if listener is None:
+        run_gunicorn(host, port, n_workers, n_threads)
+        return
+    click.echo(f"mTLS listener on https://{host}:{listener.port} (TLS 1.3, client certificates)")
+    sys.exit(run_gunicorn_pair(host, port, listener, n_workers, n_threads))
+
+
+def _mtls_listener(
+    cert: str | None, key: str | None, mtls_port: int | None, port: int, dev: bool
+) -> MtlsListener | None:
+    """Check the mTLS options and the server chain as peers will read it; None without them."""
+    import datetime as dt
+
+    from broker.server import MtlsListener
+    from broker.tls import TlsConfigError, check_chain
+
+    if mtls_port is None:
+        typed = click.get_current_context().get_parameter_source("tls_cert")
+        if (cert or key) and typed is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--tls-cert and --tls-key go with --mtls-port")
+        return None  # BROKER_TLS_CERT alone only names the chain for the inventory
+    if not (cert and key):
+        raise click.UsageError("--mtls-port needs --tls-cert and --tls-key")
+    if dev or mtls_port == port:
+        raise click.UsageError("--mtls-port needs gunicorn (not --dev) and a port of its own")
+    try:
+        report = check_chain(Path(cert).read_bytes(), dt.datetime.now(dt.UTC),
+                             Path(key).read_bytes())
+    except TlsConfigError as exc:
+        raise click.ClickException(f"{cert}: {exc}") from None
+    if not report.ok:  # the same rules as `broker certs check`
+        raise click.ClickException(f"{cert}: " + "; ".join(report.problems))
+    return MtlsListener(mtls_port, cert, key)
 
 
 @cli.command(with_appcontext=False)

@@ -175,8 +175,15 @@ def webhook() -> None:
 @options.tenant
 @click.option("--event", "events", multiple=True, type=click.Choice(webhooks.EVENTS),
               help="an event to deliver (default: every event); repeatable")
+@click.option("--client-cert", type=PEM_FILE,
+              help="two-way TLS: the certificate chain (PEM, leaf first) deliveries present")
+@click.option("--client-key", type=PEM_FILE,
+              help="two-way TLS: its private key (PEM); stored sealed, never shown again")
 @options.as_json
-def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> None:
+def webhook_add(
+    url: str, slug: str, events: tuple[str, ...], client_cert: Path | None,
+    client_key: Path | None, as_json: bool,
+) -> None:
     """Register the https:// endpoint URL; print its signing secret once.
 
     Private, loopback and link-local addresses are refused (the broker would be calling its
@@ -186,12 +193,16 @@ def webhook_add(url: str, slug: str, events: tuple[str, ...], as_json: bool) -> 
     Example:
       broker webhook add https://hooks.acme.test/broker --tenant acme \\
         --event connection.needs_reauth
+      broker webhook add https://hooks.acme.test/broker --tenant acme \\
+        --client-cert hooks-client.pem --client-key hooks-client-key.pem
     """
     with get_db().transaction() as session:
         added = webhooks.add(
             session, get_keys(), tenants.get_tenant(session, slug).id, url=url,
             events=list(events) or None,
             allow_private=current_app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE, actor=actor(),
+            client_cert=client_cert.read_text() if client_cert else None,
+            client_key=client_key.read_bytes() if client_key else None,
         )
         hook_id = str(added.webhook.id)
     if as_json:

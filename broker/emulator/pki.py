@@ -44,9 +44,10 @@ def _name(common_name: str) -> x509.Name:
 def issue(
     common_name: str, *, issuer: Issued | None = None, ca: bool = False,
     hosts: tuple[str, ...] = (), not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
+    not_after: dt.datetime | None = None, client: bool = False,
 ) -> Issued:
-    """Issue a CA (self-signed without an issuer) or a server leaf for `hosts`."""
+    """Issue a CA (self-signed without an issuer), or a leaf for `hosts`: a server's, or with
+    `client` a client's (for mutual TLS)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     start = not_before or now - dt.timedelta(minutes=5)
@@ -79,8 +80,8 @@ def issue(
             except ValueError:
                 names.append(x509.DNSName(host))
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     signer = issuer.key if issuer else key
     return Issued(builder.sign(signer, hashes.SHA256()), key)
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 from flask import Flask, current_app
 
 from broker.clock import app_clock
-from broker.keys.sealed import Keyring, provider_from_settings
+from broker.keys.sealed import Keyring, RemoteOptions, provider_from_settings
 from broker.keys.service import KeyService
 
 
 def build_key_service(app: Flask) -> KeyService:
     """Load the master keyring named by the settings; raise KeySourceError naming the source."""
     settings = app.config["BROKER"]
-    provider = provider_from_settings(settings.MASTER_KEYS, settings.master_keys_file)
+    provider = provider_from_settings(
+        settings.MASTER_KEYS, settings.master_keys_file, remote_options(app)
+    )
     return KeyService(
         Keyring(provider),
         block=settings.SEAL_BLOCK,
@@ -20,6 +22,13 @@ def build_key_service(app: Flask) -> KeyService:
         cache_seconds=settings.DATA_KEY_CACHE_SECONDS,
         wall_clock=app_clock(app),
     )
+
+
+def remote_options(app: Flask) -> RemoteOptions:
+    """Return what remote masters need from the settings: the PIN and the time budget."""
+    settings = app.config["BROKER"]
+    return RemoteOptions(pin=settings.PKCS11_PIN, pin_file=settings.PKCS11_PIN_FILE,
+                         timeout=settings.KEY_SERVICE_TIMEOUT)
 
 
 def get_keys(app: Flask | None = None) -> KeyService:

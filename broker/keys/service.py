@@ -27,12 +27,21 @@ from broker.keys.sealed import (
     seal,
     sealed_version,
 )
-from broker.models import AccessToken, AuditKey, Connection, DataKey, Webhook, tenant_is
+from broker.models import (
+    AccessToken,
+    AuditKey,
+    Connection,
+    DataKey,
+    Tenant,
+    Webhook,
+    tenant_is,
+)
 
 if TYPE_CHECKING:
     from broker.driver import DriverConnection
 
 SYSTEM = "system"
+AUDIT = "(audit)"  # the cache slot of audit keys; never a tenant label
 
 # The hand-out opens tokens on its own connection, which may be the bare driver's.
 _TENANT_DEK = select(
@@ -49,6 +58,19 @@ def tenant_label(tenant_id: uuid.UUID | None) -> str:
 def dek_context(tenant_id: uuid.UUID | None, version: int) -> str:
     """Return the wrapping context (AAD prefix) of a data key."""
     return f"dek|{tenant_label(tenant_id)}|{version}"
+
+
+@dataclass(frozen=True)
+class MasterInfo:
+    """One line of the crypto inventory: a master key and what it wraps (no key material)."""
+
+    key_id: str
+    provider: str
+    location: str
+    data_keys: int
+    audit_keys: int
+    exportable: bool
+    primary: bool
 
 
 @dataclass
@@ -81,7 +103,11 @@ class KeyService:
         self.wall_clock = wall_clock
         self._lock = threading.Lock()
         self._deks: dict[tuple[str, int], tuple[bytes, float]] = {}
+        # One lock per data key being unwrapped: a cold cache asks the key service once per
+        # key per process, however many requests arrive together (single-flight).
+        self._flights: dict[tuple[str, int], threading.Lock] = {}
         self._blocks: dict[str, _Block] = {}
+        self.unwraps = 0  # data keys unwrapped by the key service (tests, bench)
 
     def forget(self) -> None:
         """Drop every cached data key (after retirement or shredding)."""
@@ -231,14 +257,19 @@ class KeyService:
         return self._unwrap(row)
 
     def _unwrap(self, row: Any) -> bytes:
-        key = self.keyring.unwrap(
-            row.master_key_id, row.wrapped, dek_context(row.tenant_id, row.version)
-        )
+        slot = (tenant_label(row.tenant_id), row.version)
         with self._lock:
-            self._deks[(tenant_label(row.tenant_id), row.version)] = (
-                key,
-                self.clock() + self.cache_seconds,
+            flight = self._flights.setdefault(slot, threading.Lock())
+        with flight:
+            cached = self._cached(row.tenant_id, row.version)
+            if cached is not None:
+                return cached  # another thread unwrapped it while this one waited
+            key = self.keyring.unwrap(
+                row.master_key_id, row.wrapped, dek_context(row.tenant_id, row.version)
             )
+            with self._lock:
+                self._deks[slot] = (key, self.clock() + self.cache_seconds)
+                self.unwraps += 1
         return key
 
     def rotate_tenant(self, session: Session, tenant_id: uuid.UUID | None) -> int:
@@ -283,6 +314,52 @@ class KeyService:
         )
         return int(deks or 0) + int(akeys or 0)
 
+    def inventory(self, session: Session) -> list[MasterInfo]:
+        """Describe every master: provider, where it lives, what it wraps, whether exportable."""
+        deks: dict[str, int] = {
+            master: count for master, count in session.execute(
+                select(DataKey.master_key_id, func.count())
+                .where(DataKey.retired_at.is_(None)).group_by(DataKey.master_key_id)
+            )
+        }
+        akeys: dict[str, int] = {
+            master: count for master, count in session.execute(
+                select(AuditKey.master_key_id, func.count()).group_by(AuditKey.master_key_id)
+            )
+        }
+        return [
+            MasterInfo(m.key_id, m.provider, m.location, int(deks.get(m.key_id, 0)),
+                       int(akeys.get(m.key_id, 0)), m.exportable, index == 0)
+            for index, m in enumerate(self.keyring.masters())
+        ]
+
+    def check(self, session: Session) -> list[str]:
+        """Unwrap every live data and audit key (read-only); return what does not open."""
+        problems = []
+        rows = session.execute(
+            select(DataKey, Tenant.slug).outerjoin(Tenant, Tenant.id == DataKey.tenant_id)
+            .where(DataKey.retired_at.is_(None)).order_by(Tenant.slug, DataKey.version)
+        ).all()
+        for dek, slug in rows:
+            context = dek_context(dek.tenant_id, dek.version)
+            problem = self._opens(dek.master_key_id, dek.wrapped, context)
+            if problem:
+                problems.append(f"{slug or '(system)'} data key v{dek.version} "
+                                f"(master {dek.master_key_id}): {problem}")
+        for akey in session.scalars(select(AuditKey).order_by(AuditKey.version)):
+            problem = self._opens(akey.master_key_id, akey.wrapped, audit_context(akey.version))
+            if problem:
+                problems.append(f"audit key v{akey.version} (master {akey.master_key_id}): "
+                                f"{problem}")
+        return problems
+
+    def _opens(self, master_id: str, wrapped: bytes, context: str) -> str | None:
+        try:
+            self.keyring.unwrap(master_id, wrapped, context)
+        except CryptoError as exc:
+            return str(exc)
+        return None
+
     def shred_tenant(self, session: Session, tenant_id: uuid.UUID) -> int:
         """Delete every data key of a tenant: its sealed values can never open again."""
         rows = list(session.scalars(select(DataKey).where(DataKey.tenant_id == tenant_id)))
@@ -304,9 +381,15 @@ class KeyService:
             session.add(AuditKey(version=1, wrapped=wrapped, master_key_id=master_id))
             session.flush()
             return 1, key
-        return row.version, self.keyring.unwrap(
-            row.master_key_id, row.wrapped, audit_context(row.version)
-        )
+        # Cached like a data key: the chainer must keep working through a key service outage.
+        with self._lock:
+            cached = self._deks.get((AUDIT, row.version))
+        if cached and cached[1] > self.clock():
+            return row.version, cached[0]
+        key = self.keyring.unwrap(row.master_key_id, row.wrapped, audit_context(row.version))
+        with self._lock:
+            self._deks[(AUDIT, row.version)] = (key, self.clock() + self.cache_seconds)
+        return row.version, key
 
 
 def audit_context(version: int) -> str:

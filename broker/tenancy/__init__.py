@@ -5,6 +5,7 @@ CLI and the admin pages call the same function for the same action, with the sam
 """
 
 from broker.tenancy import (
+    certificates,
     client_auth,
     clients,
     key_rotation,
@@ -14,4 +15,5 @@ from broker.tenancy import (
 )
 from broker.tenancy.client_auth import ClientInfo
 
-__all__ = ["ClientInfo", "client_auth", "clients", "key_rotation", "policy", "tenants", "users"]
+__all__ = ["ClientInfo", "certificates", "client_auth", "clients", "key_rotation", "policy",
+           "tenants", "users"]

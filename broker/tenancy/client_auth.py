@@ -65,6 +65,8 @@ class ClientCache:
         self._rows: dict[str, tuple[float, ClientInfo | None]] = {}
         # When this process last wrote each client's last use (authenticated clients only).
         self._used: dict[str, dt.datetime] = {}
+        # Certificates this process verified for a client, by (client, chain digest): until.
+        self._verified: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def get(self, app: Flask, client_id: str) -> ClientInfo | None:
@@ -85,6 +87,20 @@ class ClientCache:
         """Forget every cached client."""
         with self._lock:
             self._rows.clear()
+            self._verified.clear()
+
+    def verified(self, key: tuple[str, str]) -> bool:
+        """Say whether this chain was verified for this client within the cache's lifetime."""
+        with self._lock:
+            until = self._verified.get(key)
+        return until is not None and until > time.monotonic()
+
+    def remember(self, key: tuple[str, str], seconds: float) -> None:
+        """Remember a verified chain for at most the cache's lifetime."""
+        with self._lock:
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[key] = time.monotonic() + min(seconds, self.seconds)
 
     def use_due(self, client_id: str, now: dt.datetime) -> bool:
         """Say whether a client's last use is due to be written; if so, count it as written."""
@@ -160,9 +176,23 @@ def verify_certificate(
     app: Flask, client_id: str, offered: Presented, now: dt.datetime
 ) -> ClientInfo:
     """Return the client this certificate authenticates, or raise CertificateRejected(reason)."""
-    info = get_cache(app).get(app, client_id)
+    cache = get_cache(app)
+    info = cache.get(app, client_id)
     if info is None or info.status != "active":
         raise CertificateRejected("unknown_client")
+    # A job keeps its connection and certificate: verify a chain once per cache lifetime
+    # (the client row is re-read as often), never past the leaf's own expiry.
+    key = (info.id, offered.digest())
+    if not cache.verified(key):
+        _check_certificate(info, offered, now)
+        cache.remember(key, (offered.leaf.not_valid_after_utc - now).total_seconds())
+    if cache.use_due(info.id, now):
+        _record_use(app, info.id, now)
+    return info
+
+
+def _check_certificate(info: ClientInfo, offered: Presented, now: dt.datetime) -> None:
+    """Apply the client's one method to the certificate; raise CertificateRejected if not."""
     if info.auth_method == "tls_client_auth" and info.tls_ca is not None:
         verify_client(offered, info.tls_ca, now)  # the client's own CA, whatever a proxy said
         if not leaf_matches(offered.leaf, info.tls_match or "", info.tls_match_value or ""):
@@ -172,9 +202,6 @@ def verify_certificate(
             raise CertificateRejected("not_pinned")
     else:
         raise CertificateRejected("wrong_method")
-    if get_cache(app).use_due(info.id, now):
-        _record_use(app, info.id, now)
-    return info
 
 
 def _record_use(app: Flask, client_id: str, now: dt.datetime) -> None:

@@ -136,6 +136,11 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def client_ca(session: Session, client: ApiClient) -> ClientCA | None:
+    """Return the CA a tls_client_auth client's certificates chain to (None for others)."""
+    return session.get(ClientCA, client.tls_ca_id) if client.tls_ca_id else None
+
+
 def register_ca(session: Session, tenant_id: uuid.UUID, pem: str) -> ClientCA:
     """Return the tenant's CA with this public key, registering it the first time."""
     cert = _certificate(pem, "client CA")

@@ -13,6 +13,7 @@ from broker import audit, errors
 from broker.db import get_db
 from broker.errors import error_response
 from broker.identity import Refusal
+from broker.keys import KeyServiceError
 from broker.web import guard
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,16 @@ def broker_error_page(exc: errors.BrokerError) -> Response:
                  exc.description, reason=exc.error)
 
 
+def key_service_page(exc: KeyServiceError) -> Response:
+    """Answer a page whose data key could not be unwrapped: 503, try again shortly."""
+    log.warning("key service unavailable: %s", exc, extra={"event": "key_service",
+                "provider": exc.provider})
+    response = broker_error_page(errors.KeyServiceUnavailable())
+    response.status_code = 503
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def audit_refusal(refusal: Refusal) -> None:
     """Record a refused browser flow in the audit log and the log."""
     if refusal.action:
@@ -121,3 +132,4 @@ def init_app(app: Flask) -> None:
         app.register_error_handler(status, http_error)
     app.register_error_handler(InternalServerError, server_error)
     app.register_error_handler(Refusal, refusal_page)
+    app.register_error_handler(KeyServiceError, key_service_page)

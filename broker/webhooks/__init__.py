@@ -9,10 +9,11 @@ from broker.webhooks.registry import (
     get_webhook,
     list_webhooks,
     recent_deliveries,
+    safe_url,
 )
 from broker.webhooks.targets import is_public
 
 __all__ = [
     "EVENTS", "Added", "UnsafeTarget", "add", "check_url", "deliver_due", "disable", "enqueue",
-    "get_webhook", "is_public", "list_webhooks", "pin", "recent_deliveries", "sign",
+    "get_webhook", "is_public", "list_webhooks", "pin", "recent_deliveries", "safe_url", "sign",
 ]

@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import ssl
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,7 @@ from broker.clock import backoff, get_clock, utcnow
 from broker.db import get_db
 from broker.keys import SealError, get_keys
 from broker.models import Webhook, WebhookDelivery
-from broker.tls import client_context
+from broker.tls import client_context, client_context_with_certificate
 from broker.webhooks.targets import allowed
 
 EVENTS = (
@@ -89,7 +90,8 @@ def pin(url: str, allow_private: bool) -> str:
 
 
 def send(app: Flask, url: str, secret: str, delivery_id: str, event: str,
-         payload: dict[str, Any], *, now: dt.datetime) -> int:
+         payload: dict[str, Any], *, now: dt.datetime,
+         certificate: tuple[str, bytes] | None = None) -> int:
     """POST one signed delivery, stamped `now`, to the pinned address; return the HTTP status."""
     pinned = pin(url, app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE)
     parts = urlsplit(url)
@@ -103,7 +105,9 @@ def send(app: Flask, url: str, secret: str, delivery_id: str, event: str,
         "X-Broker-Event": event, "X-Broker-Delivery": delivery_id,
         "X-Broker-Timestamp": timestamp, "X-Broker-Signature": sign(secret, timestamp, body),
     }
-    verify = client_context(app.config["BROKER"].CA_BUNDLE)
+    bundle = app.config["BROKER"].CA_BUNDLE
+    verify = (client_context_with_certificate(bundle, *certificate) if certificate
+              else client_context(bundle))
     with httpx.Client(follow_redirects=False, timeout=TIMEOUT, verify=verify) as client:
         response = client.post(target, content=body, headers=headers,
                                extensions={"sni_hostname": parts.hostname or ""})
@@ -131,18 +135,26 @@ def deliver_due(app: Flask, limit: int = 50) -> int:
             try:
                 secret = keys.open(session, hook.tenant_id, hook.id, "webhook_secret",
                                    hook.secret).decode()
+                certificate = None
+                if hook.client_cert and hook.client_key:
+                    certificate = (hook.client_cert, keys.open(
+                        session, hook.tenant_id, hook.id, "webhook_client_key", hook.client_key))
             except SealError:
                 delivery.last_status, delivery.next_attempt_at = "secret_unreadable", None
                 continue
-            jobs.append((delivery.id, hook.url, secret, delivery.event, dict(delivery.payload)))
-    for delivery_id, url, secret, event, payload in jobs:
+            jobs.append((delivery.id, hook.url, secret, delivery.event, dict(delivery.payload),
+                         certificate))
+    for delivery_id, url, secret, event, payload, certificate in jobs:
         try:
             status: str = str(
-                send(app, url, secret, str(delivery_id), event, payload, now=clock())
+                send(app, url, secret, str(delivery_id), event, payload, now=clock(),
+                     certificate=certificate)
             )
         except UnsafeTarget as exc:
             status = f"refused: {exc}"[:200]
         except httpx.HTTPError as exc:
+            status = f"error: {type(exc).__name__}"
+        except (ssl.SSLError, OSError) as exc:  # the CA bundle or the client key, locally
             status = f"error: {type(exc).__name__}"
         with db.transaction() as session:
             row = session.get(WebhookDelivery, delivery_id)

@@ -6,19 +6,23 @@ validated, and the change audited, the same way whoever asks.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker import audit
+from broker.clock import utcnow
 from broker.errors import InvalidRequest, NotFound
 from broker.keys import KeyService
 from broker.models import Webhook, WebhookDelivery
+from broker.tls import TlsConfigError, check_chain, thumbprint
 from broker.webhooks.delivery import EVENTS
 from broker.webhooks.targets import allowed, literal
 
@@ -26,6 +30,7 @@ MAX_URL = 2000
 RECENT_DELIVERIES = 50
 # The sealing binding keys.reseal_tenant uses for this column (a field name, not a secret).
 SECRET_FIELD = "webhook_secret"  # noqa: S105
+KEY_FIELD = "webhook_client_key"
 
 
 @dataclass(frozen=True)
@@ -82,14 +87,31 @@ def check_events(events: Iterable[str] | None) -> list[str]:
     return [e for e in EVENTS if e in chosen]
 
 
+def check_client_certificate(
+    url: str, cert_pem: str, key_pem: bytes, now: dt.datetime
+) -> x509.Certificate:
+    """Return the leaf of a certificate deliveries will present, or say what is wrong."""
+    if not url.startswith("https://"):
+        raise InvalidRequest("a client certificate needs an https:// webhook URL")
+    try:
+        report = check_chain(cert_pem.encode(), now, key_pem)
+    except TlsConfigError as exc:
+        raise InvalidRequest(f"the client certificate: {exc}") from None
+    if not report.ok:
+        raise InvalidRequest("the client certificate: " + "; ".join(report.problems))
+    return report.certificates[0]
+
+
 def add(
     session: Session, keys: KeyService, tenant_id: uuid.UUID, *, url: str,
     events: Iterable[str] | None, allow_private: bool, actor: str, ip: str | None = None,
+    client_cert: str | None = None, client_key: bytes | None = None,
 ) -> Added:
     """Register a webhook; its secret is stored sealed and returned once.
 
     `events` None subscribes to every event (the CLI without `--event`); the page always passes
-    the ticked events, and an empty choice is refused.
+    the ticked events, and an empty choice is refused. With a client certificate and its key
+    (two-way TLS), deliveries present it; the key is sealed like a token.
     """
     hook = Webhook(
         id=uuid.uuid4(), tenant_id=tenant_id, url=check_url(url, allow_private=allow_private),
@@ -97,11 +119,20 @@ def add(
     )
     secret = "whsec_" + secrets.token_urlsafe(32)
     hook.secret = keys.seal(session, tenant_id, hook.id, SECRET_FIELD, secret.encode())
+    details: dict[str, object] = {
+        "webhook_id": str(hook.id), "url": safe_url(hook.url), "events": hook.events}
+    if (client_cert is None) != (client_key is None):
+        raise InvalidRequest("a client certificate and its key go together")
+    if client_cert is not None and client_key is not None:
+        leaf = check_client_certificate(hook.url, client_cert, client_key, utcnow())
+        hook.client_cert = client_cert
+        hook.client_key = keys.seal(session, tenant_id, hook.id, KEY_FIELD, client_key)
+        details.update(cert_sha256=thumbprint(leaf),
+                       cert_not_after=leaf.not_valid_after_utc.isoformat())
     session.add(hook)
     audit.record(
         session, action="webhook.create", tenant_id=tenant_id, actor_type="admin",
-        actor_id=actor, ip=ip,
-        details={"webhook_id": str(hook.id), "url": safe_url(hook.url), "events": hook.events},
+        actor_id=actor, ip=ip, details=details,
     )
     return Added(hook, secret)
 

@@ -1,10 +1,10 @@
-"""API clients may authenticate with certificates (RFC 8705): client CAs and match rules
+"""Certificates: API clients authenticate with them (RFC 8705); webhooks present one
 
 Revision ID: 0007_client_certificates
 Revises: 0006_audit_hourly
 Create Date: 2026-11-30 04:20:00.000000
 
-Existing clients keep `client_secret_basic`. A CA is pinned by the SHA-256 of its public key,
+Existing clients keep `client_secret_basic`; existing webhooks present no certificate. A CA is pinned by the SHA-256 of its public key,
 not by its name: two CAs may share a distinguished name.
 """
 
@@ -48,10 +48,16 @@ def upgrade() -> None:
                                    server_default="[]"))
         batch.create_foreign_key(op.f("fk_api_clients_tls_ca_id_client_cas"), "client_cas",
                                  ["tls_ca_id"], ["id"], ondelete="RESTRICT")
+    with op.batch_alter_table("webhooks") as batch:
+        batch.add_column(sa.Column("client_cert", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("client_key", sa.LargeBinary(), nullable=True))
 
 
 def downgrade() -> None:
     """Revert this revision."""
+    with op.batch_alter_table("webhooks") as batch:
+        batch.drop_column("client_key")
+        batch.drop_column("client_cert")
     with op.batch_alter_table("api_clients") as batch:
         batch.drop_constraint(op.f("fk_api_clients_tls_ca_id_client_cas"), type_="foreignkey")
         for column in ("tls_certificates", "tls_match_value", "tls_match", "tls_ca_id",

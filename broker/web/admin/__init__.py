@@ -9,6 +9,7 @@ from broker.errors import BrokerError
 from broker.web.admin import (
     access,
     audit,
+    certificates,
     clients,
     connections,
     keys,
@@ -22,7 +23,8 @@ from broker.web.errors import broker_error_page
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(access.require_admin)
 bp.register_error_handler(BrokerError, broker_error_page)
-for _module in (overview, policy, clients, users, connections, webhooks, audit, keys):
+for _module in (overview, policy, clients, users, connections, webhooks, audit, keys,
+                certificates):
     bp.register_blueprint(_module.bp)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from cryptography import x509
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
@@ -12,15 +15,21 @@ from broker.keys import get_keys
 from broker.scopes import GMAIL_SCOPES
 from broker.tenancy import clients as client_service
 from broker.tenancy import policy, tenants
+from broker.tls import thumbprint
 from broker.web import guard
 from broker.web.admin import access, once
 
 bp = Blueprint("clients", __name__, url_prefix="/clients")
 
 
+MATCH_LABELS = {"subject_dn": "subject DN", "san_dns": "DNS name (SAN)",
+                "san_uri": "URI (SAN)", "san_ip": "IP address (SAN)", "san_email": "email (SAN)"}
+
+
 def _form(values: dict[str, object] | None = None) -> dict[str, object]:
     """Return a client form's values: what was typed, or empty."""
-    return values or {"name": "", "scopes": [], "ip_ranges": ""}
+    return values or {"name": "", "scopes": [], "ip_ranges": "", "auth": "client_secret_basic",
+                      "tls_ca": "", "tls_match": "san_uri", "tls_match_value": "", "tls_cert": ""}
 
 
 def _typed() -> dict[str, object]:
@@ -28,7 +37,27 @@ def _typed() -> dict[str, object]:
         "name": request.form.get("name", "")[:200],
         "scopes": request.form.getlist("scopes"),
         "ip_ranges": request.form.get("ip_ranges", "")[:4000],
+        "auth": request.form.get("auth", "client_secret_basic")[:40],
+        "tls_ca": request.form.get("tls_ca", "")[:20_000],
+        "tls_match": request.form.get("tls_match", "")[:20],
+        "tls_match_value": request.form.get("tls_match_value", "")[:500],
+        "tls_cert": request.form.get("tls_cert", "")[:40_000],
     }
+
+
+def _auth_from_form() -> client_service.ClientAuth:
+    """Read the authentication part of the create form (only the method's own fields count)."""
+    method = request.form.get("auth", "client_secret_basic")
+    if method == "tls_client_auth":
+        return client_service.ClientAuth(
+            method, request.form.get("tls_ca", "").strip()[:20_000] or None,
+            request.form.get("tls_match") or None,
+            request.form.get("tls_match_value", "")[:500])
+    if method == "self_signed_tls_client_auth":
+        pems = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+                          request.form.get("tls_cert", "")[:40_000], re.S)
+        return client_service.ClientAuth(method, certificates=tuple(pems))
+    return client_service.ClientAuth(method)
 
 
 def _list_page(form: dict[str, object] | None = None, error: str = "") -> str:
@@ -36,7 +65,7 @@ def _list_page(form: dict[str, object] | None = None, error: str = "") -> str:
         tenant = tenants.tenant_by_id(session, access.tenant_id())
         rows = client_service.list_clients(session, tenant)
     return render_template("admin/clients.html", clients=rows, gmail_scopes=GMAIL_SCOPES,
-                           form=_form(form), error=error)
+                           form=_form(form), error=error, match_labels=MATCH_LABELS)
 
 
 @bp.get("")
@@ -67,12 +96,17 @@ def create() -> Response | tuple[str, int]:
                 session, tenant, name=request.form.get("name", ""),
                 scopes=request.form.getlist("scopes"),
                 ip_ranges=policy.split_ranges(request.form.get("ip_ranges", "")),
-                actor=access.actor(), ip=access.ip(),
+                actor=access.actor(), ip=access.ip(), auth=_auth_from_form(),
             )
-            _keep_secret(session, issued, rotated=False)
+            if issued.client_secret:
+                _keep_secret(session, issued, rotated=False)
     except (InvalidRequest, Conflict) as refused:
         # The form comes back as typed, with the reason beside it.
         return _list_page(_typed(), f"Not created: {refused.description}"), refused.status_code
+    if not issued.client_secret:  # a certificate client: nothing to show once
+        return access.done(f"Client {issued.client_id} created; it authenticates with its "
+                           "certificate over mutual TLS.", "admin.clients.edit",
+                           client_id=issued.client_id)
     return redirect(url_for("admin.clients.secret", client_id=issued.client_id), 303)
 
 
@@ -98,11 +132,15 @@ def _edit_page(client_id: str, form: dict[str, object] | None = None,
                error: str = "") -> str:
     with get_db().transaction(write=False) as session:
         row = client_service.get_client(session, client_id, tenant_id=access.tenant_id())
+        ca = client_service.client_ca(session, row)
+    pinned = [thumbprint(x509.load_pem_x509_certificate(p.encode()))[:16] + "…"
+              for p in row.tls_certificates]
     if form is None:
         form = {"scopes": list(row.allowed_scopes),
                 "ip_ranges": "\n".join(row.allowed_ip_ranges)}
     return render_template("admin/client.html", client=row, gmail_scopes=GMAIL_SCOPES,
-                           form=form, error=error)
+                           form=form, error=error, ca=ca, pinned=pinned,
+                           match_labels=MATCH_LABELS)
 
 
 @bp.get("/<client_id>")

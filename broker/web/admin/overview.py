@@ -10,8 +10,8 @@ from flask import Blueprint, render_template
 
 from broker import audit
 from broker.db import get_db
+from broker.tenancy import certificates, key_rotation, tenants, users
 from broker.tenancy import clients as api_clients
-from broker.tenancy import key_rotation, tenants, users
 from broker.web import guard
 from broker.web.admin import access
 from broker.web.admin.charts import Chart, stacked_bars
@@ -105,6 +105,7 @@ def index() -> str:
         worker = worker_seen(session, now)
         keys = key_rotation.list_keys(session, tenant)
         clients = api_clients.list_clients(session, tenants.tenant_by_id(session, tenant))
+        expiring = [e for e in certificates.inventory(session, tenant) if e.expires_within(now)]
     day = week[-24:]
     day_tallies = audit.Tallies(since=day[0], partial=tallies.partial, buckets={
         key: tally for key, tally in tallies.buckets.items() if key[0] >= day[0]})
@@ -114,5 +115,5 @@ def index() -> str:
         day=_handouts(day_tallies, day, days=False), week=_handouts(tallies, week, days=True),
         latency=_latency(day_tallies, day), outcomes_day=_outcomes(day_tallies),
         outcomes_week=_outcomes(tallies), partial=tallies.partial, waiting=waiting,
-        worker=worker, keys=keys, clients=clients,
+        worker=worker, keys=keys, clients=clients, expiring=expiring,
     )

@@ -26,7 +26,8 @@ def _page(form: dict[str, object] | None = None, error: str = "") -> str:
         worker = worker_seen(session, guard.now())
     return render_template(
         "admin/webhooks.html", webhooks=hooks, deliveries=deliveries, events=EVENTS,
-        worker=worker, form=form or {"url": "", "events": list(EVENTS)}, error=error,
+        worker=worker, form=form or {"url": "", "events": list(EVENTS), "client_cert": ""},
+        error=error,
     )
 
 
@@ -46,6 +47,8 @@ def add() -> Response | tuple[str, int]:
                 events=request.form.getlist("events"),  # the page always names its events
                 allow_private=current_app.config["BROKER"].WEBHOOK_ALLOW_PRIVATE,
                 actor=access.actor(), ip=access.ip(),
+                client_cert=request.form.get("client_cert", "").strip()[:40_000] or None,
+                client_key=request.form.get("client_key", "").strip()[:20_000].encode() or None,
             )
             state = guard.current()
             assert state.browser_session is not None  # noqa: S101 - require_admin ran
@@ -57,7 +60,8 @@ def add() -> Response | tuple[str, int]:
             )
     except InvalidRequest as refused:
         typed: dict[str, object] = {"url": request.form.get("url", "")[:2000],
-                 "events": request.form.getlist("events")}
+                 "events": request.form.getlist("events"),
+                 "client_cert": request.form.get("client_cert", "")[:40_000]}
         return _page(typed, f"Not added: {refused.description}"), 400
     return redirect(url_for("admin.webhooks.secret", webhook_id=added.webhook.id), 303)
 

@@ -169,6 +169,20 @@ def test_leaves_that_must_not_authenticate(
                                  "error_description": "Client authentication failed."}
 
 
+def test_another_tenants_registered_ca_with_the_same_subject_does_not_authenticate(
+    mtls_world: World, acme_ca: Issued, make_world: Callable[..., World]
+) -> None:
+    rule = _tls_auth(acme_ca, "subject_dn", "CN=nightly,O=Acme")
+    acme_client = _cert_client(mtls_world, rule)
+    # Another tenant of the same broker registers its own CA, named like acme's.
+    other = make_world(app=mtls_world.app)
+    globex_ca = issue("Acme issuing CA", ca=True)
+    globex_client = _cert_client(other, _tls_auth(globex_ca, "subject_dn", "CN=nightly,O=Acme"))
+    leaf = _client_leaf(globex_ca)  # subject CN=nightly,O=Acme, as acme's rule names
+    assert _call(mtls_world, acme_client, leaf.cert).status_code == 401
+    assert _call(other, globex_client, leaf.cert).status_code == 200  # its own client: yes
+
+
 def test_an_intermediate_in_the_chain_header_is_used_but_the_anchor_is_the_clients_ca(
     mtls_world: World, acme_ca: Issued
 ) -> None:

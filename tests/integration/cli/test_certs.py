@@ -48,3 +48,19 @@ def test_unreadable_input_is_one_line(tmp_path: Path) -> None:
     assert code == 1 and len(lines) == 1 and "no PEM certificate could be read" in lines[0]
     code, lines = _check(str(tmp_path / "absent.pem"))
     assert code == 2 and "does not exist" in lines[-1]
+
+
+def test_root_included_and_intermediates_reversed_are_both_explained(tmp_path: Path) -> None:
+    root = issue("root", ca=True)
+    upper = issue("upper intermediate", issuer=root, ca=True)
+    lower = issue("lower intermediate", issuer=upper, ca=True)
+    leaf = issue("broker.test", issuer=lower, hosts=("broker.test",))
+    (tmp_path / "chain.pem").write_bytes(leaf.pem() + upper.pem() + lower.pem() + root.pem())
+    code, lines = _check(str(tmp_path / "chain.pem"))
+    problems = [line for line in lines if line.startswith("problem: ")]
+    assert code == 1 and len(problems) == 4, lines
+    assert "certificate 1 is not signed by certificate 2: order the file leaf, then its " \
+           "issuer" in problems[0]
+    assert "certificate 2 is not signed by certificate 3" in problems[1]
+    assert "certificate 3 is not signed by certificate 4" in problems[2]
+    assert "ends with a self-signed root: remove it" in problems[3]

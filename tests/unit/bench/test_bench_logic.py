@@ -85,3 +85,14 @@ def test_floor_uses_the_brokers_database_with_the_plain_driver(
     monkeypatch.setenv("BROKER_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1/x")
     assert dsn_from_env() == "postgresql://postgres@127.0.0.1/x"
 
+
+
+def test_keys_table_shows_both_masters_and_their_ratio() -> None:
+    row = {"rounds": 2, "clients": 32, "rps": 300.0, "p50_ms": 1.0, "p99_ms": 2.0,
+           "requests": 10, "errors": 0, "non_2xx": 0}
+    keys = {"available": True, "file@1": row, "hsm@1": row, "file@32": row,
+            "hsm@32": {**row, "rps": 270.0}, "hsm_over_file@1": 1.0, "hsm_over_file@32": 0.9}
+    printed = table({"keys": keys})
+    assert "KEYS" in printed and "hsm/file at 32 clients: 0.90" in printed
+    assert "not available (the hsm broker refused" in table(
+        {"keys": {"available": False, "reason": "the hsm broker refused a hand-out"}})
