@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from broker.emulator import create_app
+from broker.emulator.pki import Pki
 from broker.emulator.server import serve_in_thread
 
 
@@ -142,3 +143,34 @@ def emulator(emulator_server: EmulatorServer) -> Iterator[EmulatorControls]:
         # A test that left a hang behind must not keep a server thread for two minutes.
         controls.clear_faults()
         controls.close()
+
+
+ServeTls = Callable[[Pki], str]
+
+
+@pytest.fixture
+def emulator_tls() -> Iterator[tuple[ServeTls, list[str]]]:
+    """Serve fresh emulators over TLS with a given PKI; yield the server and the paths it saw.
+
+    `make_pki(folder)` gives the emulator's own root, intermediate and leaf; a test may build
+    a broken one (expired leaf, wrong name, missing intermediate) with `broker.emulator.pki`.
+    """
+    stops: list[Callable[[], None]] = []
+    seen: list[str] = []
+
+    def serve(pki: Pki) -> str:
+        app = create_app(testing=True)
+        inner = app.wsgi_app
+
+        def counting(environ: dict[str, Any], start_response: Any) -> Any:
+            seen.append(environ["PATH_INFO"])
+            return inner(environ, start_response)
+
+        app.wsgi_app = counting  # type: ignore[method-assign]
+        url, stop = serve_in_thread(app, "127.0.0.1", 0, pki.server_context())
+        stops.append(stop)
+        return url
+
+    yield serve, seen
+    for stop in stops:
+        stop()

@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from broker.config import ConfigError, load_settings
-from broker.emulator import create_app
 from broker.emulator.pki import Issued, Pki, issue, make_pki
-from broker.emulator.server import serve_in_thread
 from broker.google.client import Google, GoogleError
+from tests.plugins.emulator import ServeTls
 
-Serve = Callable[[Pki], str]
-SEEN: list[str] = []  # the paths of every request an emulator of this module answered
-
-
-@pytest.fixture
-def serve_tls() -> Iterator[Serve]:
-    """Serve a fresh emulator over TLS with a given PKI's chain; return its https URL."""
-    stops = []
-    SEEN.clear()
-
-    def serve(pki: Pki) -> str:
-        app = create_app(testing=True)
-        inner = app.wsgi_app
-
-        def counting(environ: dict[str, Any], start_response: Any) -> Any:
-            SEEN.append(environ["PATH_INFO"])
-            return inner(environ, start_response)
-
-        app.wsgi_app = counting  # type: ignore[method-assign]
-        url, stop = serve_in_thread(app, "127.0.0.1", 0, pki.server_context())
-        stops.append(stop)
-        return url
-
-    yield serve
-    for stop in stops:
-        stop()
+EmulatorTls = tuple[ServeTls, list[str]]  # the plugin's server, and the paths it answered
 
 
 def _google(url: str, bundle: Path) -> Google:
@@ -59,8 +31,9 @@ def _pki(folder: Path, leaf: Issued, intermediate: Issued | None, root: Issued) 
 
 
 def test_the_emulators_own_pki_is_trusted_through_the_bundle(
-    tmp_path: Path, serve_tls: Serve
+    tmp_path: Path, emulator_tls: EmulatorTls
 ) -> None:
+    serve_tls, _ = emulator_tls
     pki = make_pki(tmp_path / "pki")
     url = serve_tls(pki)
     assert url.startswith("https://127.0.0.1:")
@@ -70,8 +43,9 @@ def test_the_emulators_own_pki_is_trusted_through_the_bundle(
 
 
 def test_without_the_bundle_the_system_store_refuses_the_emulator(
-    tmp_path: Path, serve_tls: Serve
+    tmp_path: Path, emulator_tls: EmulatorTls
 ) -> None:
+    serve_tls, _ = emulator_tls
     url = serve_tls(make_pki(tmp_path / "pki"))
     google = Google(load_settings({"GOOGLE_DISCOVERY_URL": url + "/.well-known/openid-"
                                    "configuration", "GOOGLE_TIMEOUT": 5}, environ={}))
@@ -83,8 +57,9 @@ def test_without_the_bundle_the_system_store_refuses_the_emulator(
 @pytest.mark.parametrize("case", ["untrusted root", "expired leaf", "wrong host name",
                                   "missing intermediate"])
 def test_a_bad_peer_is_refused_before_anything_is_sent(
-    tmp_path: Path, serve_tls: Serve, case: str
+    tmp_path: Path, emulator_tls: EmulatorTls, case: str
 ) -> None:
+    serve_tls, seen = emulator_tls
     now = dt.datetime.now(dt.UTC)
     root = issue("root", ca=True)
     mid = issue("intermediate", issuer=root, ca=True)
@@ -106,10 +81,10 @@ def test_a_bad_peer_is_refused_before_anything_is_sent(
     with pytest.raises(GoogleError) as refused:
         _google(url, bundle).discovery()
     assert refused.value.error == "discovery_unavailable"
-    assert SEEN == []  # the handshake failed: no request reached the peer
+    assert seen == []  # the handshake failed: no request reached the peer
     good = _pki(tmp_path / "good", issue("good", issuer=mid, hosts=hosts), mid, root)
     assert _google(serve_tls(good), good.root).discovery()["issuer"]  # the control case
-    assert SEEN == ["/.well-known/openid-configuration"]
+    assert seen == ["/.well-known/openid-configuration"]
 
 
 def test_an_unreadable_bundle_stops_start_up(tmp_path: Path) -> None:

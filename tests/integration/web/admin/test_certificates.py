@@ -69,7 +69,7 @@ def test_cli_lists_every_tenant_and_metrics_expose_the_expiry(
         "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "x"}.items()}
     result = CliRunner().invoke(cli, ["certs", "list", "--json"], env=env, prog_name="broker")
     assert result.exit_code == 0, result.output
-    listed = json.loads(result.output)
+    listed = json.loads(result.stdout)  # stdout alone: a log line may go to stderr
     assert [e["tenant"] for e in listed].count("globex") == 1
     assert {e["kind"] for e in listed} == {"client_ca", "webhook_client"}
     one = CliRunner().invoke(cli, ["certs", "list", "--tenant", "globex"], env=env,
