@@ -6,9 +6,9 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass
 
-from flask import Blueprint, render_template
+from flask import Blueprint, current_app, render_template
 
-from broker import audit
+from broker import audit, risc
 from broker.db import get_db
 from broker.tenancy import certificates, key_rotation, tenants, users
 from broker.tenancy import clients as api_clients
@@ -106,6 +106,8 @@ def index() -> str:
         keys = key_rotation.list_keys(session, tenant)
         clients = api_clients.list_clients(session, tenants.tenant_by_id(session, tenant))
         expiring = [e for e in certificates.inventory(session, tenant) if e.expires_within(now)]
+    security = sorted(risc.security_event_counts(
+        current_app._get_current_object(), tenant, week[0]).items())  # type: ignore[attr-defined]
     day = week[-24:]
     day_tallies = audit.Tallies(since=day[0], partial=tallies.partial, buckets={
         key: tally for key, tally in tallies.buckets.items() if key[0] >= day[0]})
@@ -115,5 +117,6 @@ def index() -> str:
         day=_handouts(day_tallies, day, days=False), week=_handouts(tallies, week, days=True),
         latency=_latency(day_tallies, day), outcomes_day=_outcomes(day_tallies),
         outcomes_week=_outcomes(tallies), partial=tallies.partial, waiting=waiting,
-        worker=worker, keys=keys, clients=clients, expiring=expiring,
+        worker=worker, keys=keys, clients=clients, expiring=expiring, security=security,
+        risc_on=current_app.config["BROKER"].RISC,
     )

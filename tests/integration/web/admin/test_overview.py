@@ -10,7 +10,7 @@ from flask import Flask
 from broker import audit, worker
 from broker.clock import utcnow
 from broker.db import get_db
-from broker.models import AuditHourly, Connection
+from broker.models import AuditHourly, Connection, SecurityEvent, SecurityEventTenant
 from tests.factories import make_connection, make_user
 from tests.integration.web.admin.conftest import READONLY, Browser, Org
 
@@ -134,3 +134,26 @@ def test_overview_names_the_worker_keys_and_clients(
 def _table_after(body: str, marker: str) -> str:
     start = body.index(marker)
     return body[start: body.index("</table>", start)]
+
+
+def test_overview_counts_googles_security_events_for_this_tenant(
+    admin_app: Flask, org: Org, other: Org, as_admin: Browser
+) -> None:
+    now = utcnow()
+    with get_db(admin_app).transaction() as session:
+        for i, (kind, outcome, tenant) in enumerate((
+            ("tokens-revoked", "acted", org), ("tokens-revoked", "acted", org),
+            ("account-disabled", "acted", org), ("sessions-revoked", "acted", other),
+        )):
+            event = SecurityEvent(jti=f"j{i}", iss="https://accounts.google.com/", iat=now,
+                                  received_at=now, types=[kind], kind=kind, outcome=outcome)
+            session.add(event)
+            session.flush()
+            session.add(SecurityEventTenant(event_id=event.id, tenant_id=tenant.tenant.id))
+    body = as_admin.get("/admin/overview").get_data(as_text=True)
+    section = body[body.index('id="security-events"'):body.index('id="clients"')]
+    assert re.search(r'data-event="tokens-revoked"><td>tokens-revoked</td><td>acted</td><td>2<',
+                     section)
+    assert 'data-event="account-disabled"' in section
+    assert "sessions-revoked" not in section  # another tenant's
+    assert "The receiver is off" in section
