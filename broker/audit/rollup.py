@@ -83,8 +83,14 @@ def fold(session: Session, batch: int = FOLD_BATCH) -> int:
         session.flush()
     done = int(state.value) if state.value.isdigit() else 0
     # Only chained events: the chainer has waited for every lower `seq` to commit, so nothing
-    # can appear below the watermark after it passes.
-    top = min(chained_top(session), done + batch)
+    # can appear below the watermark after it passes. A batch is `batch` events, not `batch`
+    # numbers: PostgreSQL's sequence leaves gaps.
+    limit = chained_top(session)
+    nth = session.scalar(
+        select(AuditEvent.seq).where(AuditEvent.seq > done, AuditEvent.seq <= limit)
+        .order_by(AuditEvent.seq).offset(batch - 1).limit(1)
+    )
+    top = nth if nth is not None else limit
     if top <= done:
         return 0
     rows = session.execute(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 from click.testing import CliRunner
 from flask import Flask
+from flask.cli import ScriptInfo
 
 from broker.cli import cli
 from broker.db import get_db
@@ -60,19 +60,16 @@ def test_the_page_lists_the_tenants_certificates_soonest_first(
 
 
 def test_cli_lists_every_tenant_and_metrics_expose_the_expiry(
-    admin_app: Flask, org: Org, other: Org, tmp_path: Path
+    admin_app: Flask, org: Org, other: Org
 ) -> None:
     _register(admin_app, org, other)
-    env = {f"BROKER_{k}": str(v) for k, v in {
-        "DATABASE_URL": admin_app.config["BROKER"].database_url,
-        "MASTER_KEYS": admin_app.config["BROKER"].MASTER_KEYS,
-        "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "x"}.items()}
-    result = CliRunner().invoke(cli, ["certs", "list", "--json"], env=env, prog_name="broker")
+    app = ScriptInfo(create_app=lambda: admin_app)  # the test's app: its pool is disposed
+    result = CliRunner().invoke(cli, ["certs", "list", "--json"], obj=app, prog_name="broker")
     assert result.exit_code == 0, result.output
     listed = json.loads(result.stdout)  # stdout alone: a log line may go to stderr
     assert [e["tenant"] for e in listed].count("globex") == 1
     assert {e["kind"] for e in listed} == {"client_ca", "webhook_client"}
-    one = CliRunner().invoke(cli, ["certs", "list", "--tenant", "globex"], env=env,
+    one = CliRunner().invoke(cli, ["certs", "list", "--tenant", "globex"], obj=app,
                              prog_name="broker")
     assert one.exit_code == 0 and "CN=Globex CA" in one.output and "Acme" not in one.output
     scraped = admin_app.test_client().get("/metrics").get_data(as_text=True)
