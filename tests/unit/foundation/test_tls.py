@@ -11,7 +11,11 @@ import pytest
 from broker.emulator.pki import Issued, issue
 from broker.tls import TlsConfigError, check_chain, client_context
 
-NOW = dt.datetime.now(dt.UTC)
+
+
+def now() -> dt.datetime:
+    """Return the time now: certificates are issued as of when a test runs, not imports."""
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +27,11 @@ def pki() -> dict[str, Issued]:
 
 
 def _problems(pem: bytes, key: bytes | None = None) -> list[str]:
-    return check_chain(pem, NOW, key).problems
+    return check_chain(pem, now(), key).problems
 
 
 def test_a_chain_in_order_without_its_root_passes(pki: dict[str, Issued]) -> None:
-    report = check_chain(pki["leaf"].pem() + pki["mid"].pem(), NOW, pki["leaf"].key_pem())
+    report = check_chain(pki["leaf"].pem() + pki["mid"].pem(), now(), pki["leaf"].key_pem())
     assert report.ok and len(report.certificates) == 2
 
 
@@ -49,9 +53,9 @@ def test_a_missing_intermediate_breaks_the_chain(pki: dict[str, Issued]) -> None
 
 def test_validity_is_checked_both_ways(pki: dict[str, Issued]) -> None:
     old = issue("old.test", issuer=pki["mid"], hosts=("old.test",),
-                not_before=NOW - dt.timedelta(days=60), not_after=NOW - dt.timedelta(days=1))
+                not_before=now() - dt.timedelta(days=60), not_after=now() - dt.timedelta(days=1))
     early = issue("early.test", issuer=pki["mid"], hosts=("early.test",),
-                  not_before=NOW + dt.timedelta(days=1))
+                  not_before=now() + dt.timedelta(days=1))
     assert any("has expired" in p for p in _problems(old.pem() + pki["mid"].pem()))
     assert any("is not valid before" in p for p in _problems(early.pem() + pki["mid"].pem()))
 
@@ -65,7 +69,7 @@ def test_a_key_of_another_certificate_is_named(pki: dict[str, Issued]) -> None:
 
 def test_a_file_without_certificates_is_refused() -> None:
     with pytest.raises(TlsConfigError, match="no PEM certificate"):
-        check_chain(b"not a certificate", NOW)
+        check_chain(b"not a certificate", now())
 
 
 def test_callouts_verify_names_and_chains_with_tls12_or_newer(
