@@ -12,7 +12,6 @@ from broker.emulator.pki import Issued, issue
 from broker.tls import TlsConfigError, check_chain, client_context
 
 
-
 def now() -> dt.datetime:
     """Return the time now: certificates are issued as of when a test runs, not imports."""
     return dt.datetime.now(dt.UTC)
