@@ -126,27 +126,21 @@ def test_cli_help() -> None:
         assert option in result.output
 
 
+def _launch(port: int, *args: str) -> subprocess.Popen[str]:
+    """Start `broker emulator` from this checkout on a port, its output piped."""
+    script = "from broker.emulator.cli import emulator_command; emulator_command()"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    return subprocess.Popen(
+        [sys.executable, "-u", "-c", script, "--port", str(port), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
 def test_command_serves_a_discovery_document_whose_endpoints_answer(tmp_path: Path) -> None:
     config = tmp_path / "emulator-config.json"
     config.write_text(json.dumps(SEED))
     port = free_port()
-    script = "from broker.emulator.cli import emulator_command; emulator_command()"
-    command = [
-        sys.executable,
-        "-u",
-        "-c",
-        script,
-        "--port",
-        str(port),
-        "--config",
-        str(config),
-        "--state",
-        str(tmp_path / "state.json"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    process = _launch(port, "--config", str(config), "--state", str(tmp_path / "state.json"))
     try:
         assert process.stdout is not None
         banner = [process.stdout.readline()]
@@ -188,13 +182,7 @@ def test_command_serves_a_discovery_document_whose_endpoints_answer(tmp_path: Pa
 
 def test_tls_serves_https_under_a_root_it_prints(tmp_path: Path) -> None:
     port = free_port()
-    script = "from broker.emulator.cli import emulator_command; emulator_command()"
-    command = [sys.executable, "-u", "-c", script, "--port", str(port), "--tls",
-               "--state", str(tmp_path / "state.json")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+    process = _launch(port, "--tls", "--state", str(tmp_path / "state.json"))
     try:
         assert process.stdout is not None
         banner = [process.stdout.readline()]
