@@ -37,6 +37,10 @@ def client_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     `ca_bundle` (BROKER_CA_BUNDLE) replaces the system store. Built once per bundle: loading a
     store costs milliseconds, and a context is safe to share between threads.
     """
+    return _new_client_context(ca_bundle)
+
+
+def _new_client_context(ca_bundle: str | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # host name and chain checks on
     context.check_hostname, context.verify_mode = True, ssl.CERT_REQUIRED
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -111,7 +115,7 @@ def check_chain(
         if cert.not_valid_after_utc < now:
             report.problems.append(f"certificate {i + 1} ({describe(cert)}) has expired: "
                                    "renew it")
-    if _is_ca(certs[0]):
+    if is_ca(certs[0]):
         report.problems.append("the first certificate is a CA, not the server's leaf: put the "
                                "leaf first, then each intermediate")
     for i, (child, parent) in enumerate(zip(certs, certs[1:], strict=False)):
@@ -131,7 +135,8 @@ def check_chain(
     return report
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def is_ca(cert: x509.Certificate) -> bool:
+    """Say whether a certificate is a CA's (basicConstraints CA:TRUE)."""
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
@@ -280,14 +285,7 @@ def client_context_with_certificate(
     `ssl` loads a key only from a file: it is written to a private temporary folder, loaded
     and deleted at once. A fresh context each time: the shared one must not carry a key.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = True, ssl.CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers(CIPHERS)
-    if ca_bundle:
-        context.load_verify_locations(cafile=ca_bundle)
-    else:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    context = _new_client_context(ca_bundle)
     with tempfile.TemporaryDirectory(prefix="broker-tls-") as folder:  # mode 0700
         path = Path(folder) / "client.pem"
         path.touch(mode=0o600)

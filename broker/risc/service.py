@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from broker import metrics
 from broker.clock import get_clock
@@ -87,16 +88,15 @@ def _act(app: Flask, settings: Settings, event: SecurityEventToken) -> str:
 
 
 def security_event_counts(
-    app: Flask, tenant_id: uuid.UUID, since: dt.datetime
+    session: Session, tenant_id: uuid.UUID, since: dt.datetime
 ) -> dict[tuple[str, str], int]:
     """Return {(type, outcome): count} of the security events that reached a tenant since."""
-    with get_db(app).transaction(write=False) as session:
-        rows = session.execute(
-            select(SecurityEvent.kind, SecurityEvent.outcome, func.count())
-            .join(SecurityEventTenant, SecurityEventTenant.event_id == SecurityEvent.id)
-            .where(SecurityEventTenant.tenant_id == tenant_id, SecurityEvent.received_at >= since)
-            .group_by(SecurityEvent.kind, SecurityEvent.outcome)
-        ).all()
+    rows = session.execute(
+        select(SecurityEvent.kind, SecurityEvent.outcome, func.count())
+        .join(SecurityEventTenant, SecurityEventTenant.event_id == SecurityEvent.id)
+        .where(SecurityEventTenant.tenant_id == tenant_id, SecurityEvent.received_at >= since)
+        .group_by(SecurityEvent.kind, SecurityEvent.outcome)
+    ).all()
     return {(kind, outcome): int(count) for kind, outcome, count in rows}
 
 

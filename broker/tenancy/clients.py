@@ -25,7 +25,7 @@ from broker.keys import digest, new_secret
 from broker.models import ApiClient, ClientCA, Tenant
 from broker.scopes import InvalidScope, normalise
 from broker.tenancy.policy import parse_duration
-from broker.tls import MATCHES, describe, normalise_match, spki_sha256, thumbprint
+from broker.tls import MATCHES, describe, is_ca, normalise_match, spki_sha256, thumbprint
 
 MAX_GRACE = dt.timedelta(days=30)
 METHODS = ("client_secret_basic", "tls_client_auth", "self_signed_tls_client_auth")
@@ -129,13 +129,6 @@ def _certificate(pem: str, what: str) -> x509.Certificate:
     return certs[0]
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def client_ca(session: Session, client: ApiClient) -> ClientCA | None:
     """Return the CA a tls_client_auth client's certificates chain to (None for others)."""
     return session.get(ClientCA, client.tls_ca_id) if client.tls_ca_id else None
@@ -144,7 +137,7 @@ def client_ca(session: Session, client: ApiClient) -> ClientCA | None:
 def register_ca(session: Session, tenant_id: uuid.UUID, pem: str) -> ClientCA:
     """Return the tenant's CA with this public key, registering it the first time."""
     cert = _certificate(pem, "client CA")
-    if not _is_ca(cert):
+    if not is_ca(cert):
         raise InvalidRequest("the client CA is not a CA certificate (basicConstraints CA:TRUE)")
     spki = spki_sha256(cert)
     row = session.scalar(select(ClientCA).where(ClientCA.tenant_id == tenant_id,

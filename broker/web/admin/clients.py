@@ -11,7 +11,6 @@ from werkzeug.wrappers import Response
 
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
-from broker.keys import get_keys
 from broker.scopes import GMAIL_SCOPES
 from broker.tenancy import clients as client_service
 from broker.tenancy import policy, tenants
@@ -76,14 +75,9 @@ def index() -> str:
 
 def _keep_secret(session: Session, issued: client_service.Issued, *, rotated: bool) -> None:
     """Keep the new secret for the next page of this browser session only."""
-    state = guard.current()
-    assert state.browser_session is not None  # noqa: S101 - require_admin ran
-    once.keep(
-        session, get_keys(), tenant_id=access.tenant_id(),
-        browser_session_id=state.browser_session.id, now=guard.now(),
-        payload={"client_id": issued.client_id, "secret": issued.client_secret,
-                 "rotated": "yes" if rotated else ""},
-    )
+    once.keep_for_admin(session, {"client_id": issued.client_id,
+                                  "secret": issued.client_secret,
+                                  "rotated": "yes" if rotated else ""})
 
 
 @bp.post("")
@@ -113,14 +107,7 @@ def create() -> Response | tuple[str, int]:
 @bp.get("/<client_id>/secret")
 def secret(client_id: str) -> str:
     """Show a new secret once; a reload finds it gone and says so."""
-    state = guard.current()
-    assert state.browser_session is not None  # noqa: S101 - require_admin ran
-    with get_db().transaction() as session:
-        kept = once.take(
-            session, get_keys(), tenant_id=access.tenant_id(),
-            browser_session_id=state.browser_session.id, now=guard.now(),
-            about=("client_id", client_id),
-        )
+    kept = once.take_for_admin(("client_id", client_id))
     return render_template(
         "admin/client_secret.html", client_id=client_id,
         secret=kept["secret"] if kept else None, rotated=bool(kept and kept.get("rotated")),

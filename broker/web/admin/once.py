@@ -14,8 +14,11 @@ import uuid
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from broker.keys import CryptoError, KeyService
+from broker.db import get_db
+from broker.keys import CryptoError, KeyService, get_keys
 from broker.models import WorkerState
+from broker.web import guard
+from broker.web.admin import access
 
 PREFIX = "shown_once:"
 FIELD = "shown_once"
@@ -74,3 +77,20 @@ def take(
         return None
     session.delete(row)
     return payload
+
+
+def keep_for_admin(session: Session, payload: dict[str, str]) -> None:
+    """Keep a payload for the signed-in admin's next page (in the caller's transaction)."""
+    state = guard.current()
+    assert state.browser_session is not None  # noqa: S101 - require_admin ran
+    keep(session, get_keys(), tenant_id=access.tenant_id(),
+         browser_session_id=state.browser_session.id, payload=payload, now=guard.now())
+
+
+def take_for_admin(about: tuple[str, str]) -> dict[str, str] | None:
+    """Take what was kept for the signed-in admin about (key, value), in its own transaction."""
+    state = guard.current()
+    assert state.browser_session is not None  # noqa: S101 - require_admin ran
+    with get_db().transaction() as session:
+        return take(session, get_keys(), tenant_id=access.tenant_id(),
+                    browser_session_id=state.browser_session.id, now=guard.now(), about=about)

@@ -106,8 +106,7 @@ def index() -> str:
         keys = key_rotation.list_keys(session, tenant)
         clients = api_clients.list_clients(session, tenants.tenant_by_id(session, tenant))
         expiring = [e for e in certificates.inventory(session, tenant) if e.expires_within(now)]
-    security = sorted(risc.security_event_counts(
-        current_app._get_current_object(), tenant, week[0]).items())  # type: ignore[attr-defined]
+        security = sorted(risc.security_event_counts(session, tenant, week[0]).items())
     day = week[-24:]
     day_tallies = audit.Tallies(since=day[0], partial=tallies.partial, buckets={
         key: tally for key, tally in tallies.buckets.items() if key[0] >= day[0]})

@@ -50,14 +50,8 @@ def add() -> Response | tuple[str, int]:
                 client_cert=request.form.get("client_cert", "").strip()[:40_000] or None,
                 client_key=request.form.get("client_key", "").strip()[:20_000].encode() or None,
             )
-            state = guard.current()
-            assert state.browser_session is not None  # noqa: S101 - require_admin ran
-            once.keep(
-                session, get_keys(), tenant_id=access.tenant_id(),
-                browser_session_id=state.browser_session.id, now=guard.now(),
-                payload={"webhook_id": str(added.webhook.id), "url": added.webhook.url,
-                         "secret": added.secret},
-            )
+            once.keep_for_admin(session, {"webhook_id": str(added.webhook.id),
+                                          "url": added.webhook.url, "secret": added.secret})
     except InvalidRequest as refused:
         typed: dict[str, object] = {"url": request.form.get("url", "")[:2000],
                  "events": request.form.getlist("events"),
@@ -69,14 +63,7 @@ def add() -> Response | tuple[str, int]:
 @bp.get("/<uuid:webhook_id>/secret")
 def secret(webhook_id: uuid.UUID) -> str:
     """Show a new signing secret once; a reload finds it gone and says so."""
-    state = guard.current()
-    assert state.browser_session is not None  # noqa: S101 - require_admin ran
-    with get_db().transaction() as session:
-        kept = once.take(
-            session, get_keys(), tenant_id=access.tenant_id(),
-            browser_session_id=state.browser_session.id, now=guard.now(),
-            about=("webhook_id", str(webhook_id)),
-        )
+    kept = once.take_for_admin(("webhook_id", str(webhook_id)))
     return render_template("admin/webhook_secret.html", kept=kept)
 
 
