@@ -285,6 +285,9 @@ class ApiClient(Base):
     tls_match_value: Mapped[str | None] = mapped_column(String(512))
     # Pinned self-signed certificates (PEM), at most two so one can replace the other.
     tls_certificates: Mapped[list[str]] = mapped_column(default=list)
+    # Gmail methods the client may call through /proxy/ by discovery id; None = what its
+    # scopes permit (issue 13 item 3).
+    gmail_methods: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class ClientCA(Base):
