@@ -105,6 +105,14 @@ class Settings:
     AUTH_FAILURE_LIMIT: str = _setting("30/minute")
     REJECTED_TOKEN_COOLDOWN: float = _setting(30.0, float)
     REDIS_URL: str | None = _setting(None, opt_str)
+    # Gmail through the broker: Google's quotas in units per minute, calls in flight per user,
+    # how long a proxy token lives, and how long a proxied call may idle or last in all.
+    GMAIL_USER_QUOTA: int = _setting(15_000, int)
+    GMAIL_PROJECT_QUOTA: int = _setting(1_200_000, int)
+    GMAIL_USER_CONCURRENCY: int = _setting(10, int)
+    PROXY_TOKEN_TTL: int = _setting(600, int)
+    PROXY_IDLE_TIMEOUT: float = _setting(60.0, float)
+    PROXY_TOTAL_TIMEOUT: float = _setting(600.0, float)
     REDIS_KEY_PREFIX: str = _setting("broker")
     DB_POOL_SIZE: int = _setting(10, int)
     DB_MAX_OVERFLOW: int = _setting(10, int)
@@ -252,7 +260,9 @@ def validate(settings: Settings) -> list[str]:
         elif scheme == "http" and not is_loopback_url(url):
             problems.append(f"BROKER_{name}: http:// is allowed only for the local emulator")
     for name in ("REFRESH_BUDGET", "GOOGLE_TIMEOUT", "KEY_SERVICE_TIMEOUT", "SEAL_BLOCK",
-                 "SEAL_ROTATE_THRESHOLD", "DB_POOL_SIZE"):
+                 "SEAL_ROTATE_THRESHOLD", "DB_POOL_SIZE", "GMAIL_USER_QUOTA",
+                 "GMAIL_PROJECT_QUOTA", "GMAIL_USER_CONCURRENCY", "PROXY_IDLE_TIMEOUT",
+                 "PROXY_TOTAL_TIMEOUT"):
         if getattr(settings, name) <= 0:
             problems.append(f"BROKER_{name}: must be positive")
     for name in ("DB_MAX_OVERFLOW", "DB_PING_IDLE"):
@@ -265,6 +275,8 @@ def validate(settings: Settings) -> list[str]:
             problems.append(f"BROKER_{name}: {problem}")
     if settings.SEAL_BLOCK > settings.SEAL_ROTATE_THRESHOLD:
         problems.append("BROKER_SEAL_BLOCK: must not exceed BROKER_SEAL_ROTATE_THRESHOLD")
+    if not 60 <= settings.PROXY_TOKEN_TTL <= 3600:
+        problems.append("BROKER_PROXY_TOKEN_TTL: must be 60-3600 seconds")
     if settings.RISC_RETENTION_DAYS <= 0:
         problems.append("BROKER_RISC_RETENTION_DAYS: must be positive")
     if settings.RISC and not settings.risc_audiences:

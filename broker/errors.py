@@ -118,6 +118,21 @@ class MethodNotAllowed(BrokerError):
     default_description = "This method is not allowed here."
 
 
+class GmailMethodNotAllowed(BrokerError):
+    error, status_code = "method_not_allowed", 403
+    default_description = "This client may not call this Gmail method."
+
+
+class UserMismatch(BrokerError):
+    error, status_code = "user_mismatch", 403
+    default_description = "The path names another user than the proxy token's."
+
+
+class InvalidToken(BrokerError):
+    error, status_code = "invalid_token", 401
+    default_description = "The proxy token is invalid or expired; get a new one."
+
+
 class Forbidden(BrokerError):
     error, status_code = "forbidden", 403
     default_description = "Not allowed."

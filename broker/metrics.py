@@ -74,6 +74,33 @@ FETCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+# Gmail through the broker (issue 13): calls by method id and outcome, units spent per tenant.
+PROXY_CALLS = Counter(
+    "broker_proxy_calls_total", "Proxied Gmail calls by method id and outcome "
+    "(ok, gmail_error, denied, throttled, error)", ["method", "outcome"],
+)
+PROXY_SECONDS = Histogram(
+    "broker_proxy_seconds", "Latency of proxied Gmail calls, headers received from Gmail",
+    ["method"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROXY_UNITS = Counter(
+    "broker_proxy_quota_units_total", "Gmail quota units spent through the proxy", ["tenant"]
+)
+PROXY_BYTES = Counter(
+    "broker_proxy_bytes_total", "Bytes proxied, by direction (up: to Gmail)", ["direction"]
+)
+PROXY_THROTTLED = Counter(
+    "broker_proxy_throttled_total",
+    "Proxied calls the quota governor held back (user, project, concurrency, paused)", ["reason"],
+)
+PROXY_GOVERNOR_FALLBACK = Counter(
+    "broker_proxy_governor_fallback_total",
+    "Governor decisions made in process memory because Redis did not answer",
+)
+PROXY_PAUSES = Counter(
+    "broker_proxy_pauses_total", "Users paused because Gmail said they were over quota"
+)
+
 
 class DatabaseCollector(Collector):
     """Connections by status, audit chain heads and the last checkpoint, read when scraped."""

@@ -57,7 +57,7 @@ def unexpected(exc: Exception) -> Response:
 def _api_routing_errors() -> Response | None:
     # Unmatched /api/ and /risc/ paths never reach a blueprint handler: answer them here, as JSON.
     routing = request.routing_exception
-    if routing is not None and request.path.startswith(("/api/", "/risc/")):
+    if routing is not None and request.path.startswith(("/api/", "/risc/", "/proxy/")):
         if isinstance(routing, HTTPException):
             return http_error(routing)
     return None
@@ -75,7 +75,7 @@ class PagesOnlySessions(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         """Open the cookie session, except on /api/ paths (a null session there)."""
-        if request.path.startswith("/api/"):
+        if request.path.startswith(("/api/", "/proxy/")):
             return None
         return super().open_session(app, request)
 
@@ -84,13 +84,13 @@ def init_app(app: Flask) -> None:
     """Register the API blueprints, their services and the JSON error handlers."""
     app.session_interface = PagesOnlySessions()
     from broker import limits
-    from broker.api import metadata, openapi, risc, v1
+    from broker.api import metadata, openapi, proxy, risc, v1
     from broker.tenancy import certificates, client_auth
 
     limits.init_app(app)
     client_auth.init_app(app)
     certificates.init_app(app)
     app.register_error_handler(errors.BrokerError, error_response)
-    for blueprint in (v1.bp, openapi.bp, metadata.bp, risc.bp):
+    for blueprint in (v1.bp, openapi.bp, metadata.bp, risc.bp, proxy.bp):
         app.register_blueprint(blueprint)
     app.before_request(_api_routing_errors)

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -24,10 +25,12 @@ from broker.errors import (
     BrokerError,
     InvalidClient,
     InvalidRequest,
+    InvalidToken,
     RateLimited,
     UnsupportedMediaType,
 )
 from broker.limits import get_limits
+from broker.tenancy import ClientInfo
 from broker.tokens import Handout, TokenRequest
 
 bp = json_errors(Blueprint("api_v1", __name__, url_prefix="/api/v1"))
@@ -39,7 +42,10 @@ STATUSES = ("active", "degraded", "needs_reauth", "revoked")
 TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token", "client_id"}
 
 
-def admit() -> Handout:
+def admit(
+    action: str = "token.handout",
+    authenticator: Callable[[], tuple[ClientInfo, dict[str, str]]] | None = None,
+) -> Handout:
     """Authenticate the client, check its IP, then count it against its rate limit.
 
     Authentication comes first and only failures count against the per-address limit, so
@@ -49,8 +55,9 @@ def admit() -> Handout:
     ip = client_ip(request, app.config["BROKER"].TRUSTED_PROXIES)
     limits = get_limits(app)
     try:
-        client, credential = authenticate(request, get_clock(app)())
-    except InvalidClient as failed:
+        client, credential = (authenticator or (
+            lambda: authenticate(request, get_clock(app)())))()
+    except (InvalidClient, InvalidToken) as failed:
         metrics.AUTH_FAILURES.inc()
         refusal: BrokerError = failed
         try:
@@ -61,7 +68,7 @@ def admit() -> Handout:
         log.warning("api auth refused: %s", refusal.error, extra={"event": "api_auth",
                     "outcome": refusal.error})
         raise refusal from None
-    handout = Handout(app, client, ip, credential=credential)
+    handout = Handout(app, client, ip, credential=credential, action=action)
     handout.check_ip()
     try:
         limits.hit_client(client.id)

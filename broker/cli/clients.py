@@ -7,6 +7,7 @@ import sys
 import traceback
 import uuid
 from pathlib import Path
+from typing import Any
 
 import click
 from flask import current_app
@@ -70,12 +71,16 @@ def _print_issued(issued: clients.Issued, as_json: bool) -> None:
 @click.option("--tls-cert", "tls_certs", type=PEM_FILE, multiple=True,
               help="self_signed_tls_client_auth: the pinned certificate (PEM); give two "
                    "while replacing one")
+@click.option("--method", "methods", multiple=True, metavar="ID",
+              help="a Gmail method the client may call through /proxy/, by discovery id "
+                   "(gmail.users.messages.list); repeatable; default: every method its "
+                   "scopes permit")
 @options.as_json
 def client_create(
     slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], method: str,
     tls_ca: Path | None, tls_subject: str | None, tls_san_dns: str | None,
     tls_san_uri: str | None, tls_san_ip: str | None, tls_san_email: str | None,
-    tls_certs: tuple[Path, ...], as_json: bool,
+    tls_certs: tuple[Path, ...], methods: tuple[str, ...], as_json: bool,
 ) -> None:
     """Create an API client; print its id (and its secret, shown once).
 
@@ -103,7 +108,7 @@ def client_create(
     with get_db().transaction() as session:
         issued = clients.create_client(
             session, tenants.get_tenant(session, slug), name=name, scopes=scopes,
-            ip_ranges=ip_ranges, actor=actor(), auth=auth,
+            ip_ranges=ip_ranges, actor=actor(), auth=auth, methods=methods or None,
         )
     if issued.client_secret:
         _print_issued(issued, as_json)
@@ -144,15 +149,51 @@ def client_disable(client_id: str) -> None:
     click.echo(f"disabled {client_id}")
 
 
+@client.command("set-methods")
+@click.argument("client_id")
+@click.option("--method", "methods", multiple=True, metavar="ID",
+              help="a Gmail method the client may call through /proxy/, by discovery id; "
+                   "repeatable")
+@click.option("--default", "by_scopes", is_flag=True,
+              help="drop the list: every method the client's scopes permit")
+@options.as_json
+def client_set_methods(
+    client_id: str, methods: tuple[str, ...], by_scopes: bool, as_json: bool
+) -> None:
+    """Set the Gmail methods client CLIENT_ID may call through the proxy (others: 403).
+
+    \b
+    Examples:
+      broker client set-methods cl_0123 --method gmail.users.messages.list \\
+        --method gmail.users.messages.get
+      broker client set-methods cl_0123 --default
+    """
+    if bool(methods) == by_scopes:
+        raise click.UsageError("give --method (repeatable) or --default, not both")
+    with get_db().transaction() as session:
+        clients.set_methods(session, client_id, None if by_scopes else methods, actor=actor())
+        row = clients.get_client(session, client_id)
+        allowed = clients.allowed_methods(row)
+    if as_json:
+        click.echo(json.dumps({"client_id": client_id, "methods": allowed,
+                               "default": by_scopes}))
+        return
+    click.echo(f"{client_id} may call {len(allowed)} Gmail method(s)"
+               + (" (what its scopes permit)" if by_scopes else "") + ":")
+    for method in allowed:
+        click.echo(f"  {method}")
+
+
 @client.command("list")
 @options.tenant
 @options.as_json
 def client_list(slug: str, as_json: bool) -> None:
     """List a tenant's clients (never their secrets)."""
     with get_db().transaction(write=False) as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"client_id": c.id, "name": c.name, "status": c.status,
-             "scopes": c.allowed_scopes, "ip_ranges": c.allowed_ip_ranges}
+             "scopes": c.allowed_scopes, "ip_ranges": c.allowed_ip_ranges,
+             "gmail_methods": c.gmail_methods}
             for c in clients.list_clients(session, tenants.get_tenant(session, slug))
         ]
     if as_json:

@@ -10,6 +10,8 @@ from broker.google.client import (
     classify,
     get_google,
 )
+from broker.google.methods import GLOBAL_QUERY, Match, Method, MethodTable, gmail_methods
 
-__all__ = ["Failure", "Google", "GoogleError", "IdTokenError", "NotConfigured", "TokenResponse",
-           "classify", "get_google"]
+__all__ = ["Failure", "GLOBAL_QUERY", "Google", "GoogleError", "IdTokenError", "Match", "Method",
+           "MethodTable", "NotConfigured", "TokenResponse", "classify", "get_google",
+           "gmail_methods"]

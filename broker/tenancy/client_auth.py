@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.clientip import IPAddress, ip_in
 from broker.config import Network
 from broker.db import get_db
-from broker.errors import InvalidClient
+from broker.errors import InvalidClient, InvalidToken
 from broker.keys import digest
 from broker.models import ApiClient, ClientCA, Policy
 from broker.tls import CertificateRejected, Presented, leaf_matches, pinned, verify_client
@@ -51,6 +51,7 @@ class ClientInfo:
     tls_match: str | None = None
     tls_match_value: str | None = None
     tls_certificates: tuple[str, ...] = ()  # self_signed_tls_client_auth: the pinned PEMs
+    gmail_methods: tuple[str, ...] | None = None  # the proxy's allowlist; None: by scopes
 
     def admits(self, address: IPAddress) -> bool:
         """Say whether an address lies within the tenant's and the client's IP ranges."""
@@ -135,6 +136,7 @@ def _load(app: Flask, client_id: str) -> ClientInfo | None:
         tls_ca=x509.load_pem_x509_certificate(ca_pem.encode()) if ca_pem else None,
         tls_match=client.tls_match, tls_match_value=client.tls_match_value,
         tls_certificates=tuple(client.tls_certificates or ()),
+        gmail_methods=None if client.gmail_methods is None else tuple(client.gmail_methods),
     )
 
 
@@ -169,6 +171,14 @@ def verify_secret(
         raise InvalidClient(headers=headers or {})
     if get_cache(app).use_due(info.id, now):
         _record_use(app, info.id, now)
+    return info
+
+
+def verify_grant(app: Flask, client_id: str, tenant_id: uuid.UUID) -> ClientInfo:
+    """Return the client a proxy token was issued to, if it is still active in its tenant."""
+    info = get_cache(app).get(app, client_id)
+    if info is None or info.status != "active" or info.tenant_id != tenant_id:
+        raise InvalidToken()
     return info
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from broker import audit
 from broker.errors import Conflict, InvalidRequest, NotFound
+from broker.google import gmail_methods
 from broker.keys import digest, new_secret
 from broker.models import ApiClient, ClientCA, Tenant
 from broker.scopes import InvalidScope, normalise
@@ -70,6 +71,32 @@ def check_scopes(scopes: Iterable[str]) -> list[str]:
     if not clean:
         raise InvalidRequest("a client needs at least one scope")
     return clean
+
+
+def check_methods(methods: Iterable[str] | None, scopes: Iterable[str]) -> list[str] | None:
+    """Return a Gmail method allowlist, each id known and permitted by the client's scopes.
+
+    None (no list given) means: every method the client's scopes permit.
+    """
+    if methods is None:
+        return None
+    table, wanted = gmail_methods(), list(dict.fromkeys(m.strip() for m in methods))
+    unknown = [m for m in wanted if m not in table.by_id]
+    if unknown:
+        raise InvalidRequest(f"unknown Gmail method {unknown[0][:80]!r}: use discovery ids "
+                             "such as gmail.users.messages.list")
+    permitted = set(table.permitted_by(list(scopes)))
+    outside = [m for m in wanted if m not in permitted]
+    if outside:
+        raise InvalidRequest(f"{outside[0]} needs a scope this client may not use")
+    return sorted(wanted)
+
+
+def allowed_methods(row: ApiClient) -> list[str]:
+    """Return the Gmail methods a client may call through the proxy."""
+    if row.gmail_methods is not None:
+        return list(row.gmail_methods)
+    return gmail_methods().permitted_by(row.allowed_scopes)
 
 
 def parse_grace(text: str) -> dt.timedelta:
@@ -192,7 +219,7 @@ def _apply_auth(session: Session, row: ApiClient, auth: ClientAuth) -> dict[str,
 def create_client(
     session: Session, tenant: Tenant, *, name: str, scopes: Iterable[str],
     ip_ranges: Iterable[str] = (), actor: str | None = None, ip: str | None = None,
-    auth: ClientAuth | None = None,
+    auth: ClientAuth | None = None, methods: Iterable[str] | None = None,
 ) -> Issued:
     """Create an API client; a secret is returned once and stored only as a digest.
 
@@ -209,12 +236,15 @@ def create_client(
         secret_sha256=digest(secret), allowed_scopes=check_scopes(scopes),
         allowed_ip_ranges=check_ranges(ip_ranges), status="active",
     )
+    row.gmail_methods = check_methods(methods, row.allowed_scopes)
     how = _apply_auth(session, row, auth or ClientAuth())
     session.add(row)
     audit.record(
         session, action="client.create", tenant_id=tenant.id, actor_type="admin", actor_id=actor,
         ip=ip, scopes=row.allowed_scopes,
-        details={"client_id": row.id, "name": name, "ip_ranges": row.allowed_ip_ranges, **how},
+        details={"client_id": row.id, "name": name, "ip_ranges": row.allowed_ip_ranges,
+                 **({"gmail_methods": row.gmail_methods} if methods is not None else {}),
+                 **how},
     )
     return Issued(row.id, secret if row.auth_method == "client_secret_basic" else "")
 
@@ -289,6 +319,25 @@ def update_client(
         },
     )
     return changes
+
+
+def set_methods(
+    session: Session, client_id: str, methods: Iterable[str] | None, *,
+    actor: str | None = None, tenant_id: uuid.UUID | None = None, ip: str | None = None,
+) -> list[str] | None:
+    """Set which Gmail methods a client may call (None: what its scopes permit); audit it."""
+    row = get_client(session, client_id, tenant_id=tenant_id)
+    after = check_methods(methods, row.allowed_scopes)
+    before = row.gmail_methods
+    if after == before:
+        return after
+    row.gmail_methods = after
+    audit.record(
+        session, action="client.set_methods", tenant_id=row.tenant_id, actor_type="admin",
+        actor_id=actor, ip=ip,
+        details={"client_id": row.id, "before": before, "after": after},
+    )
+    return after
 
 
 def list_clients(session: Session, tenant: Tenant) -> list[ApiClient]:

@@ -13,7 +13,7 @@ import hmac
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
@@ -91,6 +91,10 @@ class TokenRequest:
     scopes: list[str] | None
     min_ttl: int
     rejected_token: str | None
+    # The proxy picks the narrowest scope a Gmail method accepts among those the client may use
+    # and the user granted (None when nothing serves); jobs name theirs or get allowed ∩ granted.
+    choose: Callable[[list[str]], list[str] | None] | None = None
+    wanted: tuple[str, ...] = ()  # what `choose` picks from, for the consent URL when it fails
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,15 @@ class Refuse:
     error: BrokerError
 
 
-Decision = Serve | Refresh | Unreadable | Refuse
+@dataclass(frozen=True)
+class Checked:
+    """Every check passed; nothing to serve (a proxy token is issued, no Google token)."""
+
+    want: Want
+    user: tuple[uuid.UUID, str]
+
+
+Decision = Serve | Refresh | Unreadable | Refuse | Checked
 
 
 def refusal_details(exc: BrokerError) -> dict[str, str]:
@@ -167,7 +179,7 @@ class Handout:
 
     def __init__(
         self, app: Flask, client: ClientInfo, ip: IPAddress,
-        credential: dict[str, str] | None = None,
+        credential: dict[str, str] | None = None, action: str = "token.handout",
     ) -> None:
         self.tokens: TokenService = get_tokens(app)
         self.db = self.tokens.db
@@ -177,6 +189,10 @@ class Handout:
         self.address = ip
         # What the audit records of how the client proved itself (a certificate's thumbprint).
         self.credential = credential or {}
+        # The audit action, and what the caller adds to each row (the proxy's method id).
+        self.action = action
+        self.details: dict[str, Any] = {}
+        self.checks_only = False
         self.now = self.tokens.clock()
         self.user_id: uuid.UUID | None = None
         self.scopes: list[str] = []
@@ -190,10 +206,10 @@ class Handout:
     def _audit_refusal(self, conn: Hot, exc: BrokerError, now: dt.datetime) -> None:
         outcome = "error" if exc.status_code >= 500 else "denied"
         audit.insert_event(
-            conn, now=now, action="token.handout", tenant_id=self.client.tenant_id,
+            conn, now=now, action=self.action, tenant_id=self.client.tenant_id,
             actor_type="client", actor_id=self.client.id, ip=self.ip,
             outcome=outcome, reason=exc.error, subject_user_id=self.user_id, scopes=self.scopes,
-            details={**refusal_details(exc), **self.credential},
+            details={**self.details, **refusal_details(exc), **self.credential},
         )
 
     def _count_refusal(self, exc: BrokerError) -> None:
@@ -212,9 +228,18 @@ class Handout:
         if not self.client.admits(self.address):
             self.refuse(IpNotAllowed())
 
-    def run(self, req: TokenRequest) -> HandedOut:
-        """Apply every check in order, then serve the stored token or refresh it."""
-        started = time.monotonic()  # the refresh budget is a duration, not a wall-clock time
+    def check(self, req: TokenRequest) -> tuple[uuid.UUID, str]:
+        """Apply every check of `run` and audit the outcome, without touching a token."""
+        self.checks_only = True
+        self._check_scopes(req)
+        step = self.db.run_hot(lambda conn: self._fast(conn, req))
+        if isinstance(step, Refuse):
+            self._count_refusal(step.error)
+            raise step.error
+        assert isinstance(step, Checked)  # noqa: S101 - _decide stops there in this mode
+        return step.user
+
+    def _check_scopes(self, req: TokenRequest) -> None:
         if req.scopes is not None:
             try:
                 self.scopes = normalise(req.scopes)
@@ -225,6 +250,11 @@ class Handout:
             denied = rules.not_allowed(self.scopes, self.client.allowed_scopes)
             if denied:
                 self.refuse(ScopeNotAllowed(f"not allowed for this client: {' '.join(denied)}"))
+
+    def run(self, req: TokenRequest) -> HandedOut:
+        """Apply every check in order, then serve the stored token or refresh it."""
+        started = time.monotonic()  # the refresh budget is a duration, not a wall-clock time
+        self._check_scopes(req)
         # Autocommit: the fast path's writes are the audit insert, one atomic statement, and an
         # idempotent last_used_at update made before it, so BEGIN/COMMIT would only add trips.
         step = self.db.run_hot(lambda conn: self._fast(conn, req))
@@ -233,6 +263,8 @@ class Handout:
             raise step.error
         if isinstance(step, Unreadable):
             self._unreadable(step.want, step.granted)
+        if isinstance(step, Checked):
+            raise AssertionError("run() never stops at the checks")
         if isinstance(step, Serve):
             issued = step.issued
         else:
@@ -259,11 +291,13 @@ class Handout:
             return Refuse(exc)
         if isinstance(step, Serve):
             self._record_handout(conn, step.want, step.issued, step.last_used, self.now)
+        elif isinstance(step, Checked):
+            self._record_check(conn, step.want)
         return step
 
     def _decide(
         self, conn: Hot, req: TokenRequest, rows: Sequence[Any]
-    ) -> Serve | Refresh | Unreadable:
+    ) -> Serve | Refresh | Unreadable | Checked:
         if not rows:
             raise UnknownUser()
         first = rows[0]
@@ -278,7 +312,10 @@ class Handout:
         # What the user withholds was granted at Google but is not the jobs' to use.
         withheld: list[str] = first.withheld_scopes or []
         granted = rules.usable(first.granted_scopes or [], withheld)
-        if req.scopes is None:
+        if req.scopes is None and req.choose is not None:
+            usable = rules.requested_scopes(None, self.client.allowed_scopes, granted)
+            self.scopes = req.choose(usable) or []  # none: refused below, as not granted
+        elif req.scopes is None:
             self.scopes = rules.requested_scopes(None, self.client.allowed_scopes, granted)
         if first.connection_id is None or first.status == "revoked":
             wanted = self.scopes or list(self.client.allowed_scopes)
@@ -293,7 +330,7 @@ class Handout:
                                  reauth_url=self.url("/connections/connect", granted))
         missing = rules.not_granted(self.scopes, granted) if self.scopes else []
         if missing or not self.scopes:
-            wanted = missing or list(self.client.allowed_scopes)
+            wanted = missing or list(req.wanted or self.client.allowed_scopes)
             held = rules.withheld_among(wanted, withheld)
             absent = sorted(set(wanted) - set(held))
             said = [f"withheld by the user: {' '.join(held)}"] if held else []
@@ -309,6 +346,8 @@ class Handout:
             allow_broader=first.allow_broader_tokens, actor_id=self.client.id, ip=self.ip,
         )
         user, last_used = (first.user_id, first.email), first.last_used_at
+        if self.checks_only:
+            return Checked(want, user)
         found = next((r for r in rows if r.scope_key == key), None)
         if found is None:
             return Refresh(want, user, last_used)
@@ -368,16 +407,26 @@ class Handout:
         self._count_refusal(exc)
         raise exc
 
+    def _record_check(self, conn: Hot, want: Want) -> None:
+        """Audit checks that passed (a proxy token issued): no token, no last use."""
+        conn.execute(audit.INSERT, audit.event_values({
+            "action": self.action, "tenant_id": self.client.tenant_id,
+            "actor_type": "client", "actor_id": self.client.id, "ip": self.ip,
+            "subject_user_id": want.user_id, "scopes": want.scopes,
+            "details": {**self.details, **self.credential},
+        }, self.now))
+
     def _record_handout(
         self, conn: Hot, want: Want, issued: Issued, last_used: dt.datetime | None,
         now: dt.datetime,
     ) -> None:
         """Audit the hand-out at `now`; if this write fails, no token leaves the broker."""
         event = audit.event_values({
-            "action": "token.handout", "tenant_id": self.client.tenant_id,
+            "action": self.action, "tenant_id": self.client.tenant_id,
             "actor_type": "client", "actor_id": self.client.id, "ip": self.ip,
             "subject_user_id": want.user_id, "scopes": issued.scopes,
-            "details": {"expires_at": issued.expires_at.isoformat(), **self.credential},
+            "details": {**self.details, "expires_at": issued.expires_at.isoformat(),
+                        **self.credential},
         }, now)
         before = self.now - LAST_USED_EVERY
         if last_used is not None and last_used >= before:  # written within the minute

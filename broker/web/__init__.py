@@ -16,7 +16,8 @@ CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors '
 HSTS = "max-age=31536000; includeSubDomains"
 # Probes, metrics, the API, metadata and the RISC receiver answer on any host: load balancers,
 # jobs and Google call them directly.
-ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/", "/risc/")
+ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/", "/risc/",
+                  "/proxy/")
 CALLBACK_PATHS = ("/auth/callback", "/connections/callback")
 
 
