@@ -100,13 +100,15 @@ UpstreamUnavailableError = _error_class("upstream_unavailable")
 BrokerMisconfiguredError = _error_class("broker_misconfigured")
 DatabaseUnavailableError = _error_class("database_unavailable")
 KeyServiceUnavailableError = _error_class("key_service_unavailable")
+MethodNotAllowedError = _error_class("method_not_allowed")
+InvalidTokenError = _error_class("invalid_token")
 ERRORS: dict[str, type[BrokerAPIError]] = {
     cls.error: cls for cls in (
         InvalidClientError, IpNotAllowedError, RateLimitedError, InvalidRequestError,
         ScopeNotAllowedError, UnknownUserError, UserSuspendedError, LoginRequiredError,
         NotConnectedError, ReauthRequiredError, ScopeNotGrantedError,
         UpstreamUnavailableError, BrokerMisconfiguredError, DatabaseUnavailableError,
-        KeyServiceUnavailableError,
+        KeyServiceUnavailableError, MethodNotAllowedError, InvalidTokenError,
     )
 }
 
@@ -124,6 +126,20 @@ class Token:
 
     def __repr__(self) -> str:
         return f"Token(email={self.email!r}, scopes={self.scopes}, expires_at={self.expires_at})"
+
+
+@dataclass(frozen=True)
+class ProxyToken:
+    """A proxy token: good only at the broker's /proxy/, for one user, for minutes."""
+
+    proxy_token: str
+    expires_at: dt.datetime
+    proxy_url: str
+    user_id: str
+    email: str
+
+    def __repr__(self) -> str:
+        return f"ProxyToken(email={self.email!r}, expires_at={self.expires_at})"
 
 
 class BrokerClient:
@@ -164,11 +180,39 @@ class BrokerClient:
             body["scopes"] = scopes
         if rejected_token is not None:
             body["rejected_token"] = rejected_token
+        data = self._post("/api/v1/token", body)
+        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+        return Token(data["access_token"], expires_at, int(data["expires_in"]),
+                     list(data["scopes"]), data["user"]["id"], data["user"]["email"])
+
+    def proxy_token(self, user: str, ttl: int | None = None) -> ProxyToken:
+        """Return a proxy token for `user` (Gmail through the broker; no Google token)."""
+        body: dict[str, Any] = {"user": user}
+        if ttl is not None:
+            body["ttl"] = ttl
+        data = self._post("/api/v1/proxy/token", body)
+        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+        return ProxyToken(data["proxy_token"], expires_at, data["proxy_url"],
+                          data["user"]["id"], data["user"]["email"])
+
+    def proxy_credentials(self, user: str) -> Any:
+        """Return google-auth Credentials for Gmail through the broker, as `user`.
+
+        Use with `build("gmail", "v1", credentials=creds,
+        client_options={"api_endpoint": creds.proxy_url})` and `userId="me"`.
+        """
+        if _google_credentials is None:  # pragma: no cover - needs the sdk extra
+            raise RuntimeError("proxy_credentials needs google-auth (pip install "
+                               "gmail-token-broker[sdk])")
+        return BrokerProxyCredentials(self, user)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST JSON as this client; return the answer or raise its BrokerAPIError."""
         if self._auth is None:
             body["client_id"] = self.client_id  # RFC 8705: the certificate names no client
         try:
             response = self.http.post(
-                self.base_url + "/api/v1/token", json=body,
+                self.base_url + path, json=body,
                 auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
@@ -181,9 +225,7 @@ class BrokerClient:
             retry = response.headers.get("Retry-After", "")
             cls = ERRORS.get(str(data.get("error")), BrokerAPIError)
             raise cls(response.status_code, data, int(retry) if retry.isdigit() else None)
-        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
-        return Token(data["access_token"], expires_at, int(data["expires_in"]),
-                     list(data["scopes"]), data["user"]["id"], data["user"]["email"])
+        return data
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
@@ -235,6 +277,37 @@ if _google_credentials is not None:
             self.token = token.access_token
             # google-auth compares expiry with a naive UTC now.
             self.expiry = token.expires_at.astimezone(dt.UTC).replace(tzinfo=None)
+
+        def apply(self, headers: dict[str, str], token: str | None = None) -> None:
+            """Add the bearer header."""
+            headers["authorization"] = f"Bearer {token or self.token}"
+
+    class BrokerProxyCredentials(_google_credentials.Credentials):
+        """google-auth Credentials carrying a proxy token: Gmail through the broker.
+
+        The job never holds a Google token; google-auth calls refresh() on expiry or a 401,
+        which fetches a new proxy token.
+        """
+
+        def __init__(self, client: BrokerClient, user: str) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            self.client = client
+            self.user = user
+            self.proxy_url = client.base_url + "/proxy/"
+
+        def refresh(self, request: Any) -> None:
+            """Fetch a proxy token from the broker."""
+            try:
+                issued = self.client.proxy_token(self.user)
+            except BrokerAPIError as exc:
+                raise _google_exceptions.RefreshError(  # type: ignore[no-untyped-call]
+                    str(exc), exc
+                ) from exc
+            self.token = issued.proxy_token
+            self.proxy_url = issued.proxy_url
+            # Renewed a minute early, so a call never leaves with a token about to lapse.
+            self.expiry = (issued.expires_at - dt.timedelta(seconds=60)).astimezone(
+                dt.UTC).replace(tzinfo=None)
 
         def apply(self, headers: dict[str, str], token: str | None = None) -> None:
             """Add the bearer header."""
