@@ -76,7 +76,10 @@ def proxied(rest: str) -> WerkzeugResponse:
     request.max_content_length = MAX_BODY
     length = request.content_length
     body: bytes | Callable[[], Iterator[bytes]]
-    if length is not None and length <= REPLAY_MAX:
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if length is None and not chunked:
+        body = b""  # no body (a GET): nothing to stream, and the call can be sent again
+    elif length is not None and length <= REPLAY_MAX:
         body = request.get_data(cache=False)
     else:
         stream = request.stream

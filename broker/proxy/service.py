@@ -276,8 +276,9 @@ class Proxy:
             self._finish(call, slot, "ok")
 
         headers = response_headers(upstream.headers.multi_items(), (self.base, self.public))
-        response = Response(chunks(), status=upstream.status_code, headers=headers,
-                            direct_passthrough=True)
+        # Not direct_passthrough: werkzeug then wraps the body so the server's close() reaches
+        # `close`, whether or not the body was read (a client gone, a HEAD).
+        response = Response(chunks(), status=upstream.status_code, headers=headers)
         response.call_on_close(close)
         return response
 

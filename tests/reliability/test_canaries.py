@@ -306,6 +306,26 @@ def _hand_outs(run: Run) -> None:
     ]
     assert [r.status_code for r in refusals] == [401, 403, 404, 400, 400], [
         (r.status_code, r.json) for r in refusals]
+    _proxied(run, api, auth)
+
+
+def _proxied(run: Run, api: Any, auth: dict[str, str]) -> None:
+    """Call Gmail through the broker: by proxy token, by client credentials, after a 401."""
+    issued = api.post("/api/v1/proxy/token", json={"user": ADMIN}, headers=auth)
+    assert issued.status_code == 200, issued.json
+    run.canaries.add("proxy token", issued.json["proxy_token"])
+    bearer = {"Authorization": "Bearer " + issued.json["proxy_token"]}
+    # buffered: the test client closes the answer, which a server does when it is sent.
+    assert api.get("/proxy/gmail/v1/users/me/profile", headers=bearer,
+                   buffered=True).status_code == 200
+    assert api.get(f"/proxy/gmail/v1/users/{ADMIN}/profile", headers=auth,
+                   buffered=True).status_code == 200
+    run.emulator.expire(ADMIN)  # Gmail answers 401: the broker refreshes and sends once more
+    again = api.get("/proxy/gmail/v1/users/me/profile", headers=bearer, buffered=True)
+    assert again.status_code == 200, again.data
+    denied = api.post("/proxy/gmail/v1/users/me/messages/send", json={"raw": "x"},
+                      headers=bearer)
+    assert denied.status_code == 403 and denied.json["error"] == "method_not_allowed"
 
 
 def _disconnect_and_read(run: Run, metrics_token: str) -> list[str]:
@@ -321,7 +341,8 @@ def _disconnect_and_read(run: Run, metrics_token: str) -> list[str]:
     csv = browser.get("/admin/audit/export.csv")
     assert audit.status_code == 200 and csv.status_code == 200
     body = csv.get_data(as_text=True)
-    for action in ("signin", "connection.connect", "token.handout", "token.refresh"):
+    for action in ("signin", "connection.connect", "token.handout", "token.refresh",
+                   "proxy.token", "proxy.call", "proxy.result"):
         assert action in body, action
     return [metrics.get_data(as_text=True), audit.get_data(as_text=True), body]
 
@@ -353,8 +374,10 @@ def _response_leaks(run: Run) -> list[str]:
     for n, ex in enumerate(run.recorder.exchanges):
         where = f"response {n} ({ex.method} {ex.path} {ex.status})"
         handed_out = ex.path == TOKEN_PATH and ex.status == 200
+        proxy_token = ex.path == "/api/v1/proxy/token" and ex.status == 200
         text = ex.body.decode("utf-8", "replace")
-        leaks += run.canaries.leaks(where + " body", text, allowed=[ACCESS] if handed_out else [])
+        allowed = [ACCESS] if handed_out else ["proxy token"] if proxy_token else []
+        leaks += run.canaries.leaks(where + " body", text, allowed=allowed)
         for name, value in ex.headers:
             cookie = [COOKIE] if name.lower() == "set-cookie" else []
             leaks += run.canaries.leaks(f"{where} header {name}", value, allowed=cookie)
