@@ -12,6 +12,8 @@ import json
 from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import PathConverter
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from broker.api import json_errors
@@ -62,7 +64,20 @@ def _admit() -> tuple[Handout, ProxyGrant | None]:
     return admit("proxy.call", by_token), grant[0]
 
 
-@bp.route("/proxy/<path:rest>", methods=METHODS, merge_slashes=False, strict_slashes=False)
+class AnyPath(PathConverter):
+    """Everything after /proxy/, control characters too, so the egress check sees and refuses
+    them with its own answer rather than the router's 404."""
+
+    regex = r"[\s\S]*?"
+    part_isolating = False  # it spans slashes (werkzeug guesses from a literal / in regex)
+
+
+@bp.record_once
+def _converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters["anypath"] = AnyPath
+
+
+@bp.route("/proxy/<anypath:rest>", methods=METHODS, merge_slashes=False, strict_slashes=False)
 def proxied(rest: str) -> WerkzeugResponse:
     """Forward one Gmail call under the client's policy; never the Google token."""
     proxy = get_proxy(current_app._get_current_object())  # type: ignore[attr-defined]
