@@ -15,7 +15,7 @@ from broker.db import get_db
 from broker.models import AuditEvent
 from broker.tenancy import clients
 from tests.plugins.emulator import EmulatorControls
-from tests.plugins.world import READONLY, World, broker_config, make_world  # noqa: F401
+from tests.plugins.world import READONLY, World, broker_config
 
 PROFILE = "/proxy/gmail/v1/users/me/profile"
 
