@@ -1,4 +1,4 @@
-"""`python -m bench all|fastpath|size|stampede|worker|overview|mtls|profile|crash|keys`: figures.
+"""`python -m bench all|fastpath|size|stampede|worker|overview|mtls|profile|proxy|crash|keys`.
 
 `all` runs every scenario but `crash`, the long crash-consistency run, and `keys` (file vs HSM
 master, it needs SoftHSM2), which are asked for alone.
@@ -38,6 +38,12 @@ def _profile(r: run.Run) -> dict[str, Any]:
     return profile(r)
 
 
+def _proxy(r: run.Run) -> dict[str, Any]:
+    from bench.proxy import proxy
+
+    return proxy(r)
+
+
 def _keys(r: run.Run) -> dict[str, Any]:
     from bench.keys import keys
 
@@ -48,10 +54,10 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     """Read the scenario names and options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="+",
-                        choices=["all", *SCENARIOS, "profile", "crash", "keys"],
+                        choices=["all", *SCENARIOS, "profile", "crash", "keys", "proxy"],
                         metavar="SCENARIO",
                         help="all, fastpath, size, stampede, worker, overview, mtls, profile, "
-                             "crash or keys")
+                             "proxy, crash or keys")
     parser.add_argument("--quick", action="store_true",
                         help="short runs, one round, big N of 100,000 (for development)")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
@@ -59,10 +65,12 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     parser.add_argument("--big-n", type=int, help="connections in the size scenario's big set")
     parser.add_argument("--workers", type=int, default=0, help="gunicorn workers (all servers)")
     parser.add_argument("--threads", type=int, default=0, help="gunicorn threads per worker")
+    parser.add_argument("--worker-class", choices=["gevent", "gthread"], default="",
+                        help="gunicorn worker class (default: what `broker serve` picks)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)
     options = run.Options(quick=args.quick, workers=args.workers, threads=args.threads,
-                          keep=args.keep)
+                          keep=args.keep, worker_class=args.worker_class)
     if args.quick:
         options.duration, options.warmup, options.rounds, options.big_n = 5.0, 1.0, 1, 100_000
     options.duration = args.duration or options.duration
@@ -70,7 +78,7 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     options.big_n = args.big_n or options.big_n
     names = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
     if "all" in args.scenarios:
-        names += ["profile", *(n for n in args.scenarios if n == "crash")]
+        names += ["profile", "proxy", *(n for n in args.scenarios if n == "crash")]
     return list(dict.fromkeys(names)), options
 
 
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             if stale:
                 current.log(f"dropped databases of dead runs: {', '.join(stale)}")
             for name in names:
-                extra = {"profile": _profile, "crash": _crash, "keys": _keys}
+                extra = {"profile": _profile, "crash": _crash, "keys": _keys,
+                         "proxy": _proxy}
                 scenario = extra.get(name) or SCENARIOS[name]
                 current.results[name] = scenario(current)
             current.results["memory"] = run.rss(current)

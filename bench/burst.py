@@ -25,7 +25,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def request_bytes(spec: dict[str, Any]) -> bytes:
-    """Return the raw HTTP/1.1 request every connection sends."""
+    """Return the raw HTTP/1.1 request a connection sends: a JSON POST, or a GET when the
+    spec has no body."""
+    if "body" not in spec:
+        return (f"GET {spec['path']} HTTP/1.1\r\nHost: {spec['host']}:{spec['port']}\r\n"
+                f"Authorization: {spec['authorization']}\r\nConnection: close\r\n\r\n"
+                ).encode()
     body = json.dumps(spec["body"]).encode()
     head = (
         f"POST {spec['path']} HTTP/1.1\r\nHost: {spec['host']}:{spec['port']}\r\n"
@@ -56,9 +61,11 @@ async def _one(spec: dict[str, Any], start: asyncio.Event, payload: bytes) -> tu
 
 async def burst(spec: dict[str, Any]) -> dict[str, Any]:
     """Open every connection, release every request together, and summarise the answers."""
-    payload = request_bytes(spec)
+    # `requests`: per-connection variations (path, authorization), taken in turn.
+    variants = [request_bytes({**spec, **v}) for v in spec.get("requests", [{}])]
     start = asyncio.Event()
-    tasks = [asyncio.create_task(_one(spec, start, payload)) for _ in range(spec["count"])]
+    tasks = [asyncio.create_task(_one(spec, start, variants[n % len(variants)]))
+             for n in range(spec["count"])]
     await asyncio.sleep(spec.get("connect_seconds", 2.0))
     released = time.perf_counter()
     start.set()

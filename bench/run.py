@@ -17,7 +17,7 @@ from bench import data, load
 from bench.data import TenantInfo
 from bench.load import Result
 from bench.stack import Process, Stack, memory
-from broker.server import sensible_workers
+from broker.server import default_worker_class, sensible_workers
 
 SMALL_N = 1_000
 TENANTS = 10
@@ -35,9 +35,11 @@ class Options:
     workers: int = 0
     threads: int = 0
     keep: bool = False
+    worker_class: str = ""
 
     def __post_init__(self) -> None:
-        default_workers, default_threads = sensible_workers(False, None, None)
+        self.worker_class = self.worker_class or default_worker_class(False)
+        default_workers, default_threads = sensible_workers(False, None, None, self.worker_class)
         self.workers = self.workers or default_workers
         self.threads = self.threads or default_threads
 
@@ -98,7 +100,8 @@ class Run:
         """Serve the broker on a dataset's database with the run's gunicorn settings."""
         env = self.stack.broker_env(dataset.name, self.emulator())
         proc = self.stack.gunicorn(f"broker-{label}", "broker.wsgi:app", env,
-                                   workers or self.options.workers, self.options.threads)
+                                   workers or self.options.workers, self.options.threads,
+                                   self.options.worker_class)
         self.brokers[label] = proc
         return proc
 
@@ -109,7 +112,8 @@ class Run:
             self.broker("small", self.small)
             env = self.stack.broker_env(self.small.name, self.emulator())
             self.floor = self.stack.gunicorn("floor", "bench.floor:app", env,
-                                             self.options.workers, self.options.threads)
+                                             self.options.workers, self.options.threads,
+                                             self.options.worker_class)
             self.broker_ok = preflight(self, self.brokers["small"].url, self.small)
         return self.small
 

@@ -247,11 +247,12 @@ class Stack:
         return env
 
     def gunicorn(
-        self, name: str, app: str, env: Mapping[str, str], workers: int, threads: int
+        self, name: str, app: str, env: Mapping[str, str], workers: int, threads: int,
+        worker_class: str = "gthread",
     ) -> Process:
         """Serve a WSGI app with `broker serve`'s gunicorn command line and settings."""
         port = free_port()
-        argv = gunicorn_argv(HOST, port, workers, threads)
+        argv = gunicorn_argv(HOST, port, workers, threads, worker_class)
         argv[-1] = app
         env = dict(env)
         # As `broker serve` does: prometheus-client's multiprocess mode with a fresh folder.

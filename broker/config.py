@@ -113,6 +113,7 @@ class Settings:
     PROXY_TOKEN_TTL: int = _setting(600, int)
     PROXY_IDLE_TIMEOUT: float = _setting(60.0, float)
     PROXY_TOTAL_TIMEOUT: float = _setting(600.0, float)
+    PROXY_TURNS: int = _setting(4, int)
     REDIS_KEY_PREFIX: str = _setting("broker")
     DB_POOL_SIZE: int = _setting(10, int)
     DB_MAX_OVERFLOW: int = _setting(10, int)
@@ -262,7 +263,7 @@ def validate(settings: Settings) -> list[str]:
     for name in ("REFRESH_BUDGET", "GOOGLE_TIMEOUT", "KEY_SERVICE_TIMEOUT", "SEAL_BLOCK",
                  "SEAL_ROTATE_THRESHOLD", "DB_POOL_SIZE", "GMAIL_USER_QUOTA",
                  "GMAIL_PROJECT_QUOTA", "GMAIL_USER_CONCURRENCY", "PROXY_IDLE_TIMEOUT",
-                 "PROXY_TOTAL_TIMEOUT"):
+                 "PROXY_TOTAL_TIMEOUT", "PROXY_TURNS"):
         if getattr(settings, name) <= 0:
             problems.append(f"BROKER_{name}: must be positive")
     for name in ("DB_MAX_OVERFLOW", "DB_PING_IDLE"):

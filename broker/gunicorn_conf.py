@@ -14,6 +14,9 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)ss'  # %(U)s: path, no query string
 graceful_timeout = 10
 timeout = 60
+# Seconds an idle connection is kept (gunicorn's default 2 s also bounds the wait for a new
+# connection's first request under gevent): load balancers and pooled clients open early.
+keepalive = 5
 
 
 def child_exit(_server: Any, worker: Any) -> None:
@@ -35,7 +38,6 @@ def on_exit(_server: Any) -> None:
 
 # How often a worker re-reads the client CAs and pinned certificates of every tenant.
 CLIENT_CA_REFRESH = 30.0
-_tls_lock = threading.Lock()
 _tls: dict[str, Any] = {"context": None, "checked": 0.0, "seen": set(), "db": None}
 log = logging.getLogger("broker.mtls")
 
@@ -48,7 +50,9 @@ def ssl_context(_conf: Any, default_ssl_context_factory: Any) -> ssl.SSLContext:
     registered after start is trusted without a restart. Which client a certificate proves is
     decided by the broker against that client's own CA, not here.
     """
-    with _tls_lock:
+    # Made in the worker on first use, never in the arbiter at import: under gevent a lock from
+    # before the monkey-patching would block the whole worker while a greenlet reads the CAs.
+    with _tls.setdefault("lock", threading.Lock()):
         context: ssl.SSLContext | None = _tls["context"]
         if context is None:
             context = default_ssl_context_factory()

@@ -71,6 +71,10 @@ def configure(level: str = "INFO") -> None:
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: a JSON line per proxied Gmail call and per refresh,
+    # which our own audit and metrics already record (and which costs CPU per call).
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # authlib logs PKCE verifiers and issued tokens at DEBUG.
     logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLevelName(level)))
     for existing in root.handlers:

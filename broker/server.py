@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import shutil
@@ -36,22 +37,50 @@ def bind_problem(host: str, behind_proxy: bool) -> str | None:
     return UNBUFFERED.format(host=host)
 
 
-def sensible_workers(sqlite: bool, workers: int | None, threads: int | None) -> tuple[int, int]:
-    """Pick workers and threads: one process on SQLite, else two per core."""
+# Greenlets per gevent worker: proxied Gmail calls wait 100 ms to seconds each, so a box must
+# hold hundreds in flight; a waiting greenlet costs a few kilobytes, a thread a stack.
+GEVENT_CONNECTIONS = 1000
+
+
+def has_gevent() -> bool:
+    """Say whether gevent is installed (it is a dependency; a trimmed install may lack it)."""
+    return importlib.util.find_spec("gevent") is not None
+
+
+def default_worker_class(sqlite: bool) -> str:
+    """Return gevent on PostgreSQL when installed, else gthread (SQLite: one writer anyway)."""
+    return "gevent" if not sqlite and has_gevent() else "gthread"
+
+
+def sensible_workers(
+    sqlite: bool, workers: int | None, threads: int | None, worker_class: str = "gthread"
+) -> tuple[int, int]:
+    """Pick workers and threads (greenlets under gevent): one process on SQLite; else one
+    per core under gevent (each runs one thread: no GIL contention), two per core threaded."""
     if sqlite:
         return 1, threads or 8
-    return workers or max(2, (os.cpu_count() or 1) * 2), threads or 4
+    cores = os.cpu_count() or 1
+    if worker_class == "gevent":
+        return workers or max(2, cores), threads or GEVENT_CONNECTIONS
+    return workers or max(2, cores * 2), threads or 4
 
 
-def gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
-    """Return the gunicorn command line; the access log format carries no query string."""
+def gunicorn_argv(
+    host: str, port: int, workers: int, threads: int, worker_class: str = "gthread"
+) -> list[str]:
+    """Return the gunicorn command line; the access log format carries no query string.
+
+    Under gevent, `threads` is the greenlets (connections) per worker.
+    """
+    per_worker = (["--worker-connections", str(threads)] if worker_class == "gevent"
+                  else ["--threads", str(threads)])
     return [
         sys.executable, "-m", "gunicorn",
         "--config", "python:broker.gunicorn_conf",
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
-        "--threads", str(threads),
-        "--worker-class", "gthread",
+        *per_worker,
+        "--worker-class", worker_class,
         "broker.wsgi:app",
     ]
 
@@ -65,23 +94,28 @@ class MtlsListener:
     key: str
 
 
-def mtls_argv(host: str, listener: MtlsListener, workers: int, threads: int) -> list[str]:
+def mtls_argv(
+    host: str, listener: MtlsListener, workers: int, threads: int, worker_class: str = "gthread"
+) -> list[str]:
     """Return the command line of the mTLS listener (gunicorn_conf.ssl_context does the rest)."""
-    argv = gunicorn_argv(host, listener.port, workers, threads)
+    argv = gunicorn_argv(host, listener.port, workers, threads, worker_class)
     return [*argv[:-1], "--certfile", listener.cert, "--keyfile", listener.key,
             "--cert-reqs", "1", argv[-1]]  # 1: CERT_OPTIONAL, so Basic still works there
 
 
 def run_gunicorn_pair(
-    host: str, port: int, listener: MtlsListener, workers: int, threads: int
+    host: str, port: int, listener: MtlsListener, workers: int, threads: int,
+    worker_class: str = "gthread",
 ) -> int:
     """Run the plain and the mTLS listener as children; stop both when either stops."""
     metrics_dir = tempfile.mkdtemp(prefix="broker-pair-metrics-")  # gunicorn_conf leaves it
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     sys.stdout.flush()
     children = [
-        subprocess.Popen(gunicorn_argv(host, port, workers, threads), env=env),  # noqa: S603
-        subprocess.Popen(mtls_argv(host, listener, workers, threads), env=env),  # noqa: S603
+        subprocess.Popen(  # noqa: S603 - our own gunicorn
+            gunicorn_argv(host, port, workers, threads, worker_class), env=env),
+        subprocess.Popen(  # noqa: S603 - our own gunicorn
+            mtls_argv(host, listener, workers, threads, worker_class), env=env),
     ]
 
     def forward(signum: int, _frame: object) -> None:
@@ -103,9 +137,11 @@ def run_gunicorn_pair(
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+def run_gunicorn(
+    host: str, port: int, workers: int, threads: int, worker_class: str = "gthread"
+) -> None:
     """Replace this process with gunicorn, metrics shared through a fresh multiprocess dir."""
     # prometheus-client picks its mode at import: the variable must exist before any import.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="broker-metrics-")
     sys.stdout.flush()
-    os.execv(sys.executable, gunicorn_argv(host, port, workers, threads))  # noqa: S606 - our own gunicorn
+    os.execv(sys.executable, gunicorn_argv(host, port, workers, threads, worker_class))  # noqa: S606 - our own gunicorn

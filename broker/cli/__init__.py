@@ -140,8 +140,12 @@ def db_downgrade(revision: str) -> None:
               help="TCP port to listen on")
 @click.option("--workers", type=click.IntRange(1, 64),
               help="gunicorn worker processes (default: two per core; one on SQLite)")
-@click.option("--threads", type=click.IntRange(1, 256),
-              help="threads per worker (default: 4; 8 on SQLite)")
+@click.option("--threads", type=click.IntRange(1, 5000),
+              help="threads per worker (default: 4; 8 on SQLite); under gevent, greenlets "
+                   "(connections) per worker (default: 1000)")
+@click.option("--worker-class", type=click.Choice(["gevent", "gthread"]),
+              help="gevent (default on PostgreSQL: hundreds of proxied Gmail calls in flight "
+                   "per worker) or gthread (default on SQLite)")
 @click.option("--dev", is_flag=True, help="Flask's development server (never in production)")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, readable=True),
               envvar="BROKER_TLS_CERT",
@@ -157,8 +161,8 @@ def db_downgrade(revision: str) -> None:
               help="a buffering reverse proxy fronts this server (needed to bind a public "
                    "address; also BROKER_BEHIND_PROXY=on)")
 def serve(
-    host: str, port: int, workers: int | None, threads: int | None, dev: bool,
-    tls_cert: str | None, tls_key: str | None, mtls_port: int | None, behind_proxy: bool,
+    host: str, port: int, workers: int | None, threads: int | None, worker_class: str | None,
+    dev: bool, tls_cert: str | None, tls_key: str | None, mtls_port: int | None, behind_proxy: bool,
 ) -> None:
     """Serve the broker with gunicorn (or Flask's development server with --dev).
 
@@ -169,6 +173,7 @@ def serve(
     from broker.keys import get_keys
     from broker.server import (
         bind_problem,
+        default_worker_class,
         run_gunicorn,
         run_gunicorn_pair,
         sensible_workers,
@@ -189,13 +194,16 @@ def serve(
     if sqlite and workers and workers > 1:
         click.echo("SQLite: serving with one worker process and threads (asked for "
                    f"{workers}); use PostgreSQL for more processes", err=True)
-    n_workers, n_threads = sensible_workers(sqlite, workers, threads)
-    click.echo(f"broker on http://{host}:{port} ({n_workers} workers x {n_threads} threads)")
+    kind = worker_class or default_worker_class(sqlite)
+    n_workers, n_threads = sensible_workers(sqlite, workers, threads, kind)
+    each = "greenlets" if kind == "gevent" else "threads"
+    click.echo(f"broker on http://{host}:{port} ({n_workers} {kind} workers x {n_threads} "
+               f"{each})")
     if listener is None:
-        run_gunicorn(host, port, n_workers, n_threads)
+        run_gunicorn(host, port, n_workers, n_threads, kind)
         return
     click.echo(f"mTLS listener on https://{host}:{listener.port} (TLS 1.3, client certificates)")
-    sys.exit(run_gunicorn_pair(host, port, listener, n_workers, n_threads))
+    sys.exit(run_gunicorn_pair(host, port, listener, n_workers, n_threads, kind))
 
 
 def _mtls_listener(

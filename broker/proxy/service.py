@@ -76,6 +76,11 @@ class Proxy:
         self.tokens = ProxyTokens(str(app.config["SECRET_KEY"]))
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
+        # Proxied calls take turns at their CPU and database work (BROKER_PROXY_TURNS per
+        # process; the wait on Gmail is outside): with hundreds in flight under gevent, a crowd
+        # would starve the few holding a pooled connection until checkout timed out, and the
+        # token hand-out behind them. Hand-outs never wait for a turn.
+        self.db_turn = threading.BoundedSemaphore(settings.PROXY_TURNS)
 
     @property
     def http(self) -> httpx.Client:
@@ -168,10 +173,11 @@ class Proxy:
                               credential=handout.credential, action=handout.action)
             handout.details = {**call.handout.details, "retry": "after_401"}
         wanted = tuple(s for s in method.scopes if s in handout.client.allowed_scopes)
-        issued = handout.run(TokenRequest(
-            user=call.user, scopes=None, min_ttl=60, rejected_token=rejected,
-            choose=self.chooser(call.egress), wanted=wanted,
-        ))
+        with self.db_turn:
+            issued = handout.run(TokenRequest(
+                user=call.user, scopes=None, min_ttl=60, rejected_token=rejected,
+                choose=self.chooser(call.egress), wanted=wanted,
+            ))
         call.attempts += 1
         metrics.PROXY_UNITS.labels(tenant=str(handout.client.tenant_id)).inc(method.cost)
         return handout, issued.token.access_token
@@ -296,12 +302,13 @@ class Proxy:
                    "latency_ms": round((time.monotonic() - call.started) * 1000, 1),
                    "attempts": call.attempts}
         try:
-            handout.db.run(lambda conn: audit.insert_event(
-                conn, now=now, action="proxy.result", tenant_id=handout.client.tenant_id,
-                actor_type="client", actor_id=handout.client.id, ip=handout.ip,
-                outcome="ok" if outcome == "ok" else "error", reason=None if outcome == "ok"
-                else outcome, subject_user_id=handout.user_id, details=details,
-            ))
+            with self.db_turn:
+                handout.db.run_hot(lambda conn: audit.insert_event(
+                    conn, now=now, action="proxy.result", tenant_id=handout.client.tenant_id,
+                    actor_type="client", actor_id=handout.client.id, ip=handout.ip,
+                    outcome="ok" if outcome == "ok" else "error", reason=None if outcome == "ok"
+                    else outcome, subject_user_id=handout.user_id, details=details,
+                ))
         except Exception:  # the call already went out with its row; never fail the answer now
             log.exception("proxy result not audited", extra={"event": "proxy_audit"})
 
