@@ -128,7 +128,7 @@ def proxy(run: Run) -> dict[str, Any]:
     broker_pids, emulator_pids = _pids(broker), _pids(emulator_proc)
     out: dict[str, Any] = {"users": USERS, "worker_class": run.options.worker_class,
                            "workers": run.options.workers, "threads": run.options.threads}
-    for target, url, script in (("direct", emulator_url, direct), ("proxy", broker.url, proxied)):
+    for _target, url, script in (("direct", emulator_url, direct), ("proxy", broker.url, proxied)):
         load.run_wrk("warmup", url, script, 32, run.options.warmup)
     runs: dict[str, list[Result]] = {}
     cpu: dict[str, list[list[float]]] = {}
