@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response
 
 from broker.db import get_db
 from broker.errors import Conflict, InvalidRequest
+from broker.google import gmail_methods
 from broker.scopes import GMAIL_SCOPES
 from broker.tenancy import clients as client_service
 from broker.tenancy import policy, tenants
@@ -125,9 +126,28 @@ def _edit_page(client_id: str, form: dict[str, object] | None = None,
     if form is None:
         form = {"scopes": list(row.allowed_scopes),
                 "ip_ranges": "\n".join(row.allowed_ip_ranges)}
+    table = gmail_methods()
     return render_template("admin/client.html", client=row, gmail_scopes=GMAIL_SCOPES,
                            form=form, error=error, ca=ca, pinned=pinned,
-                           match_labels=MATCH_LABELS)
+                           match_labels=MATCH_LABELS,
+                           permitted=table.permitted_by(row.allowed_scopes),
+                           methods=client_service.allowed_methods(row))
+
+
+@bp.post("/<client_id>/methods")
+def set_methods(client_id: str) -> Response | tuple[str, int]:
+    """Set the Gmail methods the client may call through /proxy/ (or go back to its scopes')."""
+    chosen = None if request.form.get("default") else request.form.getlist("methods")
+    try:
+        with get_db().transaction() as session:
+            client_service.set_methods(
+                session, client_id, chosen, tenant_id=access.tenant_id(),
+                actor=access.actor(), ip=access.ip(),
+            )
+    except InvalidRequest as refused:
+        return _edit_page(client_id, error=f"Methods not saved: {refused.description}"), 400
+    access.forget_cached_clients()
+    return access.done("Gmail methods saved.", "admin.clients.edit", client_id=client_id)
 
 
 @bp.get("/<client_id>")

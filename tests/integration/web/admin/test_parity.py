@@ -111,6 +111,11 @@ CASES = [
     Case("client.disable", _client,
          lambda s: ["client", "disable", s["id"]],
          lambda b, s: b.post(f"/admin/clients/{s['id']}/disable")),
+    Case("client.set_methods", _client,
+         lambda s: ["client", "set-methods", s["id"], "--method", "gmail.users.messages.list",
+                    "--method", "gmail.users.getProfile"],
+         lambda b, s: b.post(f"/admin/clients/{s['id']}/methods", {
+             "methods": ["gmail.users.messages.list", "gmail.users.getProfile"]})),
     Case("webhook.create", _invitee,
          lambda s: ["webhook", "add", HOOK_URL, "--tenant", s["slug"], "--event",
                     "connection.revoked"],
