@@ -68,6 +68,40 @@ TOKEN_RESPONSE = {
         "scopes": {"type": "array", "items": {"type": "string"}}, "user": USER,
     },
 }
+PROXY_TOKEN_REQUEST = {
+    "type": "object", "required": ["user"], "additionalProperties": False,
+    "properties": {
+        "user": {"type": "string", "minLength": 1, "maxLength": 320,
+                 "description": "email address or user id"},
+        "ttl": {"type": "integer", "minimum": 60, "maximum": 3600,
+                "description": "seconds the proxy token lives (at most BROKER_PROXY_TOKEN_TTL, "
+                               "its default)"},
+        "client_id": {"type": "string", "maxLength": 64,
+                      "description": "with a client certificate: the client it authenticates"},
+    },
+}
+PROXY_TOKEN_RESPONSE = {
+    "type": "object", "additionalProperties": False,
+    "required": ["proxy_token", "token_type", "expires_at", "expires_in", "proxy_url", "user"],
+    "properties": {
+        "proxy_token": {"type": "string", "description": "opaque; good only at proxy_url"},
+        "token_type": {"const": "Bearer"}, "expires_at": TIME,
+        "expires_in": {"type": "integer", "minimum": 60}, "proxy_url": URL, "user": USER,
+    },
+}
+PROXY = (
+    "Gmail through the broker: `/proxy/gmail/v1/users/{userId}/…` and "
+    "`/proxy/upload/gmail/v1/users/{userId}/…` pass through to Gmail's REST API, path for path "
+    "(set google-api-python-client's `api_endpoint` to `{broker}/proxy/`). Authenticate with a "
+    "proxy token (`Authorization: Bearer`, from `POST /api/v1/proxy/token`, `userId` `me`) or "
+    "with the client's Basic credentials and the user's address as `userId`. Each call passes "
+    "the token hand-out's checks and the client's Gmail method allowlist (403 "
+    "`method_not_allowed`, naming the method), and Gmail's quota governor (429 `rate_limited` "
+    "with Retry-After); paths that match no Gmail method or are ambiguous answer 400 "
+    "`egress_refused`, the batch endpoint 400 `batch_not_supported`. Gmail's own answers, "
+    "errors included, pass through unchanged but for headers outside an allowlist; the Google "
+    "token never leaves the broker."
+)
 CONNECTION_LIST = {
     "type": "object", "required": ["connections", "next_cursor"], "additionalProperties": False,
     "properties": {
@@ -93,11 +127,13 @@ def document() -> dict[str, Any]:
     no_store = {"Cache-Control": {"schema": {"const": "no-store"}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Gmail token broker API", "version": "1"},
+        "info": {"title": "Gmail token broker API", "version": "1", "description": PROXY},
         "components": {
             "securitySchemes": {"client": {"type": "http", "scheme": "basic"}},
             "schemas": {"TokenRequest": TOKEN_REQUEST, "TokenResponse": TOKEN_RESPONSE,
-                        "ConnectionList": CONNECTION_LIST},
+                        "ConnectionList": CONNECTION_LIST,
+                        "ProxyTokenRequest": PROXY_TOKEN_REQUEST,
+                        "ProxyTokenResponse": PROXY_TOKEN_RESPONSE},
         },
         "security": [{"client": []}],
         "paths": {
@@ -120,6 +156,28 @@ def document() -> dict[str, Any]:
                     "415": _error(errors.UnsupportedMediaType),
                     "503": {**_error(errors.UpstreamUnavailable, errors.BrokerMisconfigured,
                                      errors.KeyServiceUnavailable),
+                            "headers": RETRY_AFTER},
+                },
+            }},
+            "/api/v1/proxy/token": {"post": {
+                "operationId": "getProxyToken",
+                "summary": "Issue a short-lived proxy token for Gmail through the broker "
+                           "(no Google token leaves the broker)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ProxyTokenRequest"}}}},
+                "responses": {
+                    **COMMON,
+                    "200": {"description": "a proxy token for one user",
+                            "headers": no_store, "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/ProxyTokenResponse"}}}},
+                    "400": _error(errors.InvalidRequest),
+                    "403": _error(errors.IpNotAllowed, errors.UserSuspended,
+                                  errors.LoginRequired, login_url=URL),
+                    "404": _error(errors.UnknownUser, errors.NotConnected, connect_url=URL),
+                    "409": _error(errors.ReauthRequired, errors.ScopeNotGranted,
+                                  reason={"enum": REASONS}, reauth_url=URL, consent_url=URL),
+                    "415": _error(errors.UnsupportedMediaType),
+                    "503": {**_error(errors.KeyServiceUnavailable, errors.DatabaseUnavailable),
                             "headers": RETRY_AFTER},
                 },
             }},
