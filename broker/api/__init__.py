@@ -57,7 +57,8 @@ def unexpected(exc: Exception) -> Response:
 def _api_routing_errors() -> Response | None:
     # Unmatched /api/ and /risc/ paths never reach a blueprint handler: answer them here, as JSON.
     routing = request.routing_exception
-    if routing is not None and request.path.startswith(("/api/", "/risc/", "/proxy/")):
+    if routing is not None and request.path.startswith(("/api/", "/risc/", "/proxy/",
+                                                        "/upload/")):
         if isinstance(routing, HTTPException):
             return http_error(routing)
     return None
@@ -75,7 +76,7 @@ class PagesOnlySessions(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         """Open the cookie session, except on /api/ paths (a null session there)."""
-        if request.path.startswith(("/api/", "/proxy/")):
+        if request.path.startswith(("/api/", "/proxy/", "/upload/")):
             return None
         return super().open_session(app, request)
 

@@ -78,13 +78,19 @@ def _converter(state: BlueprintSetupState) -> None:
 
 
 @bp.route("/proxy/<anypath:rest>", methods=METHODS, merge_slashes=False, strict_slashes=False)
+# google-api-python-client sends media uploads to `/upload/…` on the api_endpoint's host,
+# keeping the discovery path rather than the endpoint's: the proxy answers there too.
+@bp.route("/upload/gmail/<anypath:rest>", methods=METHODS, merge_slashes=False,
+          strict_slashes=False)
 def proxied(rest: str) -> WerkzeugResponse:
     """Forward one Gmail call under the client's policy; never the Google token."""
     proxy = get_proxy(current_app._get_current_object())  # type: ignore[attr-defined]
     handout, grant = _admit()
+    raw = raw_path(request.environ)
+    if raw.startswith("/upload/"):
+        raw = "/proxy" + raw
     try:
-        egress = resolve(proxy.table, request.method, raw_path(request.environ),
-                         request.query_string)
+        egress = resolve(proxy.table, request.method, raw, request.query_string)
     except BrokerError as exc:
         handout.details = {"method": "-"}
         handout.refuse(exc)

@@ -17,7 +17,7 @@ HSTS = "max-age=31536000; includeSubDomains"
 # Probes, metrics, the API, metadata and the RISC receiver answer on any host: load balancers,
 # jobs and Google call them directly.
 ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/", "/risc/",
-                  "/proxy/")
+                  "/proxy/", "/upload/")
 CALLBACK_PATHS = ("/auth/callback", "/connections/callback")
 
 

@@ -44,7 +44,7 @@ def protect() -> None:
     """Refuse a state-changing page request without this session's CSRF token."""
     if request.method in SAFE_METHODS or request.url_rule is None:
         return
-    if request.path.startswith(("/api/", "/proxy/")):
+    if request.path.startswith(("/api/", "/proxy/", "/upload/")):
         return  # the API authenticates every call; it has no cookies to ride on
     view = current_app.view_functions.get(request.endpoint or "")
     if getattr(view, "csrf_exempt", False):

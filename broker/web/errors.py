@@ -34,7 +34,7 @@ API_ERRORS: dict[int, type[errors.BrokerError]] = {
     413: errors.PayloadTooLarge,
     500: errors.ServerError,
 }
-JSON_PATHS = ("/api/", "/healthz", "/readyz", "/metrics", "/proxy/")
+JSON_PATHS = ("/api/", "/healthz", "/readyz", "/metrics", "/proxy/", "/upload/")
 
 
 def _page(status: int, title: str, text: str, *, reason: str | None = None,
