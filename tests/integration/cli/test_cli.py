@@ -237,7 +237,7 @@ def test_serve_answers_health_and_readiness(instance: Path, workers: str) -> Non
         out, err = process.communicate(timeout=20)
     # SQLite serves one process with threads, and says so when asked for more.
     assert ("one worker process" in err) is (workers != "1")
-    assert "1 workers" in out
+    assert "(1 gthread workers x 8 threads)" in out
 
 
 def test_worker_once_runs_every_duty(instance: Path) -> None:
