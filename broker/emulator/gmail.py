@@ -336,9 +336,9 @@ def upload_bytes(call: None) -> Response:
             headers = {"Range": f"bytes=0-{done - 1}"} if done else {}
             return Response(b"", status=308, headers=headers)
         store.uploads.pop(upload_id, None)
-    account = next(
-        (a for a in get_emulator().state.accounts.values() if a.sub == session.sub), None
-    )
+    state = get_emulator().state
+    with state.lock:
+        account = state.accounts.get(session.sub)
     if account is None:
         raise not_found()
     return _sent(account, bytes(session.data), session.thread_id)

@@ -248,14 +248,13 @@ class Mailbox:
         for message in selected:
             latest.setdefault(message.thread_id, message)
         page, next_token = _page(list(latest.values()), size, token)
+        history: dict[str, int] = {}
+        for message in self.messages.values():
+            history[message.thread_id] = max(history.get(message.thread_id, 0), message.history_id)
         answer: dict[str, Any] = {}
         if page:
             answer["threads"] = [
-                {
-                    "id": m.thread_id,
-                    "snippet": m.snippet,
-                    "historyId": str(max(x.history_id for x in self.thread(m.thread_id))),
-                }
+                {"id": m.thread_id, "snippet": m.snippet, "historyId": str(history[m.thread_id])}
                 for m in page
             ]
         if next_token:
