@@ -65,10 +65,13 @@ def _read_body(limit: int) -> bytes:
     """Read the request body, refusing one larger than `limit` without reading it all."""
     if (request.content_length or 0) > limit:
         raise MailError(413, "Request Too Large.", "uploadTooLarge")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise MailError(413, "Request Too Large.", "uploadTooLarge")
-    return data
+    # A chunked body's stream answers one chunk per read: read until it ends.
+    data = bytearray()
+    while chunk := request.stream.read(min(1 << 20, limit + 1 - len(data))):
+        data += chunk
+        if len(data) > limit:
+            raise MailError(413, "Request Too Large.", "uploadTooLarge")
+    return bytes(data)
 
 
 def _json_object(data: bytes) -> dict[str, Any]:

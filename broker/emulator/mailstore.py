@@ -159,6 +159,11 @@ class MailStore:
             raise MailError(400, "Recipient address required")
         if parsed.get("From") is None:
             raw = f"From: {sender.email}\r\n".encode() + raw
+            parsed = mime.parse(raw)
+        delivered, delivered_parsed = raw, parsed
+        if parsed.get("Bcc") is not None:
+            delivered = _without_bcc(raw)
+            delivered_parsed = mime.parse(delivered)
         now_ms = self._now() * 1000
         with self.lock:
             box = self.mailbox(sender)
@@ -173,8 +178,9 @@ class MailStore:
                 account = find(address)
                 if account is None or account.sub == sender.sub:
                     continue
-                del parsed["Bcc"]
-                copy = self._message(parsed.as_bytes(), parsed, None, ["INBOX", "UNREAD"], now_ms)
+                copy = self._message(
+                    delivered, delivered_parsed, None, ["INBOX", "UNREAD"], now_ms
+                )
                 self.mailbox(account).add(copy)
         return sent
 
@@ -196,6 +202,23 @@ class MailStore:
             recipients=str(parsed.get("To", "")),
             attachments=has_files,
         )
+
+
+def _without_bcc(raw: bytes) -> bytes:
+    """Drop the Bcc header (and its folded lines), leaving every other byte as sent."""
+    # The header block ends with the line break before the first empty line.
+    ends = [at + n for at, n in ((raw.find(b"\r\n\r\n"), 2), (raw.find(b"\n\n"), 1)) if at >= 0]
+    split = min(ends) if ends else len(raw)
+    kept, dropping = [], False
+    for line in raw[:split].splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.lower().startswith(b"bcc:")
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept) + raw[split:]
 
 
 def _seeded_labels(i: int) -> list[str]:

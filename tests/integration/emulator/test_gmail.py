@@ -136,18 +136,31 @@ def test_send_raw_simple_multipart_and_resumable(
         assert request.uri.startswith(emulator.url.replace("http:", "https:") + "/upload/gmail/")
         request.uri = request.uri.replace("https:", "http:", 1)
         sent.append(request.execute())
+    blind = _message("chunked", attachment=pdf)
+    blind["Bcc"] = "carol@elsewhere.test"
+    whole = blind.as_bytes()
+    chunked = httpx.post(  # a streaming sender (a proxy) sends chunked bodies
+        f"{emulator.url}/upload/gmail/v1/users/me/messages/send?uploadType=media",
+        content=iter([whole[:70_000], whole[70_000:]]),
+        headers={"Authorization": f"Bearer {_token(emulator, GMAIL_SEND)}",
+                 "Content-Type": "message/rfc822"},
+    )  # fmt: skip
+    assert chunked.status_code == 200, chunked.text
+    sent.append(chunked.json())
     assert all(m["labelIds"] == ["SENT"] for m in sent)
     kinds = [r["query"].split("uploadType=")[-1].split("&")[0] for r in emulator.gmail_requests()
              if r["path"].startswith("/upload/")]  # fmt: skip
-    assert kinds == ["media", "multipart", "resumable", "resumable", "resumable"]
+    assert kinds == ["media", "multipart", "resumable", "resumable", "resumable", "media"]
 
     changes = reader.history().list(userId="me", startHistoryId=start).execute()
     delivered = [c["messagesAdded"][0]["message"] for c in changes["history"]]
-    assert [m["labelIds"] for m in delivered] == [["INBOX", "UNREAD"]] * 4
+    assert [m["labelIds"] for m in delivered] == [["INBOX", "UNREAD"]] * 5
     last = reader.messages().get(userId="me", id=delivered[-1]["id"]).execute()
+    bcc = len("Bcc: carol@elsewhere.test\n")
+    assert last["sizeEstimate"] == len(whole) - bcc  # as sent, less the Bcc line
     subject = {h["name"]: h["value"] for h in last["payload"]["headers"]}["Subject"]
     part = last["payload"]["parts"][1]
-    assert subject == "resumable" and part["filename"] == "a.pdf"
+    assert subject == "chunked" and part["filename"] == "a.pdf"
     data = reader.messages().attachments().get(
         userId="me", messageId=last["id"], id=part["body"]["attachmentId"]
     ).execute()["data"]
