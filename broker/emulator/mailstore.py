@@ -153,15 +153,15 @@ class MailStore:
     ) -> Message:  # fmt: skip
         """Keep a sent message under SENT; deliver it to the emulator accounts it names."""
         parsed = mime.parse(raw)
-        to = ", ".join(str(v) for key in ("To", "Cc", "Bcc") for v in parsed.get_all(key, []))
+        to = ", ".join(mime.header(parsed, key) for key in ("To", "Cc", "Bcc"))
         addresses = [address for _, address in getaddresses([to]) if "@" in address]
         if not addresses:
             raise MailError(400, "Recipient address required")
-        if parsed.get("From") is None:
+        if not mime.header(parsed, "From"):
             raw = f"From: {sender.email}\r\n".encode() + raw
             parsed = mime.parse(raw)
         delivered, delivered_parsed = raw, parsed
-        if parsed.get("Bcc") is not None:
+        if mime.header(parsed, "Bcc"):
             delivered = _without_bcc(raw)
             delivered_parsed = mime.parse(delivered)
         now_ms = self._now() * 1000
@@ -197,9 +197,9 @@ class MailStore:
             internal_date=when,
             head=raw,
             snippet=mime.snippet(parsed),
-            subject=str(parsed.get("Subject", "")),
-            sender=str(parsed.get("From", "")),
-            recipients=str(parsed.get("To", "")),
+            subject=mime.header(parsed, "Subject"),
+            sender=mime.header(parsed, "From"),
+            recipients=mime.header(parsed, "To"),
             attachments=has_files,
         )
 

@@ -148,12 +148,25 @@ def snippet(message: Message) -> str:
     """Return the first words of the text body, HTML-escaped, as Gmail's `snippet`."""
     for part in message.walk():
         if part.get_content_type() in ("text/plain", "text/html") and not part.get_filename():
-            text = part_bytes(part).decode(part.get_content_charset() or "utf-8", "replace")
+            text = _decode(part_bytes(part), part.get_content_charset())
             if part.get_content_type() == "text/html":
                 text = html.unescape(_strip_tags(text))
             words = " ".join(text.split())[:SNIPPET_CHARS]
             return html.escape(words).replace("&#x27;", "&#39;")
     return ""
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know: read it as UTF-8, as a mail reader would
+        return data.decode("utf-8", "replace")
+
+
+def header(message: Message, name: str) -> str:
+    """Return one header's values joined, decoded where possible, raw where malformed."""
+    values = [item for item in headers(message, [name])]
+    return ", ".join(item["value"] for item in values)
 
 
 def _strip_tags(text: str) -> str:
