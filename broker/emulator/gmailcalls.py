@@ -226,7 +226,7 @@ class Call:
 
     method_id: str
     account: Account
-    token: AccessToken | None
+    token: AccessToken
     metadata_only: bool
 
     @property

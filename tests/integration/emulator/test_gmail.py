@@ -148,9 +148,11 @@ def test_send_raw_simple_multipart_and_resumable(
     assert chunked.status_code == 200, chunked.text
     sent.append(chunked.json())
     assert all(m["labelIds"] == ["SENT"] for m in sent)
-    kinds = [r["query"].split("uploadType=")[-1].split("&")[0] for r in emulator.gmail_requests()
-             if r["path"].startswith("/upload/")]  # fmt: skip
+    uploads = [r for r in emulator.gmail_requests() if r["path"].startswith("/upload/")]
+    kinds = [r["query"].split("uploadType=")[-1].split("&")[0] for r in uploads]
     assert kinds == ["media", "multipart", "resumable", "resumable", "resumable", "media"]
+    assert uploads[-1]["headers"]["transfer-encoding"] == "chunked"
+    assert uploads[-1]["body_length"] == len(whole)
 
     changes = reader.history().list(userId="me", startHistoryId=start).execute()
     delivered = [c["messagesAdded"][0]["message"] for c in changes["history"]]
