@@ -1,4 +1,4 @@
-"""An offline stand-in for Google's OAuth 2.0, OpenID Connect and Gmail profile endpoints."""
+"""An offline stand-in for Google's OAuth 2.0, OpenID Connect and Gmail API endpoints."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flask import Flask
 
 from broker.emulator.context import EXTENSION, Emulator
 from broker.emulator.faults import FaultBoard
+from broker.emulator.gmailcalls import GmailDesk
 from broker.emulator.keys import KeyRing
 from broker.emulator.oauth import TokenService
 from broker.emulator.state import Client, EmulatorState
@@ -68,12 +69,17 @@ def create_app(
     )
     app.config.update({k: v for k, v in config.items() if k.isupper()})
     app.extensions[EXTENSION] = Emulator(
-        state=state, keys=keys, tokens=TokenService(state, keys), faults=FaultBoard(state.lock)
+        state=state,
+        keys=keys,
+        tokens=TokenService(state, keys),
+        faults=FaultBoard(state.lock),
+        gmail=GmailDesk(state.now),
     )
 
-    from broker.emulator import authorize, controls, risc, routes
+    from broker.emulator import authorize, controls, gmail, risc, routes
 
     app.register_blueprint(routes.bp)
+    app.register_blueprint(gmail.bp)
     app.register_blueprint(risc.bp)
     app.register_blueprint(authorize.bp)
     app.register_blueprint(controls.bp)

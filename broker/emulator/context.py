@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Response, current_app, request
 from flask.blueprints import BlueprintSetupState
@@ -12,7 +12,10 @@ from flask.blueprints import BlueprintSetupState
 from broker.emulator.faults import FaultBoard
 from broker.emulator.keys import KeyRing
 from broker.emulator.oauth import TokenService
-from broker.emulator.state import EmulatorState
+from broker.emulator.state import AccessToken, Account, EmulatorState
+
+if TYPE_CHECKING:
+    from broker.emulator.gmailcalls import GmailDesk
 
 EXTENSION = "google_emulator"
 
@@ -25,6 +28,7 @@ class Emulator:
     keys: KeyRing
     tokens: TokenService
     faults: FaultBoard
+    gmail: GmailDesk
 
 
 def only_in_emulator(setup: BlueprintSetupState) -> None:
@@ -39,6 +43,21 @@ def only_in_emulator(setup: BlueprintSetupState) -> None:
 def get_emulator() -> Emulator:
     """Return the current app's emulator."""
     return cast(Emulator, current_app.extensions[EXTENSION])
+
+
+def bearer_token() -> AccessToken | None:
+    """Return the live access token of the request's bearer header or `access_token` query."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    raw = raw.strip() if scheme.lower() == "bearer" else ""
+    return get_emulator().tokens.active_access_token(raw or request.args.get("access_token"))
+
+
+def account_of(token: AccessToken) -> Account | None:
+    """Return the account a token belongs to."""
+    state = get_emulator().state
+    with state.lock:
+        return state.accounts.get(token.sub)
 
 
 def issuer() -> str:

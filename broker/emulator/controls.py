@@ -11,13 +11,19 @@ from flask import Blueprint, Response, current_app, request
 from broker.emulator import risc
 from broker.emulator.context import get_emulator, issuer, json_response, only_in_emulator
 from broker.emulator.faults import Fault, FaultError
+from broker.emulator.mailbox import MAX_MESSAGE_BYTES
+from broker.emulator.mime import attachment_id
 from broker.emulator.scopes import is_known_scope, normalize_scopes, with_openid
 from broker.emulator.state import Account, Client
 
 bp = Blueprint("emulator_controls", __name__, url_prefix="/_emulator")
 bp.record_once(only_in_emulator)
 
-SETTINGS = ("access_token_lifetime", "refresh_token_limit", "testing_refresh_ttl", "auto_consent")
+SETTINGS = (
+    "access_token_lifetime", "refresh_token_limit", "testing_refresh_ttl", "auto_consent",
+    "gmail_user_quota", "gmail_project_quota", "gmail_user_concurrency",
+)  # fmt: skip
+MAX_SEEDED_MESSAGES = 100_000
 
 
 class ControlError(Exception):
@@ -66,6 +72,10 @@ def _account(email: str) -> Account:
     return account
 
 
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
 def _describe(account: Account) -> dict[str, Any]:
     return asdict(account)
 
@@ -92,6 +102,9 @@ def add_account() -> Response:
         account = get_emulator().state.add_account(str(body.get("email", "")), **fields, **stats)
     except (ValueError, TypeError) as invalid:
         raise ControlError(str(invalid)) from invalid
+    if stats:
+        # The default mailbox follows the account's figures: build it again from the new ones.
+        get_emulator().gmail.mail.forget(account.sub)
     return json_response({"sub": account.sub, "email": account.email})
 
 
@@ -227,13 +240,16 @@ def settings() -> Response:
         unknown = set(changes) - set(SETTINGS)
         if unknown:
             raise ControlError(f"unknown settings: {', '.join(sorted(unknown))}")
-        for name in ("access_token_lifetime", "refresh_token_limit"):
-            value = changes.get(name, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        for name in (
+            "access_token_lifetime", "refresh_token_limit", "gmail_user_quota",
+            "gmail_project_quota",
+        ):  # fmt: skip
+            if not _positive(changes.get(name, 1)):
                 raise ControlError(f"{name} must be a positive whole number")
-        ttl = changes.get("testing_refresh_ttl")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
-            raise ControlError("testing_refresh_ttl must be a positive whole number or null")
+        for name in ("testing_refresh_ttl", "gmail_user_concurrency"):
+            value = changes.get(name)
+            if value is not None and not _positive(value):
+                raise ControlError(f"{name} must be a positive whole number or null")
         auto = changes.get("auto_consent")
         if auto is not None and not isinstance(auto, (bool, str)):
             raise ControlError("auto_consent must be an email, true or null")
@@ -296,6 +312,42 @@ def clock() -> Response:
         return json_response(answer)
 
 
+@bp.post("/accounts/<email>/mailbox")
+def seed_mailbox(email: str) -> Response:
+    """Replace an account's mailbox with generated messages; answer its ids and figures."""
+    account = _account(email)
+    body = _body()
+    messages = body.get("messages")
+    if isinstance(messages, bool) or not isinstance(messages, int):
+        raise ControlError("messages must be a whole number")
+    if not 0 <= messages <= MAX_SEEDED_MESSAGES:
+        raise ControlError(f"messages must be between 0 and {MAX_SEEDED_MESSAGES}")
+    options = {"threads": messages, "attachment_bytes": 0, "seed": 0, "history_id": 1000}
+    for name, default in options.items():
+        value = body.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ControlError(f"{name} must be a non-negative whole number")
+        options[name] = value
+    if options["attachment_bytes"] > MAX_MESSAGE_BYTES:
+        raise ControlError(f"attachment_bytes must be at most {MAX_MESSAGE_BYTES}")
+    store = get_emulator().gmail.mail
+    with store.lock:
+        box = store.seed(account, messages=messages, **options)
+        listed = []
+        for message in box.messages.values():
+            entry = message.brief()
+            if message.generated is not None:
+                entry["attachmentId"] = attachment_id(message.id, message.generated.part_id)
+            listed.append(entry)
+        return json_response({**box.profile(), "messages": listed})
+
+
+@bp.get("/gmail/requests")
+def gmail_requests() -> Response:
+    """Return the last Gmail requests: method, raw path, query, header names, status."""
+    return json_response({"requests": get_emulator().gmail.requests()})
+
+
 @bp.get("/calls")
 def calls() -> Response:
     """Count every call received, faulted ones included."""
@@ -308,4 +360,5 @@ def reset() -> Response:
     emulator = get_emulator()
     emulator.faults.reset()
     emulator.state.reset()
+    emulator.gmail.reset()
     return json_response({"reset": True})

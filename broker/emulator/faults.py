@@ -77,6 +77,7 @@ class Fault:
 def _zero_calls() -> dict[str, Any]:
     calls: dict[str, Any] = {"authorize": 0, "token": dict.fromkeys(GRANT_TYPES, 0)}
     calls.update(dict.fromkeys(ENDPOINTS[1:], 0))
+    calls["gmail_methods"] = {}
     return calls
 
 
@@ -126,6 +127,12 @@ class FaultBoard:
             else:
                 self._calls[endpoint] += 1
 
+    def count_method(self, method_id: str) -> None:
+        """Count one call to a Gmail method, by its discovery id."""
+        with self._lock:
+            methods = self._calls["gmail_methods"]
+            methods[method_id] = methods.get(method_id, 0) + 1
+
     def take(self, endpoint: str) -> tuple[Fault | None, threading.Event]:
         """Consume one use of the first fault for an endpoint."""
         with self._lock:
@@ -152,12 +159,23 @@ def _drop_connection() -> Response:
     raise ConnectionAbortedError("this server cannot drop connections")
 
 
+def _board() -> FaultBoard:
+    return cast(FaultBoard, current_app.extensions["google_emulator"].faults)
+
+
 def misbehave(endpoint: str) -> Response | None:
     """Count the current call and apply the endpoint's next fault, if any."""
-    board = cast(FaultBoard, current_app.extensions["google_emulator"].faults)
     grant_type = request.form.get("grant_type") if endpoint == "token" else None
-    board.count(endpoint, grant_type)
-    fault, release = board.take(endpoint)
+    _board().count(endpoint, grant_type)
+    return apply_fault(endpoint)
+
+
+def apply_fault(endpoint: str) -> Response | None:
+    """Apply the endpoint's next fault to the current (already counted) call, if any.
+
+    The latency and hang waits hold no lock, so slowed calls overlap instead of queueing.
+    """
+    fault, release = _board().take(endpoint)
     if fault is None:
         return None
     if fault.latency_ms:

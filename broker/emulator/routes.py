@@ -1,4 +1,4 @@
-"""Google's machine-facing endpoints: discovery, token, revoke, userinfo, certs, APIs."""
+"""Google's machine-facing endpoints: discovery, token, revoke, userinfo, certs, tokeninfo."""
 
 from __future__ import annotations
 
@@ -8,25 +8,23 @@ from typing import Any
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from broker.emulator.context import get_emulator, issuer, json_response, only_in_emulator
+from broker.emulator.context import (
+    account_of,
+    bearer_token,
+    get_emulator,
+    issuer,
+    json_response,
+    only_in_emulator,
+)
 from broker.emulator.faults import NO_CACHE, faulty
+from broker.emulator.gmailcalls import GMAIL_PATHS
 from broker.emulator.oauth import OAuthError, profile_claims
-from broker.emulator.scopes import EMAIL, IDENTITY_SCOPES, MAIL, PROFILE, scope_string
-from broker.emulator.state import AccessToken, Account
+from broker.emulator.scopes import EMAIL, IDENTITY_SCOPES, PROFILE, scope_string
 
 bp = Blueprint("emulator_google", __name__)
 bp.record_once(only_in_emulator)
 
-GMAIL_READ_SCOPES = (
-    MAIL,
-    "https://www.googleapis.com/auth/gmail.modify",
-    "https://www.googleapis.com/auth/gmail.compose",
-    "https://www.googleapis.com/auth/gmail.readonly",
-    "https://www.googleapis.com/auth/gmail.metadata",
-)
 REALM = 'Bearer realm="https://accounts.google.com/"'
-GMAIL_PATHS = ("/gmail/", "/upload/gmail/")
-DEVCONSOLE = "See https://developers.google.com/identity/sign-in/web/devconsole-project."
 
 
 @bp.get("/.well-known/openid-configuration")
@@ -105,25 +103,12 @@ def x509_certs() -> Response:
     return json_response(get_emulator().keys.x509_certificates(), headers=cache)
 
 
-def _bearer() -> AccessToken | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, raw = header.partition(" ")
-    raw = raw.strip() if scheme.lower() == "bearer" else ""
-    return get_emulator().tokens.active_access_token(raw or request.args.get("access_token"))
-
-
-def _account(token: AccessToken) -> Account | None:
-    state = get_emulator().state
-    with state.lock:
-        return state.accounts.get(token.sub)
-
-
 @bp.route("/v1/userinfo", methods=["GET", "POST"])
 @faulty("userinfo")
 def userinfo() -> Response:
     """Return the OpenID claims the token's scopes allow."""
-    token = _bearer()
-    account = _account(token) if token else None
+    token = bearer_token()
+    account = account_of(token) if token else None
     if token is None or account is None:
         body = {"error": "invalid_request", "error_description": "Invalid Credentials"}
         headers = {"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
@@ -157,7 +142,7 @@ def tokeninfo() -> Response:
         info.update(alg=str(header.get("alg")), kid=str(header.get("kid")), typ="JWT")
         return json_response(info)
     token = emulator.tokens.active_access_token(values.get("access_token"))
-    account = _account(token) if token else None
+    account = account_of(token) if token else None
     if token is None or account is None:
         return invalid
     info = {"azp": token.client_id, "aud": token.client_id}
@@ -177,75 +162,6 @@ def _as_string(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _gmail_error(code: int, message: str, item: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "errors": [item], **extra}}
-
-
-def _unauthenticated(message: str, item_message: str, reason: str) -> dict[str, Any]:
-    item = {"message": item_message, "domain": "global", "reason": reason}
-    item.update(location="Authorization", locationType="header")
-    return _gmail_error(401, message, item, status="UNAUTHENTICATED")
-
-
-@bp.get("/gmail/v1/users/<user_id>/profile")
-@faulty("gmail")
-def gmail_profile(user_id: str) -> Response:
-    """Return the mailbox profile when the token carries a Gmail read scope."""
-    if not request.headers.get("Authorization") and not request.args.get("access_token"):
-        body = _unauthenticated(
-            "Request is missing required authentication credential. Expected OAuth 2 access "
-            f"token, login cookie or other valid authentication credential. {DEVCONSOLE}",
-            "Login Required.",
-            "required",
-        )
-        return json_response(body, 401, {"WWW-Authenticate": REALM})
-    token = _bearer()
-    account = _account(token) if token else None
-    if token is None or account is None:
-        body = _unauthenticated(
-            "Request had invalid authentication credentials. Expected OAuth 2 access token, "
-            f"login cookie or other valid authentication credential. {DEVCONSOLE}",
-            "Invalid Credentials",
-            "authError",
-        )
-        return json_response(body, 401, {"WWW-Authenticate": f'{REALM}, error="invalid_token"'})
-    if not set(GMAIL_READ_SCOPES) & set(token.scopes):
-        item = {
-            "message": "Insufficient Permission",
-            "domain": "global",
-            "reason": "insufficientPermissions",
-        }
-        detail = {
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-            "domain": "googleapis.com",
-            "metadata": {
-                "service": "gmail.googleapis.com",
-                "method": "caribou.api.proto.MailboxService.GetProfile",
-            },
-        }
-        body = _gmail_error(
-            403,
-            "Request had insufficient authentication scopes.",
-            item,
-            status="PERMISSION_DENIED",
-            details=[detail],
-        )
-        challenge = f'{REALM}, error="insufficient_scope", scope="{" ".join(GMAIL_READ_SCOPES)}"'
-        return json_response(body, 403, {"WWW-Authenticate": challenge})
-    if user_id != "me" and user_id.lower() != account.email.lower():
-        message = f"Delegation denied for {account.email}"
-        item = {"message": message, "domain": "global", "reason": "forbidden"}
-        return json_response(_gmail_error(403, message, item, status="PERMISSION_DENIED"), 403)
-    profile = {
-        "emailAddress": account.email,
-        "messagesTotal": account.messages_total,
-        "threadsTotal": account.threads_total,
-        "historyId": account.history_id,
-    }
-    return json_response(profile)
 
 
 @bp.app_errorhandler(404)

@@ -17,6 +17,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "refresh_token_limit": 100,
     "testing_refresh_ttl": None,
     "auto_consent": None,
+    # Gmail's quota in units per minute (Google's defaults) and calls in flight per user
+    # (off unless set: Google's own cap is undocumented, and other suites must not trip on it).
+    "gmail_user_quota": 15_000,
+    "gmail_project_quota": 1_200_000,
+    "gmail_user_concurrency": None,
 }
 
 

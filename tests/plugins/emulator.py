@@ -116,6 +116,24 @@ class EmulatorControls:
         """Let the emulator's clock run with real time again."""
         return self.control("POST", "clock", {"frozen_at": None})
 
+    def seed_mailbox(self, email: str, messages: int, **options: Any) -> dict[str, Any]:
+        """Replace a mailbox with generated messages (`threads`, `attachment_bytes`, `seed`,
+        `history_id`); return its figures and `messages` (ids, and `attachmentId` where one)."""
+        body = {"messages": messages, **options}
+        return dict(self.control("POST", f"accounts/{email}/mailbox", body))
+
+    def gmail_requests(self) -> list[dict[str, Any]]:
+        """Return the last 100 Gmail requests (method, raw path, query, header names, status)."""
+        return list(self.control("GET", "gmail/requests")["requests"])
+
+    def gmail_methods(self) -> dict[str, int]:
+        """Return the Gmail calls counted per discovery method id."""
+        return dict(self.calls()["gmail_methods"])
+
+    def slow_gmail(self, latency_ms: int, count: int = -1) -> Any:
+        """Delay the next `count` Gmail calls (all until cleared by default)."""
+        return self.fault("gmail", latency_ms=latency_ms, count=count)
+
     def close(self) -> None:
         """Close the HTTP client."""
         self.http.close()

@@ -69,9 +69,13 @@ def test_settings_validate_and_report(emulator: EmulatorControls) -> None:
         "refresh_token_limit": 100,
         "testing_refresh_ttl": None,
         "auto_consent": None,
+        "gmail_user_quota": 15_000,
+        "gmail_project_quota": 1_200_000,
+        "gmail_user_concurrency": None,
     }
     assert emulator.settings(access_token_lifetime=10)["access_token_lifetime"] == 10
     emulator.control("POST", "settings", {"refresh_token_limit": 0}, status=400)
+    emulator.control("POST", "settings", {"gmail_user_concurrency": 0}, status=400)
     emulator.control("POST", "settings", {"colour": "blue"}, status=400)
 
 
@@ -217,6 +221,7 @@ def test_calls_count_every_endpoint(emulator: EmulatorControls, oauth_client: OA
         "certs": 1,
         "tokeninfo": 1,
         "gmail": 1,
+        "gmail_methods": {"gmail.users.getProfile": 1},
     }
 
 

@@ -158,7 +158,7 @@ def test_userinfo_follows_the_scopes(emulator: EmulatorControls, oauth_client: O
 def test_gmail_profile_with_each_kind_of_scope(
     emulator: EmulatorControls, oauth_client: OAuthClient
 ) -> None:
-    _grant(emulator, oauth_client, ["email"], messages_total="7", history_id="42")
+    _grant(emulator, oauth_client, ["email"], messages_total="7", threads_total=3, history_id="42")
     for scope in (
         "https://mail.google.com/",
         GMAIL_READONLY,
@@ -170,7 +170,7 @@ def test_gmail_profile_with_each_kind_of_scope(
         assert answer.json() == {
             "emailAddress": "alice@acme.test",
             "messagesTotal": 7,
-            "threadsTotal": 45,
+            "threadsTotal": 3,
             "historyId": "42",
         }
     by_address = _profile(emulator, token["access_token"], "alice@acme.test")
@@ -245,7 +245,7 @@ def test_access_tokens_expire_after_the_configured_lifetime(
         ("GET", "/gmail/v1/users/me/nothing"),
         ("GET", "/gmail/v2/users/me/profile"),
         ("POST", "/gmail/v1/users/me/profile"),
-        ("POST", "/upload/gmail/v1/users/me/messages/send"),
+        ("POST", "/upload/gmail/v1/users/me/drafts"),
     ],
 )
 def test_unknown_gmail_api_paths_answer_googles_json_404(
