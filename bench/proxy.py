@@ -154,10 +154,42 @@ def proxy(run: Run) -> dict[str, Any]:
             f"{out['proxy@32']['broker_cpu_ms_per_call']:.2f} ms")
     out["in_flight"] = _in_flight(run, broker, emulator_url, emails, auth)
     out["handout_tail"] = _handout_tail(run, broker, dataset, proxied, emulator_url)
+    out["streaming"] = _streaming(run, broker, emulator_url, emails[0], auth)
     out["memory"] = [memory(pid) for pid in broker.children()]
     run.stack.retire(broker)
     run.brokers.pop("proxy", None)
     return out
+
+
+def _streaming(run: Run, broker: Process, emulator_url: str, user: str,
+               auth: str) -> dict[str, Any]:
+    """Download a 25 MB attachment and upload a 30 MB message; report the workers' RSS growth."""
+    seeded = httpx.post(f"{emulator_url}/_emulator/accounts/{user}/mailbox", json={
+        "messages": 2, "attachment_bytes": 25_000_000}, timeout=60).json()
+    newest = seeded["messages"][-1]
+    before = {pid: memory(pid)["rss_mb"] for pid in broker.children()}
+    base = f"{broker.url}/proxy/gmail/v1/users/{user}/messages"
+    got = 0
+    with httpx.stream("GET", f"{base}/{newest['id']}/attachments/{newest['attachmentId']}",
+                      headers={"Authorization": auth}, timeout=120) as answer:
+        for chunk in answer.iter_raw():
+            got += len(chunk)
+    body = b"From: " + user.encode() + b"\r\nTo: " + user.encode() + b"\r\nSubject: big\r\n\r\n"
+
+    def chunks() -> Any:
+        yield body
+        for _ in range(30):
+            yield b"x" * 1_000_000
+
+    sent = httpx.post(f"{broker.url}/proxy/upload/gmail/v1/users/{user}/messages/send",
+                      params={"uploadType": "media"}, content=chunks(), timeout=120,
+                      headers={"Authorization": auth, "Content-Type": "message/rfc822"})
+    after = {pid: memory(pid)["rss_mb"] for pid in broker.children()}
+    growth = max((after.get(pid, 0.0) - mb for pid, mb in before.items()), default=0.0)
+    run.log(f"  streaming: 25 MB attachment ({got:,} bytes as JSON), 30 MB upload "
+            f"({sent.status_code}); largest worker RSS growth {growth:.1f} MB")
+    return {"download_bytes": got, "upload_status": sent.status_code,
+            "rss_growth_mb": growth, "rss_before_mb": before, "rss_after_mb": after}
 
 
 def _slow_gmail(emulator_url: str, on: bool) -> None:
