@@ -49,7 +49,8 @@ def key_service(master_keys: str) -> KeyService:
     return KeyService(Keyring(EnvKeyProvider(master_keys)))
 
 
-def prepare(url: str, keys: KeyService, tenants: int, prefix: str = "t") -> list[TenantInfo]:
+def prepare(url: str, keys: KeyService, tenants: int, prefix: str = "t",
+            scopes: Sequence[str] = tuple(SCOPES)) -> list[TenantInfo]:
     """Create the schema, then tenants with their data key and one API client each."""
     database = Database(url)
     try:
@@ -60,7 +61,7 @@ def prepare(url: str, keys: KeyService, tenants: int, prefix: str = "t") -> list
                 slug, domain = f"{prefix}{number}", f"{prefix}{number}.bench.test"
                 tenant = create_tenant(session, keys, slug=slug, name=slug, domains=[domain],
                                        admin_email=f"admin@{domain}")
-                issued = create_client(session, tenant, name="bench", scopes=SCOPES)
+                issued = create_client(session, tenant, name="bench", scopes=list(scopes))
                 out.append(TenantInfo(tenant.id, slug, domain, issued.client_id,
                                       issued.client_secret))
         return out
@@ -98,6 +99,7 @@ class Load:
     last_used_at: dt.datetime | None = None
     refresh_token: Callable[[int], str] = lambda i: f"1//bench-refresh-{i}"
     access_token: Callable[[int], str] = lambda i: f"ya29.bench-{i}-{TOKEN_PAD}"
+    granted: Sequence[str] = tuple(SCOPES)  # what the connections hold (the stored token: SCOPES)
 
 
 def _copy(conn: psycopg.Connection[Any], rows: CopyRows, lines: list[str]) -> None:
@@ -120,7 +122,8 @@ def bulk_load(url: str, keys: KeyService, load: Load, log: Callable[[str], None]
     })
     conns = CopyRows(tables["connections"],
                      ["id", "tenant_id", "user_id", "google_sub", "email", "refresh_token"], {
-        "granted_scopes": SCOPES, "status": "active", "version": 0, "last_refresh_at": now,
+        "granted_scopes": list(load.granted), "status": "active", "version": 0,
+        "last_refresh_at": now,
         "last_used_at": load.last_used_at, "created_at": now, "updated_at": now,
     })
     tokens = CopyRows(tables["tokens"], ["connection_id", "id", "token"], {

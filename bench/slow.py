@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,30 +38,33 @@ def refresh_calls(emulator_url: str) -> int:
     return int(calls.get("token", {}).get("refresh_token", 0))
 
 
-def grant(http: httpx.Client, address: str, domain: str) -> str:
+def grant(http: httpx.Client, address: str, domain: str,
+          scopes: Sequence[str] = tuple(data.SCOPES)) -> str:
     """Create an emulator account and a grant for the broker's client; return the refresh token."""
     http.post("/_emulator/accounts", json={"email": address, "hd": domain}).raise_for_status()
     answer = http.post("/_emulator/grants", json={
-        "email": address, "client_id": GOOGLE_CLIENT_ID,
-        "scopes": ["openid", "email", data.SCOPES[0]],
+        "email": address, "client_id": GOOGLE_CLIENT_ID, "scopes": ["openid", "email", *scopes],
     })
     answer.raise_for_status()
     return str(answer.json()["refresh_token"])
 
 
-def granted_dataset(run: Run, suffix: str, users: int, **load_args: Any) -> Dataset:
-    """Load users whose refresh tokens are live at the emulator."""
+def granted_dataset(run: Run, suffix: str, users: int,
+                    scopes: Sequence[str] = tuple(data.SCOPES), **load_args: Any) -> Dataset:
+    """Load users whose refresh tokens (for `scopes`) are live at the emulator."""
     emulator = run.emulator()
     name = run.stack.postgres.create(suffix)
     url = run.stack.postgres.url(name)
     keys = run.keys
-    tenants = data.prepare(url, keys, 1, prefix=suffix)
+    tenants = data.prepare(url, keys, 1, prefix=suffix, scopes=scopes)
     run.log(f"  granting {users:,} emulator accounts")
     with httpx.Client(base_url=emulator, timeout=30) as http, ThreadPoolExecutor(8) as pool:
         tokens = list(pool.map(
-            lambda i: grant(http, data.email(tenants, i), tenants[0].domain), range(users)))
+            lambda i: grant(http, data.email(tenants, i), tenants[0].domain, scopes),
+            range(users)))
     seconds = data.bulk_load(url, keys, data.Load(
-        tenants, 0, users, refresh_token=lambda i: tokens[i], **load_args), log=run.log)
+        tenants, 0, users, refresh_token=lambda i: tokens[i], granted=scopes, **load_args),
+        log=run.log)
     return Dataset(name, url, tenants, users, seconds)
 
 
