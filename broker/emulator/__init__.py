@@ -71,10 +71,11 @@ def create_app(
         state=state, keys=keys, tokens=TokenService(state, keys), faults=FaultBoard(state.lock)
     )
 
-    from broker.emulator import authorize, controls, risc, routes
+    from broker.emulator import authorize, controls, issuers, risc, routes
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(risc.bp)
     app.register_blueprint(authorize.bp)
     app.register_blueprint(controls.bp)
+    app.register_blueprint(issuers.bp)
     return app
