@@ -105,18 +105,17 @@ def parse_exchange() -> ExchangeRequest:
     return ExchangeRequest(token, requested, scopes, hint, int(ttl))
 
 
-def _authenticated(app: Flask, ip: str) -> ClientInfo | None:
+def _authenticated(app: Flask, ip: str) -> tuple[ClientInfo | None, dict[str, str]]:
     """Return the client the request also authenticates as, if it tries (optional here)."""
     if not (request.headers.get("Authorization") or "client_assertion" in request.form
             or "client_assertion_type" in request.form):
-        return None
+        return None, {}
     try:
-        client, _ = authenticate(request, get_clock(app)())
+        return authenticate(request, get_clock(app)())
     except InvalidClient:
         metrics.AUTH_FAILURES.inc()
         _count_failure(ip)
         raise
-    return client
 
 
 def _count_failure(ip: str) -> None:
@@ -147,7 +146,7 @@ def _exchange() -> Response:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     ip = client_ip(request, app.config["BROKER"].TRUSTED_PROXIES)
     req = parse_exchange()
-    caller = _authenticated(app, str(ip))
+    caller, proof = _authenticated(app, str(ip))
     try:
         match = admit_subject(app, req.subject_token, ip=str(ip))
     except InvalidRequest:
@@ -158,7 +157,7 @@ def _exchange() -> Response:
     if client is None:
         raise InvalidRequest(REJECTED)
     credential = {"via": "workload", "issuer": rule.issuer[:200],
-                  "subject": match.subject[:200], "rule": str(rule.id)}
+                  "subject": match.subject[:200], "rule": str(rule.id), **proof}
     handout = Handout(app, client, ip, credential=credential)
     if client.status != "active":
         handout.refuse(Forbidden("The API client this trust rule names is disabled."))

@@ -6,7 +6,7 @@ is the token exchange's identification of a job by its workload JWT.
 
 from broker.workload import trusts
 from broker.workload.service import REJECTED, admit_subject
-from broker.workload.verify import TOKEN_TYPES, Match, Rule, check_claims, claim_at
+from broker.workload.verify import TOKEN_TYPES, Match, Rule, check_claims, claim_at, scalar_text
 
 __all__ = ["REJECTED", "TOKEN_TYPES", "Match", "Rule", "admit_subject", "check_claims",
-           "claim_at", "trusts"]
+           "claim_at", "scalar_text", "trusts"]
