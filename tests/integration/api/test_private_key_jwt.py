@@ -5,14 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from sqlalchemy import select
 
+from broker.client import BrokerClient, InvalidRequestError
 from broker.db import get_db
 from broker.models import AuditEvent, Tenant
 from broker.tenancy import assertions, clients
@@ -129,3 +133,31 @@ def _handout_credential(world: World) -> dict[str, Any]:
         details = session.scalars(select(AuditEvent.details).where(
             AuditEvent.action == "token.handout", AuditEvent.outcome == "ok")).one()
     return dict(details)
+
+
+def test_the_sdk_signs_with_a_key_file_and_rereads_a_projected_token(
+    world: World, tmp_path: Path
+) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "job-key.pem"
+    key_file.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    client_id = _client(world, public_key_pem=pem)
+    http = httpx.Client(transport=httpx.WSGITransport(app=world.app, remote_addr="203.0.113.7"))
+    keyed = BrokerClient(PUBLIC_URL, client_id, private_key_file=key_file, http=http)
+    assert keyed.token(world.user.email).access_token
+    assert keyed.token(world.user.email).access_token  # a fresh assertion each call
+    emulator = world.emulator
+    add_rule(world, emulator.issuer_url("kubernetes"),
+             subject="system:serviceaccount:jobs:mailer")
+    token_file = tmp_path / "token"
+    job = BrokerClient.from_workload_token(PUBLIC_URL, token_file, world.user.email, http=http)
+    token_file.write_text(emulator.mint("kubernetes", aud=PUBLIC_URL))
+    assert READONLY in job.token().scopes
+    # The kubelet rotates the file in place: the next exchange reads the new token.
+    token_file.write_text(emulator.mint("kubernetes", aud="https://kubernetes.default.svc"))
+    with pytest.raises(InvalidRequestError):
+        job.token()
