@@ -39,8 +39,8 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
 
 def _fields(request: Request) -> dict[str, object]:
     """Return the JSON body's object or the form's single values ({} for anything else)."""
-    if (request.content_length or 0) > 16_384:
-        return {}  # the body parser refuses it; the caller is not named from it
+    if (request.content_length or 0) > 32_768:
+        return {}  # the body parsers refuse it; the caller is not named from it
     if request.is_json:
         body = request.get_json(silent=True)
         return body if isinstance(body, dict) else {}

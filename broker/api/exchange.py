@@ -38,6 +38,7 @@ ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a
 PROXY_TOKEN = "urn:broker:token-type:proxy"  # noqa: S105 - a type name
 GMAIL_RESOURCE = "https://gmail.googleapis.com/"
 MAX_MIN_TTL = 3000
+MAX_BODY = 32 * 1024  # a subject token and an assertion of 8 KiB each, form-encoded
 FIELDS = {"grant_type", "subject_token", "subject_token_type", "requested_token_type", "scope",
           "login_hint", "resource", "audience", "min_ttl", "actor_token", "actor_token_type",
           "client_id", "client_assertion_type", "client_assertion"}
@@ -66,6 +67,8 @@ def parse_exchange() -> ExchangeRequest:
     if request.mimetype != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType("The body must be form-encoded "
                                    "(application/x-www-form-urlencoded).")
+    if (request.content_length or 0) > MAX_BODY:
+        raise InvalidRequest("the body is too large")
     for name in list(request.form) + list(request.args):
         if name not in FIELDS or name in request.args:
             raise InvalidRequest(f"unknown parameter {name[:40]!r}")
