@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 
 from broker.db import get_db
@@ -37,3 +39,16 @@ def test_the_page_adds_refuses_readably_and_stays_in_its_tenant(
     page = as_admin.get("/admin/workload").text
     assert "repository_id=42" in page and foreign_id not in page
     assert as_admin.post(f"/admin/workload/{foreign_id}/disable").status_code == 404
+
+
+def test_the_clients_page_registers_a_keyed_client(admin_app: Flask, org: Org,
+                                                   as_admin: Browser) -> None:
+    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    form = {"name": "keyed", "scopes": [READONLY], "auth": "private_key_jwt"}
+    refused = as_admin.post("/admin/clients", form)
+    assert refused.status_code == 400 and "exactly one of a public key" in refused.text
+    created = as_admin.post("/admin/clients", {**form, "public_key": pem})
+    assert created.status_code == 303
+    page = as_admin.get(created.headers["Location"]).text
+    assert "private_key_jwt" in page and "signs its assertions with its own key" in page
