@@ -54,10 +54,11 @@ def create_app(config: Mapping[str, Any] | None = None, *, require_keys: bool = 
     if config:
         app.config["TESTING"] = bool(config.get("TESTING", False))
 
-    from broker import api, db, health, keys, logging, metrics, tokens, web
+    from broker import api, db, health, jwks, keys, logging, metrics, tokens, web
 
     logging.init_app(app)
     db.init_app(app)
+    jwks.init_app(app)
     keys.init_app(app, require=require_keys)
     health.init_app(app)
     metrics.init_app(app)

@@ -2,16 +2,33 @@
 
     client = BrokerClient("https://broker.example.com", CLIENT_ID, CLIENT_SECRET)
     gmail = build("gmail", "v1", credentials=BrokerCredentials(client, "alice@acme.com"))
+
+Jobs without secrets: `BrokerClient(url, CLIENT_ID, private_key_file="job-key.pem")` signs a
+short private_key_jwt assertion per call, and `BrokerClient.from_workload_token(url,
+"/var/run/secrets/broker/token", "alice@acme.com")` exchanges the platform's token (RFC 8693).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import ssl
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a type name
+PROXY_TOKEN_TYPE = "urn:broker:token-type:proxy"  # noqa: S105 - a type name
+ASSERTION_LIFETIME = 60
 
 
 class BrokerAPIError(Exception):
@@ -102,6 +119,9 @@ DatabaseUnavailableError = _error_class("database_unavailable")
 KeyServiceUnavailableError = _error_class("key_service_unavailable")
 MethodNotAllowedError = _error_class("method_not_allowed")
 InvalidTokenError = _error_class("invalid_token")
+UserMismatchError = _error_class("user_mismatch")
+EgressRefusedError = _error_class("egress_refused")
+BatchNotSupportedError = _error_class("batch_not_supported")
 ERRORS: dict[str, type[BrokerAPIError]] = {
     cls.error: cls for cls in (
         InvalidClientError, IpNotAllowedError, RateLimitedError, InvalidRequestError,
@@ -109,6 +129,7 @@ ERRORS: dict[str, type[BrokerAPIError]] = {
         NotConnectedError, ReauthRequiredError, ScopeNotGrantedError,
         UpstreamUnavailableError, BrokerMisconfiguredError, DatabaseUnavailableError,
         KeyServiceUnavailableError, MethodNotAllowedError, InvalidTokenError,
+        UserMismatchError, EgressRefusedError, BatchNotSupportedError,
     )
 }
 
@@ -142,6 +163,16 @@ class ProxyToken:
         return f"ProxyToken(email={self.email!r}, expires_at={self.expires_at})"
 
 
+def _signing_key(path: str | Path) -> tuple[RSAKey | ECKey, str]:
+    """Load a PEM private key (RSA or EC P-256) and return it as a JWK with its algorithm."""
+    private = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if isinstance(private, rsa.RSAPrivateKey):
+        return RSAKey.import_key(private), "RS256"
+    if isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp256r1":
+        return ECKey.import_key(private), "ES256"
+    raise ValueError("the private key must be RSA or EC P-256 (PEM)")
+
+
 class BrokerClient:
     """Ask the broker for users' Gmail access tokens."""
 
@@ -149,17 +180,25 @@ class BrokerClient:
         self, base_url: str, client_id: str, client_secret: str | None = None, *,
         cert: tuple[str, str] | None = None, verify: str | bool = True,
         timeout: float = 15.0, http: httpx.Client | None = None,
+        private_key_file: str | Path | None = None,
     ) -> None:
-        """Authenticate with the client's secret, or with `cert=(chain.pem, key.pem)` (RFC 8705).
+        """Authenticate with the client's secret, with `cert=(chain.pem, key.pem)` (RFC 8705),
+        or with `private_key_file` (private_key_jwt, RFC 7523: the key never leaves the job).
 
         With a certificate, call the broker's mTLS listener (its `mtls_endpoint_aliases`);
         `verify` is a CA file for the broker's own certificate, or True for the system store.
+        With a key, `base_url` must be the broker's public URL: assertions name the endpoint.
         """
-        if (client_secret is None) == (cert is None):
-            raise ValueError("give exactly one of client_secret and cert")
+        given = [x for x in (client_secret, cert, private_key_file) if x is not None]
+        if len(given) != 1 and client_id:
+            raise ValueError("give exactly one of client_secret, cert and private_key_file")
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
         self._auth = httpx.BasicAuth(client_id, client_secret) if client_secret else None
+        self._key = _signing_key(private_key_file) if private_key_file is not None else None
+        # from_workload_token: the projected token file, re-read on every exchange.
+        self._token_file: Path | None = None
+        self.user: str | None = None
         if http is None:
             trust: ssl.SSLContext | bool = verify is not False
             if cert is not None or isinstance(verify, str):
@@ -170,51 +209,35 @@ class BrokerClient:
             http = httpx.Client(timeout=timeout, follow_redirects=False, verify=trust)
         self.http = http
 
-    def token(
-        self, user: str, scopes: list[str] | None = None, min_ttl: int = 300,
-        rejected_token: str | None = None,
-    ) -> Token:
-        """Return a token for `user`, or raise the BrokerAPIError subclass of the refusal."""
-        body: dict[str, Any] = {"user": user, "min_ttl": min_ttl}
-        if scopes is not None:
-            body["scopes"] = scopes
-        if rejected_token is not None:
-            body["rejected_token"] = rejected_token
-        data = self._post("/api/v1/token", body)
-        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
-        return Token(data["access_token"], expires_at, int(data["expires_in"]),
-                     list(data["scopes"]), data["user"]["id"], data["user"]["email"])
+    @classmethod
+    def from_workload_token(
+        cls, base_url: str, token_file: str | Path, user: str, *, verify: str | bool = True,
+        timeout: float = 15.0, http: httpx.Client | None = None,
+    ) -> BrokerClient:
+        """Return a client that exchanges the platform's token for `user`'s (RFC 8693).
 
-    def proxy_token(self, user: str, ttl: int | None = None) -> ProxyToken:
-        """Return a proxy token for `user` (Gmail through the broker; no Google token)."""
-        body: dict[str, Any] = {"user": user}
-        if ttl is not None:
-            body["ttl"] = ttl
-        data = self._post("/api/v1/proxy/token", body)
-        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
-        return ProxyToken(data["proxy_token"], expires_at, data["proxy_url"],
-                          data["user"]["id"], data["user"]["email"])
-
-    def proxy_credentials(self, user: str) -> Any:
-        """Return google-auth Credentials for Gmail through the broker, as `user`.
-
-        Use with `build("gmail", "v1", credentials=creds,
-        client_options={"api_endpoint": creds.proxy_url})` and `userId="me"`.
+        `token_file` is read anew on each exchange: Kubernetes rotates a projected token in
+        place, and a GitHub Actions step can rewrite it.
         """
-        if _google_credentials is None:  # pragma: no cover - needs the sdk extra
-            raise RuntimeError("proxy_credentials needs google-auth (pip install "
-                               "gmail-token-broker[sdk])")
-        return BrokerProxyCredentials(self, user)
+        client = cls(base_url, "", verify=verify, timeout=timeout, http=http)
+        client._token_file = Path(token_file)
+        client.user = user
+        return client
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST JSON as this client; return the answer or raise its BrokerAPIError."""
-        if self._auth is None:
-            body["client_id"] = self.client_id  # RFC 8705: the certificate names no client
+    def client_assertion(self, path: str) -> str:
+        """Return a fresh private_key_jwt assertion for the broker endpoint at `path`."""
+        if self._key is None:
+            raise ValueError("this client has no private key")
+        key, alg = self._key
+        now = int(time.time())
+        claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.base_url + path,
+                  "iat": now, "exp": now + ASSERTION_LIFETIME,
+                  "jti": secrets.token_urlsafe(18)}
+        return jwt.encode({"alg": alg, "kid": key.thumbprint(), "typ": "JWT"}, claims, key)
+
+    def _post(self, path: str, **kwargs: Any) -> tuple[httpx.Response, dict[str, Any]]:
         try:
-            response = self.http.post(
-                self.base_url + path, json=body,
-                auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            response = self.http.post(self.base_url + path, **kwargs)
         except httpx.TransportError as exc:
             # Connection refused, DNS, TLS, timeouts: one class a job can retry on.
             raise BrokerUnavailableError(
@@ -225,6 +248,93 @@ class BrokerClient:
             retry = response.headers.get("Retry-After", "")
             cls = ERRORS.get(str(data.get("error")), BrokerAPIError)
             raise cls(response.status_code, data, int(retry) if retry.isdigit() else None)
+        return response, data
+
+    def _exchange(self, user: str, scopes: list[str] | None, min_ttl: int) -> Token:
+        if self._token_file is None:
+            raise ValueError("this client was not made by from_workload_token")
+        form = {"grant_type": EXCHANGE_GRANT, "subject_token_type": JWT_TOKEN_TYPE,
+                "subject_token": self._token_file.read_text(encoding="ascii").strip(),
+                "login_hint": user, "min_ttl": str(min_ttl)}
+        if scopes is not None:
+            form["scope"] = " ".join(scopes)
+        _, data = self._post("/api/v1/oauth/token", data=form)
+        expires_in = int(data["expires_in"])
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in)
+        return Token(data["access_token"], expires_at, expires_in,
+                     str(data.get("scope", "")).split(), "", user)
+
+    def token(
+        self, user: str | None = None, scopes: list[str] | None = None, min_ttl: int = 300,
+        rejected_token: str | None = None,
+    ) -> Token:
+        """Return a token for `user`, or raise the BrokerAPIError subclass of the refusal.
+
+        A client from `from_workload_token` asks for its own user when none is named (and
+        cannot report a `rejected_token`: the exchange has no such parameter).
+        """
+        user = user or self.user
+        if not user:
+            raise ValueError("name the user")
+        if self._token_file is not None:
+            return self._exchange(user, scopes, min_ttl)
+        body: dict[str, Any] = {"user": user, "min_ttl": min_ttl}
+        if scopes is not None:
+            body["scopes"] = scopes
+        if rejected_token is not None:
+            body["rejected_token"] = rejected_token
+        data = self._post_json("/api/v1/token", body)
+        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+        return Token(data["access_token"], expires_at, int(data["expires_in"]),
+                     list(data["scopes"]), data["user"]["id"], data["user"]["email"])
+
+    def proxy_token(self, user: str | None = None, ttl: int | None = None) -> ProxyToken:
+        """Return a proxy token for `user`: Gmail through the broker, no Google token."""
+        user = user or self.user
+        if not user:
+            raise ValueError("name the user")
+        if self._token_file is not None:
+            form = {"grant_type": EXCHANGE_GRANT, "subject_token_type": JWT_TOKEN_TYPE,
+                    "subject_token": self._token_file.read_text(encoding="ascii").strip(),
+                    "login_hint": user, "requested_token_type": PROXY_TOKEN_TYPE}
+            _, data = self._post("/api/v1/oauth/token", data=form)
+            expires_in = int(data["expires_in"])
+            return ProxyToken(data["access_token"],
+                              dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in),
+                              self.base_url + "/proxy/", "", user)
+        body: dict[str, Any] = {"user": user}
+        if ttl is not None:
+            body["ttl"] = ttl
+        data = self._post_json("/api/v1/proxy/token", body)
+        expires_at = dt.datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+        return ProxyToken(data["proxy_token"], expires_at, data["proxy_url"],
+                          data["user"]["id"], data["user"]["email"])
+
+    def proxy_credentials(self, user: str | None = None) -> Any:
+        """Return google-auth Credentials for Gmail through the broker, as `user`.
+
+        Use with `build("gmail", "v1", credentials=creds,
+        client_options={"api_endpoint": creds.proxy_url})` and `userId="me"`.
+        """
+        if _google_credentials is None:  # pragma: no cover - needs the sdk extra
+            raise RuntimeError("proxy_credentials needs google-auth (pip install "
+                               "gmail-token-broker[sdk])")
+        who = user or self.user
+        if not who:
+            raise ValueError("name the user")
+        return BrokerProxyCredentials(self, who)
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a JSON body as this client: a signed assertion, a secret or a certificate."""
+        if self._key is not None:
+            body["client_assertion_type"] = ASSERTION_TYPE
+            body["client_assertion"] = self.client_assertion(path)
+        elif self._auth is None:
+            body["client_id"] = self.client_id  # RFC 8705: the certificate names no client
+        _, data = self._post(
+            path, json=body,
+            auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
+        )
         return data
 
     @staticmethod

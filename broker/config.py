@@ -148,6 +148,12 @@ class Settings:
     RISC_AUDIENCES: tuple[str, ...] = _setting((), parse_list)
     RISC_RETENTION_DAYS: int = _setting(90, int)
     RISC_RATE_LIMIT: str = _setting("600/minute")
+    # The one JWKS cache (RISC, workload issuers, private_key_jwt clients): keys kept this long
+    # (less when the answer's Cache-Control says so); an unknown kid refetches once a cooldown.
+    JWKS_TTL: float = _setting(3600.0, float)
+    JWKS_COOLDOWN: float = _setting(30.0, float)
+    # Seconds of clock skew allowed on workload tokens' and client assertions' times.
+    WORKLOAD_LEEWAY: float = _setting(60.0, float)
     LOG_LEVEL: str = _setting("INFO")
     DEBUG: bool = _setting(False, parse_bool)
 
@@ -266,7 +272,8 @@ def validate(settings: Settings) -> list[str]:
                  "PROXY_TOTAL_TIMEOUT", "PROXY_TURNS"):
         if getattr(settings, name) <= 0:
             problems.append(f"BROKER_{name}: must be positive")
-    for name in ("DB_MAX_OVERFLOW", "DB_PING_IDLE"):
+    for name in ("DB_MAX_OVERFLOW", "DB_PING_IDLE", "JWKS_TTL", "JWKS_COOLDOWN",
+                 "WORKLOAD_LEEWAY"):
         if getattr(settings, name) < 0:
             problems.append(f"BROKER_{name}: must not be negative")
     for name in ("API_RATE_LIMIT", "LOGIN_RATE_LIMIT", "CALLBACK_RATE_LIMIT",

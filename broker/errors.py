@@ -38,6 +38,16 @@ class InvalidRequest(BrokerError):
     default_description = "The request is malformed."
 
 
+class UnsupportedGrantType(BrokerError):
+    error, status_code = "unsupported_grant_type", 400
+    default_description = "This grant type is not supported here."
+
+
+class InvalidTarget(BrokerError):
+    error, status_code = "invalid_target", 400
+    default_description = "The resource or audience asked for is not this broker's."
+
+
 class InvalidClient(BrokerError):
     error, status_code = "invalid_client", 401
     default_description = "Client authentication failed."

@@ -40,6 +40,14 @@ REFRESHES = Counter(
 MTLS_FAILURES = Counter(
     "broker_mtls_failures_total", "Client certificates that did not authenticate", ["reason"]
 )
+ASSERTION_FAILURES = Counter(
+    "broker_assertion_failures_total", "Client assertions (private_key_jwt) that did not "
+    "authenticate", ["reason"]
+)
+WORKLOAD_REJECTIONS = Counter(
+    "broker_workload_rejections_total", "Workload subject tokens refused at the token exchange",
+    ["reason"]
+)
 AUTH_FAILURES = Counter(
     "broker_api_auth_failures_total", "Failed API client authentications"
 )

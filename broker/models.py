@@ -288,6 +288,50 @@ class ApiClient(Base):
     # Gmail methods the client may call through /proxy/ by discovery id; None = what its
     # scopes permit (issue 13 item 3).
     gmail_methods: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # private_key_jwt (RFC 7523 §2.2): the client's public keys as a pinned JWK Set, or the
+    # https URL of its JWK Set; the broker never holds the private key.
+    jwt_jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    jwks_url: Mapped[str | None] = mapped_column(String(2000))
+
+
+class ClientAssertion(Base):
+    """A private_key_jwt assertion's `jti`, kept until the assertion expires: single use."""
+
+    __tablename__ = "client_assertions"
+
+    client_id: Mapped[str] = mapped_column(
+        ForeignKey("api_clients.id", ondelete="CASCADE"), primary_key=True
+    )
+    # SHA-256 of the jti: fixed width whatever the client sends.
+    jti_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class WorkloadTrust(Base):
+    """A rule that lets a platform's signed identity (a workload JWT) act as an API client."""
+
+    __tablename__ = "workload_trusts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id", ondelete="CASCADE"))
+    # Exact `iss`; rules are chosen by it before any signature is checked.
+    issuer: Mapped[str] = mapped_column(String(500), index=True)
+    # A pinned JWK Set; None: the keys the issuer's discovery document names.
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    audiences: Mapped[list[str]] = mapped_column(default=list)
+    # Exact `sub`; None only with an explicit any-subject.
+    subject: Mapped[str | None] = mapped_column(String(500))
+    # Exact values at dotted claim paths, e.g. {"repository_id": "42"}.
+    claims: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # User ids the job may act for, or ["*"].
+    users: Mapped[list[str]] = mapped_column(default=list)
+    max_lifetime: Mapped[int] = mapped_column(default=3600)
+    expires_at: Mapped[dt.datetime | None]
+    status: Mapped[str] = mapped_column(String(10), default="active")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class ClientCA(Base):

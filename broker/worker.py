@@ -20,6 +20,7 @@ from broker.db import get_db
 from broker.keys import reseal
 from broker.models import WORKER_HEARTBEAT, WorkerState
 from broker.risc import purge_security_events
+from broker.tenancy import assertions
 from broker.tokens import RefreshWindows, refresh_due
 
 __all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "fold_audit", "purge_inactive",
@@ -35,7 +36,7 @@ class Windows(RefreshWindows, ChainWindows, RevocationWindows):
 
 
 DUTIES = (refresh_due, chain_audit, fold_audit, retry_revocations, webhooks.deliver_due, reseal,
-          purge_inactive, purge_security_events)
+          purge_inactive, purge_security_events, assertions.purge_assertions)
 
 
 @dataclass(frozen=True)

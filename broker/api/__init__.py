@@ -85,13 +85,13 @@ def init_app(app: Flask) -> None:
     """Register the API blueprints, their services and the JSON error handlers."""
     app.session_interface = PagesOnlySessions()
     from broker import limits
-    from broker.api import metadata, openapi, proxy, risc, v1
+    from broker.api import exchange, metadata, openapi, proxy, risc, v1
     from broker.tenancy import certificates, client_auth
 
     limits.init_app(app)
     client_auth.init_app(app)
     certificates.init_app(app)
     app.register_error_handler(errors.BrokerError, error_response)
-    for blueprint in (v1.bp, openapi.bp, metadata.bp, risc.bp, proxy.bp):
+    for blueprint in (v1.bp, exchange.bp, openapi.bp, metadata.bp, risc.bp, proxy.bp):
         app.register_blueprint(blueprint)
     app.before_request(_api_routing_errors)

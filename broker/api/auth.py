@@ -1,4 +1,5 @@
-"""API-client authentication over HTTP: Basic credentials (RFC 6749 form-encoding), or a client
+"""API-client authentication over HTTP: Basic credentials (RFC 6749 form-encoding), a signed
+assertion (private_key_jwt, RFC 7523 §2.2) in the JSON body or the form, or a client
 certificate (RFC 8705) with the client named by `client_id` in the body or the query."""
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from flask import Flask, Request, current_app
 
 from broker import metrics
 from broker.clientcert import presented
+from broker.clientip import client_ip
 from broker.errors import InvalidClient
-from broker.tenancy import ClientInfo, client_auth
+from broker.tenancy import ClientInfo, assertions, client_auth
 from broker.tls import CertificateRejected
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="broker", charset="UTF-8"'}
@@ -35,13 +37,48 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
 
 
+def _fields(request: Request) -> dict[str, object]:
+    """Return the JSON body's object or the form's single values ({} for anything else)."""
+    if (request.content_length or 0) > 32_768:
+        return {}  # the body parsers refuse it; the caller is not named from it
+    if request.is_json:
+        body = request.get_json(silent=True)
+        return body if isinstance(body, dict) else {}
+    if request.mimetype == "application/x-www-form-urlencoded":
+        return {k: v[0] if len(v) == 1 else v for k, v in request.form.lists()}
+    return {}
+
+
 def named_client(request: Request) -> str:
     """Return the `client_id` a certificate-authenticated request names ('' if none)."""
-    if (request.content_length or 0) > 16_384:
-        return ""  # the body parser refuses it; the caller is not named from it
-    body = request.get_json(silent=True) if request.is_json else None
-    value = body.get("client_id") if isinstance(body, dict) else request.args.get("client_id")
+    fields = _fields(request)
+    value = fields.get("client_id") if fields else request.args.get("client_id")
     return value if isinstance(value, str) and 0 < len(value) <= 64 else ""
+
+
+def endpoint_url(request: Request) -> str:
+    """Return the URL an assertion for this endpoint names as `aud`: the public URL + path."""
+    settings = current_app.config["BROKER"]
+    return str(settings.PUBLIC_URL).rstrip("/") + request.path
+
+
+def _assertion(request: Request, fields: dict[str, object]) -> tuple[ClientInfo, dict[str, str]]:
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    kind, assertion = fields.get("client_assertion_type"), fields.get("client_assertion")
+    named = fields.get("client_id", "")
+    try:
+        if kind != assertions.ASSERTION_TYPE or not isinstance(assertion, str):
+            raise assertions.AssertionRejected("assertion_type")
+        asserted = assertions.verify_assertion(
+            app, assertion, endpoint_url(request), named=named if isinstance(named, str) else "?",
+            ip=str(client_ip(request, app.config["BROKER"].TRUSTED_PROXIES)),
+        )
+    except assertions.AssertionRejected as rejected:
+        metrics.ASSERTION_FAILURES.labels(reason=rejected.reason).inc()
+        log.warning("client assertion refused (%s)", rejected.reason,
+                    extra={"event": "assertion_refused", "reason": rejected.reason})
+        raise InvalidClient("Client authentication failed.") from None
+    return asserted.client, asserted.credential
 
 
 def authenticate(request: Request, now: dt.datetime) -> tuple[ClientInfo, dict[str, str]]:
@@ -53,6 +90,11 @@ def authenticate(request: Request, now: dt.datetime) -> tuple[ClientInfo, dict[s
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     settings = app.config["BROKER"]
     header = request.headers.get("Authorization")
+    fields = _fields(request)
+    if "client_assertion" in fields or "client_assertion_type" in fields:
+        if header:  # RFC 6749 §2.3: one authentication method per request
+            raise InvalidClient("Use one client authentication method.", headers=CHALLENGE)
+        return _assertion(request, fields)
     if header:
         credentials = parse_basic(header)
         if credentials is None:
@@ -63,8 +105,8 @@ def authenticate(request: Request, now: dt.datetime) -> tuple[ClientInfo, dict[s
     try:
         offered = presented(request, settings.MTLS_PROXIES, settings.MTLS_HEADER)
         if offered is None:
-            raise InvalidClient("HTTP Basic client credentials or a client certificate are "
-                                "required.", headers=CHALLENGE)
+            raise InvalidClient("HTTP Basic client credentials, a client assertion or a client "
+                                "certificate are required.", headers=CHALLENGE)
         client_id = named_client(request)
         if not client_id:
             raise CertificateRejected("no_client_id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from broker.jwks import ALGORITHMS
 from broker.tenancy import clients
 
 bp = Blueprint("metadata", __name__)
@@ -18,6 +19,8 @@ def authorization_server() -> Response:
         "issuer": base,
         "token_endpoint": base + "/api/v1/token",
         "token_endpoint_auth_methods_supported": list(clients.METHODS),
+        # private_key_jwt: the assertion's `aud` is the URL of the endpoint it is sent to.
+        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         # Google's access tokens cannot be bound to a client certificate (RFC 8705 §3).
         "tls_client_certificate_bound_access_tokens": False,
     }

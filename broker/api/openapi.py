@@ -57,6 +57,13 @@ TOKEN_REQUEST = {
         "min_ttl": {"type": "integer", "minimum": 0, "maximum": 3000, "default": 300},
         "rejected_token": {"type": "string", "maxLength": 2048,
                            "description": "an access token Google just refused"},
+        "client_id": {"type": "string", "maxLength": 64,
+                      "description": "the client a certificate authenticates"},
+        "client_assertion_type": {"const": "urn:ietf:params:oauth:client-assertion-type:"
+                                           "jwt-bearer"},
+        "client_assertion": {"type": "string", "maxLength": 8192,
+                             "description": "private_key_jwt: a JWT signed with the client's "
+                                            "key, aud the URL of this endpoint"},
     },
 }
 TOKEN_RESPONSE = {
@@ -66,6 +73,41 @@ TOKEN_RESPONSE = {
         "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
         "expires_at": TIME, "expires_in": {"type": "integer", "minimum": 0},
         "scopes": {"type": "array", "items": {"type": "string"}}, "user": USER,
+    },
+}
+EXCHANGE_REQUEST = {
+    "type": "object", "additionalProperties": False,
+    "required": ["grant_type", "subject_token", "subject_token_type", "login_hint"],
+    "properties": {
+        "grant_type": {"const": "urn:ietf:params:oauth:grant-type:token-exchange"},
+        "subject_token": {"type": "string", "minLength": 1, "maxLength": 8192,
+                          "description": "the workload JWT its platform signed"},
+        "subject_token_type": {"enum": ["urn:ietf:params:oauth:token-type:jwt",
+                                        "urn:ietf:params:oauth:token-type:id_token"]},
+        "requested_token_type": {"enum": ["urn:ietf:params:oauth:token-type:access_token",
+                                          "urn:broker:token-type:proxy"]},
+        "login_hint": {"type": "string", "minLength": 1, "maxLength": 320,
+                       "description": "the user's email address or id"},
+        "scope": {"type": "string", "description": "space-separated, full or short names"},
+        "resource": {"const": "https://gmail.googleapis.com/"},
+        "audience": {"type": "string", "description": "only the broker's public URL"},
+        "min_ttl": {"type": "integer", "minimum": 0, "maximum": 3000, "default": 300},
+        "client_id": {"type": "string", "maxLength": 64},
+        "client_assertion_type": {"const": "urn:ietf:params:oauth:client-assertion-type:"
+                                           "jwt-bearer"},
+        "client_assertion": {"type": "string", "maxLength": 8192},
+    },
+}
+EXCHANGE_RESPONSE = {
+    "type": "object", "additionalProperties": False,
+    "required": ["access_token", "issued_token_type", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": {"type": "string"},
+        "issued_token_type": {"enum": ["urn:ietf:params:oauth:token-type:access_token",
+                                       "urn:broker:token-type:proxy"]},
+        "proxy_url": {**URL, "description": "with a proxy token: where to use it"},
+        "token_type": {"const": "Bearer"}, "expires_in": {"type": "integer", "minimum": 0},
+        "scope": {"type": "string"},
     },
 }
 PROXY_TOKEN_REQUEST = {
@@ -78,6 +120,9 @@ PROXY_TOKEN_REQUEST = {
                                "its default)"},
         "client_id": {"type": "string", "maxLength": 64,
                       "description": "with a client certificate: the client it authenticates"},
+        "client_assertion_type": {"const": "urn:ietf:params:oauth:client-assertion-type:"
+                                           "jwt-bearer"},
+        "client_assertion": {"type": "string", "maxLength": 8192},
     },
 }
 PROXY_TOKEN_RESPONSE = {
@@ -93,7 +138,8 @@ PROXY = (
     "Gmail through the broker: `/proxy/gmail/v1/users/{userId}/…` and "
     "`/proxy/upload/gmail/v1/users/{userId}/…` pass through to Gmail's REST API, path for path "
     "(set google-api-python-client's `api_endpoint` to `{broker}/proxy/`). Authenticate with a "
-    "proxy token (`Authorization: Bearer`, from `POST /api/v1/proxy/token`, `userId` `me`) or "
+    "proxy token (`Authorization: Bearer`, from `POST /api/v1/proxy/token` or the token "
+    "exchange with `requested_token_type=urn:broker:token-type:proxy`; `userId` `me`) or "
     "with the client's Basic credentials and the user's address as `userId`. Each call passes "
     "the token hand-out's checks and the client's Gmail method allowlist (403 "
     "`method_not_allowed`, naming the method), and Gmail's quota governor (429 `rate_limited` "
@@ -131,6 +177,8 @@ def document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"client": {"type": "http", "scheme": "basic"}},
             "schemas": {"TokenRequest": TOKEN_REQUEST, "TokenResponse": TOKEN_RESPONSE,
+                        "ExchangeRequest": EXCHANGE_REQUEST,
+                        "ExchangeResponse": EXCHANGE_RESPONSE,
                         "ConnectionList": CONNECTION_LIST,
                         "ProxyTokenRequest": PROXY_TOKEN_REQUEST,
                         "ProxyTokenResponse": PROXY_TOKEN_RESPONSE},
@@ -149,6 +197,36 @@ def document() -> dict[str, Any]:
                                 "schema": {"$ref": "#/components/schemas/TokenResponse"}}}},
                     "400": _error(errors.InvalidRequest),
                     "403": _error(errors.IpNotAllowed, errors.ScopeNotAllowed,
+                                  errors.UserSuspended, errors.LoginRequired, login_url=URL),
+                    "404": _error(errors.UnknownUser, errors.NotConnected, connect_url=URL),
+                    "409": _error(errors.ReauthRequired, errors.ScopeNotGranted,
+                                  reason={"enum": REASONS}, reauth_url=URL, consent_url=URL),
+                    "415": _error(errors.UnsupportedMediaType),
+                    "503": {**_error(errors.UpstreamUnavailable, errors.BrokerMisconfigured,
+                                     errors.KeyServiceUnavailable),
+                            "headers": RETRY_AFTER},
+                },
+            }},
+            "/api/v1/oauth/token": {"post": {
+                "operationId": "exchangeToken",
+                "summary": "Exchange a workload JWT for a user's Google access token (RFC 8693)",
+                "description": "No client secret: the trust rule the subject token satisfies "
+                               "names the API client. Client authentication (Basic or "
+                               "private_key_jwt) is optional; when given it must be the "
+                               "rule's client. A bad subject token is described only as "
+                               "'subject token rejected'.",
+                "security": [{}, {"client": []}],
+                "requestBody": {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {"$ref": "#/components/schemas/ExchangeRequest"}}}},
+                "responses": {
+                    **COMMON,
+                    "200": {"description": "a token valid for min_ttl (or Google's lifetime)",
+                            "headers": no_store, "content": {"application/json": {
+                                "schema": {"$ref": "#/components/schemas/ExchangeResponse"}}}},
+                    "400": _error(errors.InvalidRequest, errors.UnsupportedGrantType,
+                                  errors.InvalidTarget),
+                    "403": _error(errors.IpNotAllowed, errors.Forbidden, errors.ScopeNotAllowed,
                                   errors.UserSuspended, errors.LoginRequired, login_url=URL),
                     "404": _error(errors.UnknownUser, errors.NotConnected, connect_url=URL),
                     "409": _error(errors.ReauthRequired, errors.ScopeNotGranted,

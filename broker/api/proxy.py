@@ -28,7 +28,7 @@ from broker.tokens import Handout, TokenRequest
 bp = json_errors(Blueprint("proxy", __name__))
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 BEARER_CHALLENGE = 'Bearer realm="broker-proxy", error="invalid_token"'
-TOKEN_FIELDS = {"user", "ttl", "client_id"}
+TOKEN_FIELDS = {"user", "ttl", "client_id", "client_assertion_type", "client_assertion"}
 
 
 def _bearer() -> ProxyGrant | None:
@@ -122,12 +122,8 @@ def proxy_token() -> Response:
         user, ttl = _token_body(handout.client.id, settings.PROXY_TOKEN_TTL)
     except BrokerError as exc:
         handout.refuse(exc)
-    handout.details = {"ttl": ttl}
-    user_id, email = handout.check(TokenRequest(user=user, scopes=None, min_ttl=0,
-                                                rejected_token=None))
-    expires_at = get_clock(app)() + dt.timedelta(seconds=ttl)
-    token = get_proxy(app).tokens.issue(ProxyGrant(
-        handout.client.id, handout.client.tenant_id, user_id, email, expires_at))
+    token, grant = issue_proxy_token(handout, user, ttl)
+    user_id, email, expires_at = grant.user_id, grant.email, grant.expires_at
     response = jsonify(
         proxy_token=token, token_type="Bearer",  # noqa: S106 - a token type, not a secret
         expires_in=ttl, expires_at=rfc3339(expires_at),
@@ -137,6 +133,18 @@ def proxy_token() -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
+
+
+def issue_proxy_token(handout: Handout, user: str, ttl: int) -> tuple[str, ProxyGrant]:
+    """Run the hand-out's checks for `user` (audited as proxy.token), then mint a proxy token."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    handout.action = "proxy.token"
+    handout.details = {**handout.details, "ttl": ttl}
+    user_id, email = handout.check(TokenRequest(user=user, scopes=None, min_ttl=0,
+                                                rejected_token=None))
+    grant = ProxyGrant(handout.client.id, handout.client.tenant_id, user_id, email,
+                       get_clock(app)() + dt.timedelta(seconds=ttl))
+    return get_proxy(app).tokens.issue(grant), grant
 
 
 def _token_body(client_id: str, max_ttl: int) -> tuple[str, int]:

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 MAX_MIN_TTL = 3000
 STATUSES = ("active", "degraded", "needs_reauth", "revoked")
-TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token", "client_id"}
+TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token", "client_id",
+                "client_assertion_type", "client_assertion"}
 
 
 def admit(

@@ -257,8 +257,10 @@ def _register_commands() -> None:
     from broker.cli import keys as cli_keys
     from broker.cli import risc as cli_risc
     from broker.cli import tenants as cli_tenants
+    from broker.cli import workload as cli_workload
 
-    for module in (cli_tenants, cli_keys, cli_clients, cli_audit, cli_certs, cli_risc):
+    for module in (cli_tenants, cli_keys, cli_clients, cli_audit, cli_certs, cli_risc,
+                   cli_workload):
         for command in module.COMMANDS:
             cli.add_command(command)
     try:

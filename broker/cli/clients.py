@@ -57,7 +57,8 @@ def _print_issued(issued: clients.Issued, as_json: bool) -> None:
 @click.option("--auth", "method", type=click.Choice(clients.METHODS),
               default="client_secret_basic", show_default=True,
               help="how the client proves itself: a secret, a certificate its tenant's CA "
-                   "issued (RFC 8705 tls_client_auth) or a pinned self-signed one")
+                   "issued (RFC 8705 tls_client_auth), a pinned self-signed one, or an "
+                   "assertion signed with its own key (RFC 7523 private_key_jwt)")
 @click.option("--tls-ca", type=PEM_FILE,
               help="tls_client_auth: the CA (PEM) that issues the client's certificates, "
                    "pinned by its public key")
@@ -71,6 +72,10 @@ def _print_issued(issued: clients.Issued, as_json: bool) -> None:
 @click.option("--tls-cert", "tls_certs", type=PEM_FILE, multiple=True,
               help="self_signed_tls_client_auth: the pinned certificate (PEM); give two "
                    "while replacing one")
+@click.option("--public-key", type=PEM_FILE,
+              help="private_key_jwt: the job's public key (PEM; RSA 2048+ or EC P-256)")
+@click.option("--jwks-url", metavar="URL",
+              help="private_key_jwt: or the https URL where the job publishes its JWK Set")
 @click.option("--method", "methods", multiple=True, metavar="ID",
               help="a Gmail method the client may call through /proxy/, by discovery id "
                    "(gmail.users.messages.list); repeatable; default: every method its "
@@ -80,19 +85,24 @@ def client_create(
     slug: str, name: str, scopes: tuple[str, ...], ip_ranges: tuple[str, ...], method: str,
     tls_ca: Path | None, tls_subject: str | None, tls_san_dns: str | None,
     tls_san_uri: str | None, tls_san_ip: str | None, tls_san_email: str | None,
-    tls_certs: tuple[Path, ...], methods: tuple[str, ...], as_json: bool,
+    tls_certs: tuple[Path, ...], public_key: Path | None, jwks_url: str | None,
+    methods: tuple[str, ...], as_json: bool,
 ) -> None:
     """Create an API client; print its id (and its secret, shown once).
 
     With --auth tls_client_auth, name exactly one of --tls-subject or --tls-san-*: the
     leaf itself must carry it (no CN fallback, no patterns). A certificate client gets no
-    secret and names itself with client_id in the request body.
+    secret and names itself with client_id in the request body. With --auth private_key_jwt,
+    give --public-key or --jwks-url: the job signs a short assertion with its private key,
+    which the broker never sees.
 
     \b
     Examples:
       broker client create --tenant acme --name nightly-export --scope gmail.readonly
       broker client create --tenant acme --name mailer --scope gmail.send \\
         --auth tls_client_auth --tls-ca acme-ca.pem --tls-san-uri spiffe://acme/mailer
+      broker client create --tenant acme --name keyed --scope gmail.readonly \
+        --auth private_key_jwt --public-key job-public.pem
     """
     matches = {"subject_dn": tls_subject, "san_dns": tls_san_dns, "san_uri": tls_san_uri,
                "san_ip": tls_san_ip, "san_email": tls_san_email}
@@ -104,6 +114,7 @@ def client_create(
     auth = clients.ClientAuth(
         method=method, ca_pem=tls_ca.read_text() if tls_ca else None, match=match,
         match_value=value, certificates=tuple(p.read_text() for p in tls_certs),
+        public_key_pem=public_key.read_text() if public_key else None, jwks_url=jwks_url,
     )
     with get_db().transaction() as session:
         issued = clients.create_client(
@@ -116,8 +127,10 @@ def client_create(
         click.echo(json.dumps({"client_id": issued.client_id, "auth_method": method}))
     else:
         click.echo(f"client_id:     {issued.client_id}")
-        click.echo(f"It authenticates with {method}: send client_id in the body over mutual "
-                   "TLS.", err=True)
+        how = ("sign an assertion with its private key (client_assertion)"
+               if method == "private_key_jwt"
+               else "send client_id in the body over mutual TLS")
+        click.echo(f"It authenticates with {method}: {how}.", err=True)
 
 
 @client.command("rotate-secret")

@@ -76,11 +76,12 @@ def create_app(
         gmail=GmailDesk(state.now),
     )
 
-    from broker.emulator import authorize, controls, gmail, risc, routes
+    from broker.emulator import authorize, controls, gmail, issuers, risc, routes
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(gmail.bp)
     app.register_blueprint(risc.bp)
     app.register_blueprint(authorize.bp)
     app.register_blueprint(controls.bp)
+    app.register_blueprint(issuers.bp)
     return app

@@ -22,11 +22,12 @@ from joserfc.jwk import KeySet
 
 from broker import config, scopes
 from broker.config import Settings
+from broker.jwks import JwksCache, JwksUnavailable, get_jwks
 from broker.tls import client_context
 
 ID_TOKEN_LEEWAY = 300  # Google: allow a few minutes of clock skew
-# An unknown `kid` refetches a JWK Set at once, but only once per this many seconds: a stream
-# of tokens with made-up kids must not turn into a stream of fetches from Google.
+# An unknown `kid` refetches a JWK Set at once, but only once per BROKER_JWKS_COOLDOWN (this is
+# its default): a stream of tokens with made-up kids must not turn into a stream of fetches.
 JWKS_REFETCH_COOLDOWN = 30.0
 TRANSIENT_ERRORS = {"server_error", "temporarily_unavailable", "internal_failure"}
 MISCONFIGURED_ERRORS = {"invalid_client", "unauthorized_client"}
@@ -111,7 +112,8 @@ class Google:
     """Talk to Google (or the emulator) by the endpoints its discovery document names."""
 
     def __init__(
-        self, settings: Settings, *, clock: Callable[[], float] = time.time
+        self, settings: Settings, *, clock: Callable[[], float] = time.time,
+        jwks: JwksCache | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = settings.GOOGLE_CLIENT_ID or ""
@@ -123,8 +125,8 @@ class Google:
         self._http: httpx.Client | None = None
         self._pid = 0
         self._discovery: tuple[dict[str, Any], float] | None = None
-        # Per JWKS URL: the keys, when they expire, and when a kid miss last forced a refetch.
-        self._key_sets: dict[str, tuple[KeySet, float, float]] = {}
+        # The app's one JWKS cache, shared with workload issuers and private_key_jwt clients.
+        self.jwks = jwks or JwksCache(settings, clock=clock)
         self._documents: dict[str, tuple[dict[str, Any], float]] = {}
 
     @property
@@ -278,28 +280,15 @@ class Google:
         )
 
     def key_set(self, url: str, *, refresh: bool = False) -> KeySet:
-        """Return the JWK Set at `url`, cached per Cache-Control (the shared JWKS cache).
+        """Return the JWK Set at `url` from the shared JWKS cache (`broker.jwks`).
 
         `refresh` asks again after a `kid` was not found, at most once per
-        JWKS_REFETCH_COOLDOWN; raise GoogleError when the keys cannot be had.
+        BROKER_JWKS_COOLDOWN; raise GoogleError when the keys cannot be had.
         """
-        now = self.clock()
-        with self._lock:
-            cached = self._key_sets.get(url)
-        if cached is not None:
-            keys, expires, forced_at = cached
-            if not refresh and expires > now:
-                return keys
-            if refresh and expires > now and now - forced_at < JWKS_REFETCH_COOLDOWN:
-                return keys
         try:
-            document, expires = self._get_cached_json(url)
-            keys = KeySet.import_key_set(document)  # type: ignore[arg-type]
-        except (httpx.HTTPError, ValueError, JoseError):
+            return self.jwks.key_set(url, refresh=refresh)
+        except JwksUnavailable:
             raise GoogleError(Failure.TRANSIENT, error="jwks_unavailable") from None
-        with self._lock:
-            self._key_sets[url] = (keys, expires, now if refresh else float("-inf"))
-        return keys
 
     def _key_set(self, refresh: bool = False) -> KeySet:
         try:
@@ -377,5 +366,5 @@ def get_google(app: Flask | None = None) -> Google:
         raise NotConfigured("Google sign-in is not configured")
     google = app.extensions.get("broker.google")
     if google is None:
-        google = app.extensions["broker.google"] = Google(settings)
+        google = app.extensions["broker.google"] = Google(settings, jwks=get_jwks(app))
     return google

@@ -18,6 +18,7 @@ from broker.clock import get_clock
 from broker.config import Settings
 from broker.db import get_db
 from broker.google import Google, NotConfigured, get_google
+from broker.jwks import get_jwks
 from broker.models import SecurityEvent, SecurityEventTenant
 from broker.risc.actions import Acted, Actions, record, short_type, subject_of
 from broker.risc.verify import Refused, SecurityEventToken, Unavailable, verify
@@ -44,7 +45,7 @@ def google_of(app: Flask) -> Google:
         # Verifying events needs no client secret; keep one client for the caches anyway.
         google = app.extensions.get(GOOGLE)
         if google is None:
-            google = app.extensions[GOOGLE] = Google(app.config["BROKER"])
+            google = app.extensions[GOOGLE] = Google(app.config["BROKER"], jwks=get_jwks(app))
         return google
 
 

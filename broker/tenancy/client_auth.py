@@ -11,9 +11,11 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from flask import Flask, current_app
+from joserfc.jwk import KeySet
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -21,6 +23,7 @@ from broker.clientip import IPAddress, ip_in
 from broker.config import Network
 from broker.db import get_db
 from broker.errors import InvalidClient, InvalidToken
+from broker.jwks import key_set_of
 from broker.keys import digest
 from broker.models import ApiClient, ClientCA, Policy
 from broker.tls import CertificateRejected, Presented, leaf_matches, pinned, verify_client
@@ -51,6 +54,8 @@ class ClientInfo:
     tls_match: str | None = None
     tls_match_value: str | None = None
     tls_certificates: tuple[str, ...] = ()  # self_signed_tls_client_auth: the pinned PEMs
+    jwt_keys: KeySet | None = None  # private_key_jwt: the pinned keys, parsed once per load
+    jwks_url: str | None = None  # private_key_jwt: or where its keys are published
     gmail_methods: tuple[str, ...] | None = None  # the proxy's allowlist; None: by scopes
 
     def admits(self, address: IPAddress) -> bool:
@@ -136,8 +141,19 @@ def _load(app: Flask, client_id: str) -> ClientInfo | None:
         tls_ca=x509.load_pem_x509_certificate(ca_pem.encode()) if ca_pem else None,
         tls_match=client.tls_match, tls_match_value=client.tls_match_value,
         tls_certificates=tuple(client.tls_certificates or ()),
+        jwt_keys=_pinned_keys(client.jwt_jwks), jwks_url=client.jwks_url,
         gmail_methods=None if client.gmail_methods is None else tuple(client.gmail_methods),
     )
+
+
+def _pinned_keys(document: dict[str, Any] | None) -> KeySet | None:
+    if not document:
+        return None
+    try:
+        return key_set_of(document)
+    except ValueError:
+        log.warning("a client's pinned JWK Set does not load", extra={"event": "client_jwks"})
+        return None
 
 
 def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
@@ -212,6 +228,12 @@ def _check_certificate(info: ClientInfo, offered: Presented, now: dt.datetime) -
             raise CertificateRejected("not_pinned")
     else:
         raise CertificateRejected("wrong_method")
+
+
+def note_use(app: Flask, client_id: str, now: dt.datetime) -> None:
+    """Write an authenticated client's last use, at most once a minute per process."""
+    if get_cache(app).use_due(client_id, now):
+        _record_use(app, client_id, now)
 
 
 def _record_use(app: Flask, client_id: str, now: dt.datetime) -> None:

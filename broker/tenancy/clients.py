@@ -13,13 +13,18 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker import audit
+from broker.config import is_loopback_url
 from broker.errors import Conflict, InvalidRequest, NotFound
 from broker.google import gmail_methods
 from broker.keys import digest, new_secret
@@ -29,7 +34,8 @@ from broker.tenancy.policy import parse_duration
 from broker.tls import MATCHES, describe, is_ca, normalise_match, spki_sha256, thumbprint
 
 MAX_GRACE = dt.timedelta(days=30)
-METHODS = ("client_secret_basic", "tls_client_auth", "self_signed_tls_client_auth")
+METHODS = ("client_secret_basic", "tls_client_auth", "self_signed_tls_client_auth",
+           "private_key_jwt")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class ClientAuth:
     match: str | None = None  # tls_client_auth: subject_dn, san_dns, san_uri, san_ip, san_email
     match_value: str | None = None
     certificates: tuple[str, ...] = ()  # self_signed_tls_client_auth: one or two PEMs
+    public_key_pem: str | None = None  # private_key_jwt: the job's public key (PEM)
+    jwks_url: str | None = None  # private_key_jwt: or the https URL of its JWK Set
 
 
 @dataclass(frozen=True)
@@ -184,11 +192,18 @@ def _apply_auth(session: Session, row: ApiClient, auth: ClientAuth) -> dict[str,
     if auth.method not in METHODS:
         raise InvalidRequest(f"auth must be one of {', '.join(METHODS)}")
     row.auth_method = auth.method
+    if auth.method != "private_key_jwt" and (auth.public_key_pem or auth.jwks_url):
+        raise InvalidRequest("a public key or JWKS URL needs --auth private_key_jwt")
     if auth.method == "client_secret_basic":
         if auth.ca_pem or auth.match or auth.certificates:
             raise InvalidRequest("certificate options need --auth tls_client_auth or "
                                  "self_signed_tls_client_auth")
         return {"auth_method": auth.method}
+    if auth.method == "private_key_jwt":
+        if auth.ca_pem or auth.match or auth.certificates:
+            raise InvalidRequest("private_key_jwt takes a public key or a JWKS URL, "
+                                 "not certificates")
+        return _apply_key(row, auth)
     if auth.method == "tls_client_auth":
         if not auth.ca_pem or not auth.match or auth.certificates:
             raise InvalidRequest("tls_client_auth needs the client CA and exactly one name to "
@@ -216,6 +231,43 @@ def _apply_auth(session: Session, row: ApiClient, auth: ClientAuth) -> dict[str,
                             for p in pems]}
 
 
+def _apply_key(row: ApiClient, auth: ClientAuth) -> dict[str, object]:
+    """Register a private_key_jwt client's public key (as a pinned JWK Set) or JWKS URL."""
+    if bool(auth.public_key_pem) == bool(auth.jwks_url):
+        raise InvalidRequest("private_key_jwt needs exactly one of a public key (PEM) or a "
+                             "JWKS URL")
+    if auth.jwks_url:
+        url = auth.jwks_url.strip()
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_url(url)):
+            raise InvalidRequest("the JWKS URL must be https:// (http only on loopback)")
+        if not parts.hostname or len(url) > 2000 or parts.username or parts.password:
+            raise InvalidRequest("the JWKS URL is not a plain absolute URL")
+        row.jwks_url, row.jwt_jwks = url, None
+        return {"auth_method": auth.method, "jwks_url": url}
+    key = public_jwk(auth.public_key_pem or "")
+    row.jwt_jwks, row.jwks_url = {"keys": [key]}, None
+    return {"auth_method": auth.method, "key_thumbprint": key["kid"]}
+
+
+def public_jwk(pem: str) -> dict[str, Any]:
+    """Return a PEM public key (RSA of 2048+ bits, or EC P-256) as a JWK, kid its thumbprint."""
+    try:
+        public = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise InvalidRequest("the public key is not a PEM public key") from None
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size >= 2048:
+        jwk: RSAKey | ECKey = RSAKey.import_key(public)
+    elif isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1":
+        jwk = ECKey.import_key(public)
+    else:
+        raise InvalidRequest("the public key must be RSA (2048 bits or more) or EC P-256")
+    key = dict(jwk.as_dict(private=False))
+    key["kid"] = jwk.thumbprint()
+    key["alg"] = "RS256" if isinstance(jwk, RSAKey) else "ES256"
+    return key
+
+
 def create_client(
     session: Session, tenant: Tenant, *, name: str, scopes: Iterable[str],
     ip_ranges: Iterable[str] = (), actor: str | None = None, ip: str | None = None,
@@ -223,8 +275,8 @@ def create_client(
 ) -> Issued:
     """Create an API client; a secret is returned once and stored only as a digest.
 
-    A client that authenticates with a certificate gets no usable secret (an empty one is
-    returned): it has exactly one method, so nothing can downgrade it to a secret.
+    A client that authenticates with a certificate or a signed assertion gets no usable secret
+    (an empty one is returned): it has exactly one method, so nothing can downgrade it.
     """
     name = name.strip()
     if not 1 <= len(name) <= 200:

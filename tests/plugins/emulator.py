@@ -133,6 +133,26 @@ class EmulatorControls:
     def slow_gmail(self, latency_ms: int, count: int = -1) -> Any:
         """Delay the next `count` Gmail calls (all until cleared by default)."""
         return self.fault("gmail", latency_ms=latency_ms, count=count)
+    def issuer_url(self, name: str) -> str:
+        """Return a workload issuer's URL (its `iss`)."""
+        return f"{self.url}/_emulator/issuers/{name}"
+
+    def make_issuer(self, name: str, preset: str = "plain", **fields: Any) -> dict[str, Any]:
+        """Create (or replace) a workload issuer; return its description."""
+        body = {"name": name, "preset": preset, **fields}
+        return dict(self.control("POST", "issuers", body, status=201))
+
+    def issuer(self, name: str) -> dict[str, Any]:
+        """Describe a workload issuer: its kids and JWKS and discovery fetch counts."""
+        return dict(self.control("GET", f"issuers/{name}"))
+
+    def mint(self, name: str, **claims: Any) -> str:
+        """Mint a workload token: the preset's claims with these over them (None drops one)."""
+        return str(self.control("POST", f"issuers/{name}/mint", claims)["token"])
+
+    def rotate_issuer_key(self, name: str) -> str:
+        """Make a new signing key current at a workload issuer; return its kid."""
+        return str(self.control("POST", f"issuers/{name}/keys/rotate")["kid"])
 
     def close(self) -> None:
         """Close the HTTP client."""

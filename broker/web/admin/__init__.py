@@ -17,6 +17,7 @@ from broker.web.admin import (
     policy,
     users,
     webhooks,
+    workload,
 )
 from broker.web.errors import broker_error_page
 
@@ -24,7 +25,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(access.require_admin)
 bp.register_error_handler(BrokerError, broker_error_page)
 for _module in (overview, policy, clients, users, connections, webhooks, audit, keys,
-                certificates):
+                certificates, workload):
     bp.register_blueprint(_module.bp)
 
 

@@ -29,7 +29,8 @@ MATCH_LABELS = {"subject_dn": "subject DN", "san_dns": "DNS name (SAN)",
 def _form(values: dict[str, object] | None = None) -> dict[str, object]:
     """Return a client form's values: what was typed, or empty."""
     return values or {"name": "", "scopes": [], "ip_ranges": "", "auth": "client_secret_basic",
-                      "tls_ca": "", "tls_match": "san_uri", "tls_match_value": "", "tls_cert": ""}
+                      "tls_ca": "", "tls_match": "san_uri", "tls_match_value": "", "tls_cert": "",
+                      "public_key": "", "jwks_url": ""}
 
 
 def _typed() -> dict[str, object]:
@@ -42,6 +43,8 @@ def _typed() -> dict[str, object]:
         "tls_match": request.form.get("tls_match", "")[:20],
         "tls_match_value": request.form.get("tls_match_value", "")[:500],
         "tls_cert": request.form.get("tls_cert", "")[:40_000],
+        "public_key": request.form.get("public_key", "")[:20_000],
+        "jwks_url": request.form.get("jwks_url", "")[:2000],
     }
 
 
@@ -57,6 +60,10 @@ def _auth_from_form() -> client_service.ClientAuth:
         pems = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
                           request.form.get("tls_cert", "")[:40_000], re.S)
         return client_service.ClientAuth(method, certificates=tuple(pems))
+    if method == "private_key_jwt":
+        return client_service.ClientAuth(
+            method, public_key_pem=request.form.get("public_key", "").strip()[:20_000] or None,
+            jwks_url=request.form.get("jwks_url", "").strip()[:2000] or None)
     return client_service.ClientAuth(method)
 
 
@@ -98,10 +105,12 @@ def create() -> Response | tuple[str, int]:
     except (InvalidRequest, Conflict) as refused:
         # The form comes back as typed, with the reason beside it.
         return _list_page(_typed(), f"Not created: {refused.description}"), refused.status_code
-    if not issued.client_secret:  # a certificate client: nothing to show once
-        return access.done(f"Client {issued.client_id} created; it authenticates with its "
-                           "certificate over mutual TLS.", "admin.clients.edit",
-                           client_id=issued.client_id)
+    if not issued.client_secret:  # a certificate or keyed client: nothing to show once
+        how = ("signs its assertions with its own key"
+               if request.form.get("auth") == "private_key_jwt"
+               else "authenticates with its certificate over mutual TLS")
+        return access.done(f"Client {issued.client_id} created; it {how}.",
+                           "admin.clients.edit", client_id=issued.client_id)
     return redirect(url_for("admin.clients.secret", client_id=issued.client_id), 303)
 
 

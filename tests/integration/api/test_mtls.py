@@ -282,7 +282,9 @@ def test_the_metadata_document_names_the_methods(
     app = make_app(**broker_config(emulator, MTLS_URL="https://mtls.broker.test:8443"))
     document = app.test_client().get("/.well-known/oauth-authorization-server").get_json()
     assert document["token_endpoint_auth_methods_supported"] == [
-        "client_secret_basic", "tls_client_auth", "self_signed_tls_client_auth"]
+        "client_secret_basic", "tls_client_auth", "self_signed_tls_client_auth",
+        "private_key_jwt"]
+    assert document["token_endpoint_auth_signing_alg_values_supported"] == ["RS256", "ES256"]
     assert document["tls_client_certificate_bound_access_tokens"] is False
     assert document["mtls_endpoint_aliases"] == {
         "token_endpoint": "https://mtls.broker.test:8443/api/v1/token"}

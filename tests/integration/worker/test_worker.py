@@ -273,7 +273,7 @@ def test_each_duty_takes_the_workers_windows() -> None:
     assert (w.parallel, w.audit_lag, w.batch) == (2, dt.timedelta(0), 7)
     assert [d.__name__ for d in worker.DUTIES] == [
         "refresh_due", "chain_audit", "fold_audit", "retry_revocations", "deliver_due", "reseal",
-        "purge_inactive", "purge_security_events",
+        "purge_inactive", "purge_security_events", "purge_assertions",
     ]
 
 

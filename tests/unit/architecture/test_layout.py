@@ -10,12 +10,12 @@ import pytest
 
 BROKER = Path(__file__).resolve().parents[3] / "broker"
 PACKAGES = ("audit", "connections", "google", "identity", "keys", "risc", "tenancy", "tokens",
-            "webhooks")
+            "webhooks", "workload")
 TOP_LEVEL = {
     # foundation
     "__init__", "config", "errors", "db", "driver", "models", "clock", "logging", "metrics",
     "health", "scopes", "clientip", "limits", "migrate", "tls",
-    "clientcert",
+    "clientcert", "jwks",
     # entry points
     "worker", "server", "wsgi", "gunicorn_conf", "client",
 }

@@ -26,12 +26,14 @@ from broker.keys import FileKeyProvider, get_keys, new_key
 from broker.models import ApiClient, AuditEvent, BrowserSession, User, Webhook
 from broker.tenancy import clients
 from broker.webhooks import add
+from broker.workload import trusts
 from tests.conftest import Clock
 from tests.factories import make_tenant, make_user
 from tests.integration.web.admin.conftest import READONLY, Browser, Org
 
 HOOK_URL = "https://hooks.example.com/gmail?token=kept-out-of-the-audit"
-ID_KEYS = {"client_id", "webhook_id"}  # fresh ids on each run
+ID_KEYS = {"client_id", "webhook_id", "trust_id"}  # fresh ids on each run
+ISSUER = "https://token.actions.githubusercontent.com"
 
 
 def invoke(app: Flask, *args: str) -> Result:
@@ -74,6 +76,15 @@ def _webhook(app: Flask, org: Org, surface: str) -> dict[str, Any]:
         added = add(session, get_keys(app), org.tenant.id, url=HOOK_URL,
                     events=["connection.revoked"], allow_private=False, actor="setup")
     return {"slug": org.tenant.slug, "id": added.webhook.id}
+
+
+def _trust(app: Flask, org: Org, surface: str) -> dict[str, Any]:
+    subject = _client(app, org, surface)
+    with get_db(app).transaction() as session:
+        row = trusts.add_trust(session, org.tenant, trusts.TrustSpec(
+            client_id=subject["id"], issuer=ISSUER, any_subject=True, any_user=True),
+            default_audience="https://broker.test", now=dt.datetime.now(dt.UTC), actor="setup")
+        return {**subject, "trust_id": str(row.id)}
 
 
 def _own_tenant(app: Flask, org: Org, surface: str) -> dict[str, Any]:
@@ -124,6 +135,16 @@ CASES = [
     Case("webhook.disable", _webhook,
          lambda s: ["webhook", "disable", str(s["id"])],
          lambda b, s: b.post(f"/admin/webhooks/{s['id']}/disable")),
+    Case("workload.add", _client,
+         lambda s: ["workload", "add", "--tenant", s["slug"], "--client", s["id"], "--issuer",
+                    ISSUER, "--any-subject", "--claim", "repository_id=42", "--user",
+                    "mia@acme.test", "--max-lifetime", "600"],
+         lambda b, s: b.post("/admin/workload", {
+             "client_id": s["id"], "issuer": ISSUER, "subject": "*",
+             "claims": "repository_id=42", "users": "mia@acme.test", "max_lifetime": "600"})),
+    Case("workload.disable", _trust,
+         lambda s: ["workload", "disable", s["trust_id"]],
+         lambda b, s: b.post(f"/admin/workload/{s['trust_id']}/disable")),
     Case("key.rotate_tenant", _own_tenant,
          lambda s: ["keys", "rotate-tenant", s["slug"], "--no-reseal"],
          lambda b, s: b.post("/admin/keys/rotate")),
