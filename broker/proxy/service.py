@@ -56,6 +56,8 @@ class Call:
     bytes_down: int = 0
     status: int = 0
     attempts: int = 0
+    finished: bool = False  # its slot released and its result audited, exactly once
+    broken: bool = False  # the answer was cut (Gmail went silent, or the total timeout)
 
 
 class Proxy:
@@ -163,7 +165,9 @@ class Proxy:
         try:
             return self._send(call, method, slot, headers, body)
         except BaseException:
-            self.governor.release(slot)
+            if not call.finished:  # refused before it left (policy, token): no result row
+                call.finished = True
+                self.governor.release(slot)
             raise
 
     def _request(self, call: Call, method: Method, rejected: str | None) -> tuple[Handout, str]:
@@ -263,23 +267,25 @@ class Proxy:
         self, call: Call, method: Method, slot: Slot, upstream: httpx.Response
     ) -> Response:
         deadline = call.started + self.settings.PROXY_TOTAL_TIMEOUT
-        finished = threading.Event()
 
         def chunks() -> Iterator[bytes]:
-            for chunk in upstream.iter_raw(CHUNK):  # as sent: gzip stays gzip
-                call.bytes_down += len(chunk)
-                yield chunk
-                if time.monotonic() > deadline:
-                    log.warning("proxied answer cut at the total timeout",
-                                extra={"event": "proxy_timeout", "method": method.id})
-                    return
+            try:
+                for chunk in upstream.iter_raw(CHUNK):  # as sent: gzip stays gzip
+                    call.bytes_down += len(chunk)
+                    yield chunk
+                    if time.monotonic() > deadline:
+                        call.broken = True
+                        log.warning("proxied answer cut at the total timeout",
+                                    extra={"event": "proxy_timeout", "method": method.id})
+                        return
+            except httpx.HTTPError as exc:  # the job sees a short body; the audit says why
+                call.broken = True
+                log.warning("gmail went silent mid-answer: %s", type(exc).__name__,
+                            extra={"event": "proxy_upstream", "method": method.id})
 
         def close() -> None:
-            if finished.is_set():
-                return
-            finished.set()
             upstream.close()
-            self._finish(call, slot, "ok")
+            self._finish(call, slot, "error" if call.broken else "ok")
 
         headers = response_headers(upstream.headers.multi_items(), (self.base, self.public))
         # Not direct_passthrough: werkzeug then wraps the body so the server's close() reaches
@@ -290,6 +296,9 @@ class Proxy:
 
     def _finish(self, call: Call, slot: Slot, outcome: str) -> None:
         """Release the slot, count the call and audit how it ended (never its bodies)."""
+        if call.finished:
+            return
+        call.finished = True
         self.governor.release(slot)
         method = call.egress.method_id
         metrics.PROXY_CALLS.labels(method=method, outcome=outcome).inc()
