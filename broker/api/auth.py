@@ -42,7 +42,10 @@ def _fields(request: Request) -> dict[str, object]:
     if (request.content_length or 0) > 32_768:
         return {}  # the body parsers refuse it; the caller is not named from it
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # nested too deep: the body parser answers 400 for it
+            return {}
         return body if isinstance(body, dict) else {}
     if request.mimetype == "application/x-www-form-urlencoded":
         return {k: v[0] if len(v) == 1 else v for k, v in request.form.lists()}

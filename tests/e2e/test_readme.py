@@ -53,12 +53,13 @@ def test_readme_python_blocks_run_against_the_demo(
 
     ran = 0
     for block in python_blocks():
+        secrets = {"CLIENT_ID, CLIENT_SECRET": f"{credentials.group(1)!r}, "
+                                               f"{credentials.group(2)!r}"}
         if "BrokerCredentials" in block:
             block = for_the_demo(
-                block, BROKER_URL=repr(url), GMAIL_API=repr(google.group(1)),
-                **{"CLIENT_ID, CLIENT_SECRET": f"{credentials.group(1)!r}, "
-                                              f"{credentials.group(2)!r}"},
-            )
+                block, BROKER_URL=repr(url), GMAIL_API=repr(google.group(1)), **secrets)
+        elif "proxy_credentials" in block:
+            block = for_the_demo(block, BROKER_URL=repr(url), **secrets)
         namespace: dict[str, Any] = {"__name__": "readme"}
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -70,5 +71,8 @@ def test_readme_python_blocks_run_against_the_demo(
         if "BrokerCredentials" in block:
             assert namespace["token"].access_token.startswith("ya29.")
             assert int(out.getvalue().strip()) >= 0
+        if "proxy_credentials" in block:  # Gmail through the broker: a proxy token only
+            assert namespace["creds"].token.startswith("bpt1.")
+            assert int(out.getvalue().strip()) > 0
         ran += 1
     assert ran == len(python_blocks())
