@@ -21,7 +21,17 @@ from broker.api.v1 import MAX_BODY as MAX_JSON
 from broker.api.v1 import admit, rfc3339
 from broker.clock import get_clock
 from broker.errors import BrokerError, InvalidRequest, InvalidToken, UnsupportedMediaType
-from broker.proxy import CHUNK, MAX_BODY, REPLAY_MAX, ProxyGrant, get_proxy, raw_path, resolve
+from broker.proxy import (
+    CHUNK,
+    MAX_BODY,
+    REPLAY_MAX,
+    Proxy,
+    ProxyGrant,
+    Turn,
+    get_proxy,
+    raw_path,
+    resolve,
+)
 from broker.tenancy import ClientInfo, client_auth
 from broker.tokens import Handout, TokenRequest
 
@@ -85,6 +95,15 @@ def _converter(state: BlueprintSetupState) -> None:
 def proxied(rest: str) -> WerkzeugResponse:
     """Forward one Gmail call under the client's policy; never the Google token."""
     proxy = get_proxy(current_app._get_current_object())  # type: ignore[attr-defined]
+    turn = proxy.turn()
+    turn.take()  # given back when the call leaves for Gmail (or here, if it never does)
+    try:
+        return _proxied(proxy, turn)
+    finally:
+        turn.give()
+
+
+def _proxied(proxy: Proxy, turn: Turn) -> WerkzeugResponse:
     handout, grant = _admit()
     raw = raw_path(request.environ)
     if raw.startswith("/upload/"):
@@ -109,7 +128,8 @@ def proxied(rest: str) -> WerkzeugResponse:
             return iter(lambda: stream.read(CHUNK), b"")
 
         body = chunks
-    return proxy.forward(handout, egress, grant, list(request.headers.items()), body, length)
+    return proxy.forward(handout, egress, grant, list(request.headers.items()), body, length,
+                         turn)
 
 
 @bp.post("/api/v1/proxy/token")

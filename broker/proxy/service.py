@@ -44,6 +44,26 @@ GET_FORMAT_METHODS = frozenset({"gmail.users.messages.get", "gmail.users.threads
 log = logging.getLogger(__name__)
 
 
+class Turn:
+    """One call's hold on a turn at the CPU and the database: given back while Gmail answers."""
+
+    def __init__(self, turns: threading.BoundedSemaphore) -> None:
+        self._turns = turns
+        self.held = False
+
+    def take(self) -> None:
+        """Wait for a turn unless this call holds one."""
+        if not self.held:
+            self._turns.acquire()
+            self.held = True
+
+    def give(self) -> None:
+        """Give the turn back, if held."""
+        if self.held:
+            self.held = False
+            self._turns.release()
+
+
 @dataclass
 class Call:
     """A call in progress: what it sends, what it has cost, when it started."""
@@ -51,6 +71,7 @@ class Call:
     handout: Handout
     egress: Egress
     user: str
+    turn: Turn
     started: float = field(default_factory=time.monotonic)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -79,10 +100,11 @@ class Proxy:
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
         # Proxied calls take turns at their CPU and database work (BROKER_PROXY_TURNS per
-        # process; the wait on Gmail is outside): with hundreds in flight under gevent, a crowd
-        # would starve the few holding a pooled connection until checkout timed out, and the
-        # token hand-out behind them. Hand-outs never wait for a turn.
-        self.db_turn = threading.BoundedSemaphore(settings.PROXY_TURNS)
+        # process), from authentication to the moment the call leaves, and again for the
+        # result row; never while Gmail answers. With hundreds in flight under gevent, a crowd
+        # would otherwise starve the few holding a pooled connection until checkout timed out,
+        # and the token hand-out behind them. Hand-outs never wait for a turn.
+        self.turns = threading.BoundedSemaphore(settings.PROXY_TURNS)
 
     @property
     def http(self) -> httpx.Client:
@@ -145,10 +167,14 @@ class Proxy:
 
     # --- the call ---------------------------------------------------------------------------
 
+    def turn(self) -> Turn:
+        """Return a call's turn, not yet taken."""
+        return Turn(self.turns)
+
     def forward(
         self, handout: Handout, egress: Egress, grant: ProxyGrant | None,
         headers: list[tuple[str, str]], body: Callable[[], Iterator[bytes]] | bytes,
-        length: int | None,
+        length: int | None, turn: Turn,
     ) -> Response:
         """Authorize, govern and send one call; return Gmail's answer as a streamed response."""
         handout.details = {"method": egress.method_id, "query": egress.audited_query()}
@@ -161,7 +187,7 @@ class Proxy:
         except BrokerError as exc:
             metrics.PROXY_CALLS.labels(method=method.id, outcome="throttled").inc()
             handout.refuse(exc)
-        call = Call(handout, egress, user)
+        call = Call(handout, egress, user, turn)
         try:
             return self._send(call, method, slot, headers, body)
         except BaseException:
@@ -177,11 +203,11 @@ class Proxy:
                               credential=handout.credential, action=handout.action)
             handout.details = {**call.handout.details, "retry": "after_401"}
         wanted = tuple(s for s in method.scopes if s in handout.client.allowed_scopes)
-        with self.db_turn:
-            issued = handout.run(TokenRequest(
-                user=call.user, scopes=None, min_ttl=60, rejected_token=rejected,
-                choose=self.chooser(call.egress), wanted=wanted,
-            ))
+        call.turn.take()
+        issued = handout.run(TokenRequest(
+            user=call.user, scopes=None, min_ttl=60, rejected_token=rejected,
+            choose=self.chooser(call.egress), wanted=wanted,
+        ))
         call.attempts += 1
         metrics.PROXY_UNITS.labels(tenant=str(handout.client.tenant_id)).inc(method.cost)
         return handout, issued.token.access_token
@@ -202,6 +228,7 @@ class Proxy:
                 call.egress.http_method, url,
                 headers={**forwarded, "authorization": f"Bearer {token}"}, content=content,
             )
+            call.turn.give()  # Gmail's wait is no one's turn
             try:
                 upstream = self.http.send(request, stream=True)
             except PayloadTooLarge:
@@ -310,16 +337,20 @@ class Proxy:
                    "bytes_down": call.bytes_down,
                    "latency_ms": round((time.monotonic() - call.started) * 1000, 1),
                    "attempts": call.attempts}
+        held = call.turn.held  # a call never waits for a second turn while holding one
+        call.turn.take()
         try:
-            with self.db_turn:
-                handout.db.run_hot(lambda conn: audit.insert_event(
-                    conn, now=now, action="proxy.result", tenant_id=handout.client.tenant_id,
-                    actor_type="client", actor_id=handout.client.id, ip=handout.ip,
-                    outcome="ok" if outcome == "ok" else "error", reason=None if outcome == "ok"
-                    else outcome, subject_user_id=handout.user_id, details=details,
-                ))
+            handout.db.run_hot(lambda conn: audit.insert_event(
+                conn, now=now, action="proxy.result", tenant_id=handout.client.tenant_id,
+                actor_type="client", actor_id=handout.client.id, ip=handout.ip,
+                outcome="ok" if outcome == "ok" else "error", reason=None if outcome == "ok"
+                else outcome, subject_user_id=handout.user_id, details=details,
+            ))
         except Exception:  # the call already went out with its row; never fail the answer now
             log.exception("proxy result not audited", extra={"event": "proxy_audit"})
+        finally:
+            if not held:
+                call.turn.give()
 
 
 def _reason(raw: bytes) -> str:

@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 from broker.client import BrokerClient
 from broker.db import get_db
 from broker.tenancy import clients
-from tests.plugins.world import MODIFY, READONLY, SEND, World
+from tests.plugins.world import MODIFY, READONLY, SEND, World, broker_config
 
 ALL = [READONLY, SEND, MODIFY]
 
@@ -133,3 +133,27 @@ def test_bodies_stream_both_ways(
     last = world.emulator.gmail_requests()[-1]
     assert last["body_length"] == len(body) and "authorization" in last["headers"]
     assert "cookie" not in last["headers"]
+
+
+def test_a_large_upload_gmail_refused_for_its_token_is_refreshed_and_sent_again(
+    make_world: Callable[..., World], make_app: Callable[..., Flask],
+    served: Callable[[Flask], str], emulator: Any,
+) -> None:
+    # One turn per process: a call that must refresh and audit at once must not wait on itself.
+    app = make_app(**broker_config(emulator, PROXY_TURNS=1, REJECTED_TOKEN_COOLDOWN=0))
+    world = make_world(granted=ALL, allowed=ALL, app=app)
+    url = served(app) + f"/upload/gmail/v1/users/{world.user.email}/messages/send"
+    auth = {"Authorization": world.auth, "Content-Type": "message/rfc822"}
+    body = (f"From: {world.user.email}\r\nTo: {world.user.email}\r\nSubject: big\r\n\r\n"
+            ).encode() + b"x" * 1_500_000
+
+    def send() -> httpx.Response:
+        chunks = (body[i:i + 65_536] for i in range(0, len(body), 65_536))
+        return httpx.post(url, params={"uploadType": "media"}, content=chunks, headers=auth,
+                          timeout=30)
+
+    assert send().status_code == 200
+    emulator.expire(world.user.email)  # Gmail now answers 401 to the stored token
+    refused = send()  # streamed, so not kept: refreshed, and the job is told to send again
+    assert refused.status_code == 503 and refused.json()["error"] == "upstream_unavailable"
+    assert send().status_code == 200
