@@ -40,7 +40,9 @@ function request()
   return wrk.format(method, path, {{["Authorization"] = auths[t],
     ["Content-Type"] = "application/json"}}, body)
 end
-
+"""
+# wrk's summary as one JSON line after MARK (a format template: {mark}, braces doubled).
+DONE = """
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('{mark}{{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,'
@@ -49,6 +51,7 @@ function done(summary, latency, requests)
     latency.mean, latency.max, e.connect + e.read + e.write + e.timeout, e.status))
 end
 """
+LUA += DONE
 
 
 @dataclass(frozen=True)

@@ -47,20 +47,13 @@ function request()
   local r = requests[math.random(1, #requests)]
   return wrk.format("GET", r[1], {{["Authorization"] = r[2]}})
 end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('{mark}{{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,'
-    .. '"mean_us":%.1f,"max_us":%d,"errors":%d,"non_2xx":%d}}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.mean, latency.max, e.connect + e.read + e.write + e.timeout, e.status))
-end
 """
+
 
 
 def _script(path: Path, pairs: list[tuple[str, str]]) -> Path:
     rows = ", ".join(f'{{"{p}", "{a}"}}' for p, a in pairs)
-    path.write_text(LUA.format(requests=rows, mark=MARK))
+    path.write_text((LUA + load.DONE).format(requests=rows, mark=MARK))
     return path
 
 
