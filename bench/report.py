@@ -139,7 +139,45 @@ def table(results: dict[str, Any]) -> str:
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
     lines += _keys_table(results.get("keys"))
+    lines += _proxy_table(results.get("proxy"))
     return "\n".join(lines)
+
+
+def _proxy_table(proxy: dict[str, Any] | None) -> list[str]:
+    """Return the PROXY section: Gmail through the broker against the same calls direct."""
+    if not proxy:
+        return []
+    lines = [f"PROXY  getProfile through the broker vs straight to the emulator, {proxy['users']} "
+             f"users, {proxy['workers']} {proxy['worker_class']} workers x {proxy['threads']}",
+             f"{'target':<10}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+             f"{'errors':>8}{'broker CPU ms':>15}{'emulator CPU ms':>17}"]
+    for key in ("direct@1", "proxy@1", "direct@32", "proxy@32"):
+        row = proxy[key]
+        target, clients = key.split("@")
+        lines.append(f"{target:<10}{clients:>8}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}"
+                     f"{row['p99_ms']:>10.2f}{row['errors'] + row['non_2xx']:>8}"
+                     f"{row['broker_cpu_ms_per_call']:>15.2f}"
+                     f"{row['emulator_cpu_ms_per_call']:>17.2f}")
+    handout = proxy["handout@1"]["p50_ms"]
+    lines.append(f"  added p50 at 1 client {proxy['added_p50_ms@1']:.2f} ms (a hand-out's p50: "
+                 f"{handout:.2f} ms); throughput at 32 clients {proxy['throughput_ratio@32']:.2f}"
+                 "x direct")
+    flight = proxy["in_flight"]
+    lines.append(f"  in flight: {flight['count']} calls at once, upstream 500 ms: "
+                 f"{flight['count'] - flight['errors']} ok, {flight['errors']} errors, wall "
+                 f"{flight['wall_ms']:.0f} ms, p99 {flight['p99_ms']:.0f} ms  target 500 with "
+                 f"zero errors{_mark(flight['count'] >= 500 and flight['errors'] == 0)}")
+    tail = proxy["handout_tail"]
+    lines.append(f"  hand-out p99 at 32 clients: alone {tail['alone']['p99_ms']:.1f} ms, with "
+                 f"the proxy saturated {tail['with_proxy']['p99_ms']:.1f} ms: "
+                 f"{tail['p99_ratio']:.2f}x  target <= 2{_mark(tail['p99_ratio'] <= 2)}")
+    stream = proxy["streaming"]
+    lines.append(f"  streaming 25 MB down, 30 MB up (status {stream['upload_status']}): worker "
+                 f"RSS growth {stream['rss_growth_mb']:.1f} MB  target < 10"
+                 f"{_mark(stream['rss_growth_mb'] < 10 and stream['upload_status'] == 200)}")
+    pss = sum(m["pss_mb"] for m in proxy["memory"])
+    lines.append(f"  broker workers after the run: PSS {pss:.0f} MB in all")
+    return lines
 
 
 def _keys_table(keys: dict[str, Any] | None) -> list[str]:

@@ -231,8 +231,8 @@ class Proxy:
             call.turn.give()  # Gmail's wait is no one's turn
             try:
                 upstream = self.http.send(request, stream=True)
-            except PayloadTooLarge:
-                self._finish(call, slot, "denied")
+            except BrokerError:  # the job's body was too large or too slow: cut, and said so
+                self._finish(call, slot, "error")
                 raise
             except httpx.HTTPError as exc:
                 self._finish(call, slot, "error")
@@ -258,10 +258,14 @@ class Proxy:
         return self._stream_answer(call, method, slot, upstream)
 
     def _counted(self, call: Call, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        deadline = call.started + self.settings.PROXY_TOTAL_TIMEOUT
         for chunk in chunks:
             call.bytes_up += len(chunk)
             if call.bytes_up > MAX_BODY:
                 raise PayloadTooLarge("Gmail takes at most 35 MB per request.")
+            if time.monotonic() > deadline:
+                raise UpstreamUnavailable("The upload took longer than the proxy allows "
+                                          "(BROKER_PROXY_TOTAL_TIMEOUT).")
             yield chunk
 
     def _error_answer(
