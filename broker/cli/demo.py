@@ -182,6 +182,11 @@ def banner(public_url: str, google_url: str, state: DemoState) -> str:
         f"curl -s -u '{state.api_client_id}:{state.api_client_secret}' "
         f"-H 'Content-Type: application/json' -d '{body}' {public_url}/api/v1/token",
         "",
+        "  or call Gmail through the broker, holding no Google token:",
+        "",
+        f"curl -s -u '{state.api_client_id}:{state.api_client_secret}' "
+        f"{public_url}/proxy/gmail/v1/users/{MEMBER}/messages?maxResults=3",
+        "",
         f"  worker          every {WORKER_INTERVAL:g} s: audit chain, webhooks, re-seal, refresh",
         f"  emulator        {google_url}/_emulator/calls (controls, counters)",
         "  stop            Ctrl-C",

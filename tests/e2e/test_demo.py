@@ -66,6 +66,12 @@ def test_printed_account_signs_in_connects_and_curl_gets_a_token(
     assert token["access_token"].startswith("ya29.") and token["user"]["email"] == account.group(1)
     assert token["scopes"] == ["https://www.googleapis.com/auth/gmail.readonly"] or (
         "https://www.googleapis.com/auth/gmail.send" not in token["scopes"])
+    # The second printed line calls Gmail through the broker: messages, and no token.
+    words = shlex.split(re.findall(r"^curl .*$", printed, re.MULTILINE)[1])
+    user, secret = words[words.index("-u") + 1].split(":", 1)
+    listed = httpx.get(words[-1], auth=(user, secret), timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()["messages"]) == 3 and "ya29." not in listed.text
 
 
 def sign_in(page: Any, url: str, email: str) -> None:

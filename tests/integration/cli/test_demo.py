@@ -18,7 +18,7 @@ from tests.ports import free_port
 
 
 def start_demo(instance: Path, attempts: int = 5) -> tuple[subprocess.Popen[str], int, int, str]:
-    """Start `broker demo` on free ports; return it, its ports and what it printed up to curl.
+    """Start `broker demo` on free ports; return it, its ports and its banner (to Ctrl-C).
 
     A port found free can be taken by a parallel test before the demo binds it: then the
     demo says so and exits, and it is started again on other ports.
@@ -36,11 +36,11 @@ def start_demo(instance: Path, attempts: int = 5) -> tuple[subprocess.Popen[str]
             )
         assert process.stdout is not None
         printed, deadline = "", time.monotonic() + 60
-        while "curl " not in printed and process.poll() is None:
+        while "Ctrl-C" not in printed and process.poll() is None:
             assert time.monotonic() < deadline, printed
             printed += process.stdout.readline()
-        if "curl " in printed:
-            return process, port, eport, printed + process.stdout.readline()
+        if "Ctrl-C" in printed:
+            return process, port, eport, printed
         process.communicate()  # exited: close its pipe before deciding
         if "in use" not in errors.read_text():
             raise AssertionError(f"broker demo exited {process.returncode}: "
