@@ -139,6 +139,10 @@ def table(results: dict[str, Any]) -> str:
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
     lines += _keys_table(results.get("keys"))
+    if results.get("cluster"):
+        from bench.cluster import table as cluster_table
+
+        lines += cluster_table(results["cluster"])
     return "\n".join(lines)
 
 
