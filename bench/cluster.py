@@ -348,7 +348,7 @@ class Cluster:
 
     def start_redis(self) -> None:
         """Start (or restart) the run's own Redis, without persistence."""
-        server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        server = ensure_binary("redis-server", "redis-server")
         self.redis = self.stack.spawn("redis", [
             server, "--port", str(self.redis_port), "--bind", HOST, "--save", "",
             "--appendonly", "no", "--dir", str(self.stack.workdir)], os.environ, "")
@@ -444,19 +444,24 @@ def _redis_ping(port: int) -> bool:
         client.close()
 
 
-def ensure_nginx() -> str:
-    """Return Debian's nginx, installing it with apt-get when it is missing (as .ci/test does)."""
-    found = shutil.which("nginx") or (NGINX if Path(NGINX).exists() else None)
+def ensure_binary(name: str, package: str, fallback: str = "") -> str:
+    """Return a Debian program, installing its package with apt-get when it is missing."""
+    found = shutil.which(name) or (fallback if fallback and Path(fallback).exists() else None)
     if found:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError("nginx is missing: install Debian's nginx (apt-get install nginx)")
+        raise RuntimeError(f"{name} is missing: apt-get install {package}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env,
                    timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-q", "nginx"], check=True,
+    subprocess.run(["apt-get", "install", "-y", "-q", package], check=True,
                    capture_output=True, env=env, timeout=600)
-    return shutil.which("nginx") or NGINX
+    return shutil.which(name) or fallback or name
+
+
+def ensure_nginx() -> str:
+    """Return Debian's nginx, installed when missing (as .ci/test does)."""
+    return ensure_binary("nginx", "nginx", NGINX)
 
 
 # -- the faults ------------------------------------------------------------------------------
