@@ -305,7 +305,7 @@ class Cluster:
             BROKER_REDIS_URL=f"redis://{HOST}:{self.redis_port}/0",
             BROKER_PUBLIC_URL=self.url, BROKER_TRUSTED_PROXIES="127.0.0.1/32",
             BROKER_BEHIND_PROXY="on",
-            BROKER_DB_PING_IDLE="5", BROKER_REFRESH_BUDGET=str(plan.refresh_budget))
+            BROKER_REFRESH_BUDGET=str(plan.refresh_budget))
         self.replicas = [self.start_replica(index, wait=False) for index in range(2)]
         self.workers = [self.start_worker(n) for n in range(2)]
         for proc in self.replicas:
