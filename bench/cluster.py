@@ -225,7 +225,11 @@ class Fault:
         settle = self.end + after
         while time.monotonic() < settle:
             time.sleep(0.05)
-        during, later = clients.between(self.start, self.end), clients.between(self.end, settle)
+        samples = list(clients.samples)
+        # During: answered after the fault began and sent before it ended (a request in
+        # flight across the end belongs to the window); after: sent once it had ended.
+        during = [s for s in samples if s.done >= self.start and s.sent < self.end]
+        later = [s for s in samples if s.sent >= self.end and s.done < settle]
         self.requests_during, self.errors_during = len(during), statuses(during)
         self.requests_after, self.errors_after = len(later), statuses(later)
         failed = [s.done for s in during + later if s.status != 200]
