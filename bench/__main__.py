@@ -1,7 +1,9 @@
-"""`python -m bench all|fastpath|size|stampede|worker|overview|mtls|profile|proxy|crash|keys`.
+"""`python -m bench all|fastpath|size|stampede|worker|overview|mtls|profile|proxy|crash|keys|
+cluster`.
 
-`all` runs every scenario but `crash`, the long crash-consistency run, and `keys` (file vs HSM
-master, it needs SoftHSM2), which are asked for alone.
+`all` runs every scenario but `crash`, the long crash-consistency run, `keys` (file vs HSM
+master, it needs SoftHSM2) and `cluster` (nginx, replicas, workers, failover: faults one at a
+time), which are asked for alone.
 """
 
 from __future__ import annotations
@@ -50,14 +52,21 @@ def _keys(r: run.Run) -> dict[str, Any]:
     return keys(r)
 
 
+def _cluster(r: run.Run) -> dict[str, Any]:
+    from bench.cluster import cluster
+
+    return cluster(r)
+
+
 def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     """Read the scenario names and options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="+",
-                        choices=["all", *SCENARIOS, "profile", "crash", "keys", "proxy"],
+                        choices=["all", *SCENARIOS, "profile", "crash", "keys", "proxy",
+                                 "cluster"],
                         metavar="SCENARIO",
                         help="all, fastpath, size, stampede, worker, overview, mtls, profile, "
-                             "proxy, crash or keys")
+                             "proxy, crash, keys or cluster")
     parser.add_argument("--quick", action="store_true",
                         help="short runs, one round, big N of 100,000 (for development)")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 current.log(f"dropped databases of dead runs: {', '.join(stale)}")
             for name in names:
                 extra = {"profile": _profile, "crash": _crash, "keys": _keys,
-                         "proxy": _proxy}
+                         "proxy": _proxy, "cluster": _cluster}
                 scenario = extra.get(name) or SCENARIOS[name]
                 current.results[name] = scenario(current)
             current.results["memory"] = run.rss(current)

@@ -140,6 +140,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
     lines += _keys_table(results.get("keys"))
     lines += _proxy_table(results.get("proxy"))
+    if results.get("cluster"):
+        from bench.cluster import table as cluster_table
+
+        lines += cluster_table(results["cluster"])
     return "\n".join(lines)
 
 

@@ -1,20 +1,37 @@
 """Rate limits: per API client (after auth and the IP check); failed auth, sign-ins and OAuth
-callbacks per IP."""
+callbacks per IP.
+
+With Redis every process shares the windows. When Redis stops answering, each process counts
+in its own memory (fail open per process: a limit then holds per process, not per cluster)
+until Redis answers again; hand-outs never wait on a dead Redis.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 
 from flask import Flask, current_app
 from limits import RateLimitItem, parse
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
+from prometheus_client import Counter
 
 from broker.errors import RateLimited
 
+log = logging.getLogger(__name__)
 EXTENSION = "broker.limits"
+# Seconds a process counts alone after Redis failed before it asks Redis again: a dead Redis
+# costs one failed call per process per period, not one per request.
+REDIS_RETRY = 2.0
+REDIS_TIMEOUT = 0.5
+FALLBACK = Counter(
+    "broker_rate_limit_fallback_total",
+    "Rate-limit decisions made in process memory because Redis did not answer",
+)
 
 
 class _Windows:
@@ -54,6 +71,64 @@ class _Windows:
         return ends, max(0, item.amount - count)
 
 
+class _Shared:
+    """Windows in Redis, falling back to this process's memory while Redis does not answer."""
+
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
+        storage = storage_from_string(
+            redis_url, key_prefix=key_prefix, wrap_exceptions=True,
+            socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+        self.redis = FixedWindowRateLimiter(storage)
+        self.memory = _Windows()
+        self._lock = threading.Lock()
+        self._down_until = 0.0  # monotonic; 0: Redis is believed up
+
+    def _use_redis(self) -> bool:
+        return self._down_until == 0.0 or time.monotonic() >= self._down_until
+
+    def _failed(self, exc: StorageError) -> None:
+        FALLBACK.inc()
+        with self._lock:
+            first = self._down_until == 0.0
+            self._down_until = time.monotonic() + REDIS_RETRY
+        if first:
+            cause = type(exc.storage_error).__name__ if exc.storage_error else "StorageError"
+            log.warning("rate limits: Redis unavailable (%s); each process counts alone",
+                        cause, extra={"event": "rate_limit_fallback"})
+
+    def _answered(self) -> None:
+        if self._down_until:
+            with self._lock:
+                self._down_until = 0.0
+            log.info("rate limits: Redis answers again; windows are shared",
+                     extra={"event": "rate_limit_recovered"})
+
+    def hit(self, item: RateLimitItem, *key: str) -> bool:
+        """Count one hit in Redis, or in memory while it is down; say if within the limit."""
+        if self._use_redis():
+            try:
+                allowed = self.redis.hit(item, *key)
+            except StorageError as exc:
+                self._failed(exc)
+            else:
+                self._answered()
+                return allowed
+        else:
+            FALLBACK.inc()
+        return self.memory.hit(item, *key)
+
+    def get_window_stats(self, item: RateLimitItem, *key: str) -> tuple[float, int]:
+        """Return (window end, remaining) from wherever the last hit was counted."""
+        if self._down_until == 0.0:
+            try:
+                stats = self.redis.get_window_stats(item, *key)
+            except StorageError as exc:
+                self._failed(exc)
+            else:
+                return stats.reset_time, stats.remaining
+        return self.memory.get_window_stats(item, *key)
+
+
 def _item(text: str) -> RateLimitItem | None:
     return None if text.strip().lower() == "off" else parse(text)
 
@@ -66,10 +141,8 @@ class Limits:
         login: str = "off", callback: str = "off", key_prefix: str = "broker",
         risc: str = "off",
     ) -> None:
-        self.limiter: _Windows | FixedWindowRateLimiter = (
-            FixedWindowRateLimiter(storage_from_string(redis_url, key_prefix=key_prefix))
-            if redis_url else _Windows()
-        )
+        self.limiter: _Windows | _Shared = (
+            _Shared(redis_url, key_prefix) if redis_url else _Windows())
         self.api = _item(api)
         self.auth_failures = _item(auth_failures)
         self.login = _item(login)

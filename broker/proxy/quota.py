@@ -184,6 +184,7 @@ class RedisGovernor:
         self._pause = self.client.register_script(_PAUSE)
         self.fallback = MemoryGovernor(budget)
         self._errors = (redis.RedisError, OSError)
+        self._is_down = False  # logged once per outage, as the rate limits do
 
     def _keys(self, user: str) -> list[str]:
         p = self.prefix
@@ -191,8 +192,16 @@ class RedisGovernor:
 
     def _down(self, exc: BaseException) -> None:
         metrics.PROXY_GOVERNOR_FALLBACK.inc()
-        log.warning("quota governor: Redis unavailable (%s); this process governs alone",
-                    type(exc).__name__, extra={"event": "governor_fallback"})
+        if not self._is_down:
+            self._is_down = True
+            log.warning("quota governor: Redis unavailable (%s); this process governs alone",
+                        type(exc).__name__, extra={"event": "governor_fallback"})
+
+    def _up(self) -> None:
+        if self._is_down:
+            self._is_down = False
+            log.info("quota governor: Redis answers again; budgets are shared",
+                     extra={"event": "governor_recovered"})
 
     def admit(self, user: str, cost: int) -> Slot:
         """Take `cost` units and a slot for `user`, or raise RateLimited with Retry-After."""
@@ -205,6 +214,7 @@ class RedisGovernor:
         except self._errors as exc:
             self._down(exc)
             return self.fallback.admit(user, cost)
+        self._up()
         if int(answer[0]) != 1:
             raise _refused(float(answer[1]), answer[2].decode())
         return Slot(user, slot)

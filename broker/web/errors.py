@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response
 
 from broker import audit, errors
 from broker.db import get_db
-from broker.errors import error_response
+from broker.errors import database_down, error_response
 from broker.identity import Refusal
 from broker.keys import KeyServiceError
 from broker.web import guard
@@ -35,6 +35,8 @@ API_ERRORS: dict[int, type[errors.BrokerError]] = {
     500: errors.ServerError,
 }
 JSON_PATHS = ("/api/", "/healthz", "/readyz", "/metrics", "/proxy/", "/upload/")
+# Seconds a caller waits before asking again while the database is unreachable (a failover).
+DATABASE_RETRY_AFTER = "1"
 
 
 def _page(status: int, title: str, text: str, *, reason: str | None = None,
@@ -66,9 +68,33 @@ def http_error(exc: HTTPException) -> Response:
 def server_error(exc: InternalServerError) -> Response:
     """Answer an unexpected failure without details; the request id ties it to the logs."""
     original = getattr(exc, "original_exception", None)
+    if original is not None and database_down(original):
+        return database_unavailable(original)
     if original is not None:
         log.error("unhandled error: %s", type(original).__name__, exc_info=original)
     return http_error(exc)
+
+
+def database_unavailable(exc: BaseException) -> Response:
+    """Answer while the database cannot be reached (a failover, a restart): 503, retry soon."""
+    log.warning("database unavailable: %s", type(exc).__name__,
+                extra={"event": "database_unavailable"})
+    unavailable = errors.DatabaseUnavailable(headers={"Retry-After": DATABASE_RETRY_AFTER})
+    if request.path.startswith(JSON_PATHS):
+        return error_response(unavailable)
+    guard.render_anonymously()  # the page's header must not ask the database who is signed in
+    response = _page(503, "Temporarily unavailable",
+                     "The broker cannot reach its database right now. Try again in a moment.",
+                     reason=unavailable.error)
+    response.headers["Retry-After"] = DATABASE_RETRY_AFTER
+    return response
+
+
+def database_error(exc: SQLAlchemyError) -> Response:
+    """Answer a database failure: 503 when the database is unreachable, else the 500 path."""
+    if database_down(exc):
+        return database_unavailable(exc)
+    raise exc  # a bug, not an outage: Flask's unhandled path logs it and answers 500
 
 
 def broker_error_page(exc: errors.BrokerError) -> Response:
@@ -133,3 +159,4 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(InternalServerError, server_error)
     app.register_error_handler(Refusal, refusal_page)
     app.register_error_handler(KeyServiceError, key_service_page)
+    app.register_error_handler(SQLAlchemyError, database_error)

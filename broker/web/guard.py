@@ -84,6 +84,11 @@ def current() -> SessionState:
     return cast(SessionState, g.broker_session_state)
 
 
+def render_anonymously() -> None:
+    """Treat the rest of this request as signed out, without ending the session (an outage)."""
+    g.broker_session_state = SessionState()
+
+
 def current_user() -> User | None:
     """Return the signed-in user, or None."""
     state = current()

@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 from sqlalchemy.engine import make_url
 
+from tests.plugins.risc import signed_in
 from tests.plugins.world import World
 from tests.reliability.tcpproxy import TcpProxy
 
@@ -46,6 +47,7 @@ def _assert_unavailable(response) -> None:  # type: ignore[no-untyped-def]
     assert response.status_code == 503, (response.status_code, response.get_data(as_text=True))
     assert response.mimetype == "application/json"
     assert response.json["error"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "1"
     assert "Traceback" not in response.get_data(as_text=True)
 
 
@@ -87,3 +89,20 @@ def test_authentication_during_the_cut_is_503_not_401(
     finally:
         proxy.restore()
     assert world.token().status_code == 200
+
+
+def test_pages_answer_a_readable_503_during_the_cut(
+    proxied_world: World, proxy: TcpProxy
+) -> None:
+    client = signed_in(proxied_world.app, proxied_world.user)
+    assert client.get("/connections").status_code == 200
+    proxy.cut()
+    try:
+        page = client.get("/connections")
+    finally:
+        proxy.restore()
+    text = page.get_data(as_text=True)
+    assert page.status_code == 503 and page.mimetype == "text/html", (page.status_code, text)
+    assert page.headers["Retry-After"] == "1"
+    assert "cannot reach its database" in text and "Traceback" not in text
+    assert client.get("/connections").status_code == 200

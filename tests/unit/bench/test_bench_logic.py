@@ -96,3 +96,21 @@ def test_keys_table_shows_both_masters_and_their_ratio() -> None:
     assert "KEYS" in printed and "hsm/file at 32 clients: 0.90" in printed
     assert "not available (the hsm broker refused" in table(
         {"keys": {"available": False, "reason": "the hsm broker refused a hand-out"}})
+
+
+def test_cluster_windows_count_requests_in_flight_across_a_fault_as_during() -> None:
+    from bench.cluster import Fault, Sample
+
+    class Recorded:
+        samples = [
+            Sample(sent=9.0, done=10.5, status=502),  # in flight when the fault began
+            Sample(sent=11.0, done=12.5, status=503),  # sent before the end, answered after
+            Sample(sent=12.5, done=12.6, status=200),  # after
+            Sample(sent=8.0, done=9.0, status=200),  # before the fault: in neither
+        ]
+
+    fault = Fault("f", start=10.0, end=12.0)
+    fault.close(Recorded(), after=1.0)  # type: ignore[arg-type]  # long past: no wait
+    assert (fault.requests_during, fault.errors_during) == (2, {"502": 1, "503": 1})
+    assert (fault.requests_after, fault.errors_after) == (1, {})
+    assert fault.recover_s == 2.5  # from the fault to the last failed answer

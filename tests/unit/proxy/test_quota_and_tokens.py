@@ -62,12 +62,16 @@ def test_processes_share_the_redis_governor() -> None:
         two.admit("t:alice", 5)
 
 
-def test_without_redis_the_governor_falls_back_to_this_process() -> None:
+def test_without_redis_the_governor_falls_back_to_this_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     governor = RedisGovernor(Budget(15_000, 1_200_000, 1), "redis://127.0.0.1:1/0", "down")
     slot = governor.admit("t:alice", 5)
     with pytest.raises(RateLimited):  # the fallback still caps concurrency
         governor.admit("t:alice", 5)
     governor.release(slot)
+    # One line per outage, not per call (the metric counts the calls).
+    assert [r.__dict__.get("event") for r in caplog.records].count("governor_fallback") == 1
 
 
 def test_proxy_tokens_open_only_unexpired_and_unaltered() -> None:
