@@ -113,7 +113,7 @@ class Settings:
     PROXY_TOKEN_TTL: int = _setting(600, int)
     PROXY_IDLE_TIMEOUT: float = _setting(60.0, float)
     PROXY_TOTAL_TIMEOUT: float = _setting(600.0, float)
-    PROXY_TURNS: int = _setting(4, int)
+    PROXY_TURNS: int = _setting(2, int)
     REDIS_KEY_PREFIX: str = _setting("broker")
     DB_POOL_SIZE: int = _setting(10, int)
     DB_MAX_OVERFLOW: int = _setting(10, int)
