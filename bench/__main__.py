@@ -44,6 +44,12 @@ def _proxy(r: run.Run) -> dict[str, Any]:
     return proxy(r)
 
 
+def _refresh(r: run.Run) -> dict[str, Any]:
+    from bench.refresh import refresh
+
+    return refresh(r)
+
+
 def _keys(r: run.Run) -> dict[str, Any]:
     from bench.keys import keys
 
@@ -54,10 +60,11 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     """Read the scenario names and options."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="+",
-                        choices=["all", *SCENARIOS, "profile", "crash", "keys", "proxy"],
+                        choices=["all", *SCENARIOS, "profile", "crash", "keys", "proxy",
+                                 "refresh"],
                         metavar="SCENARIO",
                         help="all, fastpath, size, stampede, worker, overview, mtls, profile, "
-                             "proxy, crash or keys")
+                             "proxy, refresh, crash or keys")
     parser.add_argument("--quick", action="store_true",
                         help="short runs, one round, big N of 100,000 (for development)")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
@@ -78,7 +85,7 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     options.big_n = args.big_n or options.big_n
     names = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
     if "all" in args.scenarios:
-        names += ["profile", "proxy", *(n for n in args.scenarios if n == "crash")]
+        names += ["refresh", "profile", "proxy", *(n for n in args.scenarios if n == "crash")]
     return list(dict.fromkeys(names)), options
 
 
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 current.log(f"dropped databases of dead runs: {', '.join(stale)}")
             for name in names:
                 extra = {"profile": _profile, "crash": _crash, "keys": _keys,
-                         "proxy": _proxy}
+                         "proxy": _proxy, "refresh": _refresh}
                 scenario = extra.get(name) or SCENARIOS[name]
                 current.results[name] = scenario(current)
             current.results["memory"] = run.rss(current)

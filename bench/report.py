@@ -138,6 +138,9 @@ def table(results: dict[str, Any]) -> str:
                      f"(+{tls['handshake_ms']:.2f} ms)")
     if results.get("profile"):
         lines.append(f"PROFILE  {results['profile'].get('summary', '')}")
+    from bench.refresh import lines as refresh_lines
+
+    lines += refresh_lines(results.get("refresh"))
     lines += _keys_table(results.get("keys"))
     return "\n".join(lines)
 
