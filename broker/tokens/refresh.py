@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, update
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import bindparam, insert, or_, update
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
@@ -35,6 +36,41 @@ log = logging.getLogger(__name__)
 # Our Google call must end this long before the lease does, so nobody else starts meanwhile.
 LEASE_MARGIN = 0.5
 MISCONFIGURED_PAUSE = 5.0
+
+# Core statements built once: the refresh path binds and executes them, no ORM unit of work.
+_c, _t = Connection.__table__.c, AccessToken.__table__.c
+# The lease, claimed in one statement while the connection is as the hand-out read it: same
+# version (no refresh, consent or RISC action since), live, not held, not leased, not backing
+# off. Anything else, and the claim falls back to reading the row (`Refresher._claim`).
+CLAIM_SEEN = (
+    update(Connection)
+    .where(
+        _c.id == bindparam("connection"),
+        _c.version == bindparam("seen"),
+        _c.status.in_(("active", "degraded")),
+        _c.held_at.is_(None),
+        or_(_c.refresh_lease_until.is_(None), _c.refresh_lease_until <= bindparam("now")),
+        or_(_c.next_retry_at.is_(None), _c.next_retry_at <= bindparam("now")),
+    )
+    .values(refresh_lease_until=bindparam("until"), refresh_lease_owner=bindparam("owner"))
+    .returning(_c.version, _c.refresh_token, _c.status, _c.consecutive_failures,
+               _c.created_at, _c.last_refresh_at, _c.last_used_at)
+)
+STORE_TOKEN = (
+    update(AccessToken)
+    .where(_t.connection_id == bindparam("connection"), _t.scope_key == bindparam("key"))
+    .values(id=bindparam("token_id"), token=bindparam("sealed"), scopes=bindparam("granted"),
+            expires_at=bindparam("expires"), obtained_at=bindparam("obtained"))
+)
+INSERT_TOKEN = insert(AccessToken).values(
+    connection_id=bindparam("connection"), scope_key=bindparam("key"),
+    id=bindparam("token_id"), token=bindparam("sealed"), scopes=bindparam("granted"),
+    expires_at=bindparam("expires"), obtained_at=bindparam("obtained"),
+)
+
+
+class _Unreadable(Exception):
+    """The claimed row's refresh token will not open: roll the claim back, read it again."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +124,12 @@ class Refresher:
 
     def obtain(self, want: Want, deadline: float) -> Issued:
         """Return a token for `want` by `deadline` (monotonic), refreshing at most once."""
+        if want.seen_version is not None and time.monotonic() >= self._paused_until:
+            lease = self._claim_seen(want, want.seen_version)
+            if lease is not None:
+                issued = self._hold(want, lease, deadline)
+                if issued is not None:
+                    return issued
         while True:
             step = self._claim(want)
             if isinstance(step, Issued):
@@ -112,6 +154,33 @@ class Refresher:
             event.wait(min(remaining, self.settings.REFRESH_BUDGET))
         else:
             self.sleep(min(remaining, 0.04 + random.uniform(0, 0.04)))  # noqa: S311 - jitter
+
+    def _claim_seen(self, want: Want, seen: int) -> Lease | None:
+        """Claim the lease in one statement if the row is as the hand-out read it; else None."""
+        now = self.clock()
+        budget = self.settings.REFRESH_BUDGET
+        keys = self.keys()
+
+        def work(conn: DBConnection) -> Lease | None:
+            row = conn.execute(CLAIM_SEEN, {
+                "connection": want.connection_id, "seen": seen, "now": now,
+                "until": now + dt.timedelta(seconds=budget), "owner": self.owner,
+            }).one_or_none()
+            if row is None:
+                return None
+            try:
+                token = keys.open_on(conn, want.tenant_id, want.connection_id, "refresh_token",
+                                     row.refresh_token or b"").decode()
+            except SealError:
+                raise _Unreadable from None  # rolls the claim back; `_claim` marks the row
+            return Lease(row.version, token, row.status, row.consecutive_failures,
+                         row.created_at, row.last_refresh_at, row.last_used_at,
+                         time.monotonic() + budget)
+
+        try:
+            return self.db.run(work)
+        except _Unreadable:
+            return None
 
     def _claim(self, want: Want) -> Issued | Lease | Busy:
         now = self.clock()
@@ -245,56 +314,63 @@ class Refresher:
         expires_at = now + dt.timedelta(seconds=answer.expires_in)
         token_id = uuid.uuid4()
         keys = self.keys()
-        with self.db.transaction() as session:
-            values: dict[str, object] = {
-                "version": lease.version + 1, "refresh_lease_until": None,
-                "refresh_lease_owner": None, "last_refresh_at": now, "status": "active",
-                "status_reason": None, "consecutive_failures": 0, "next_retry_at": None,
-            }
-            if answer.refresh_token:  # never overwrite a refresh token with nothing
-                values["refresh_token"] = keys.seal(
-                    session, want.tenant_id, want.connection_id, "refresh_token",
-                    answer.refresh_token.encode(),
-                )
-                values.update(refresh_token_ids(answer.refresh_token))
-            if want.rejected_id is not None:
-                values["rejected_refresh_at"] = now
-            swapped = session.execute(
-                update(Connection)
-                .where(
-                    Connection.id == want.connection_id,
-                    Connection.version == lease.version,
-                    Connection.refresh_lease_owner == self.owner,
-                )
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            if swapped != 1:
-                # Our lease expired and someone else took over; our token is still valid.
-                log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
-                return Issued(answer.access_token, expires_at, answer.scopes, token_id)
-            row = session.get(AccessToken, (want.connection_id, want.scope_key))
-            if row is None:
-                row = AccessToken(connection_id=want.connection_id, scope_key=want.scope_key)
-                session.add(row)
-            row.id, row.scopes, row.expires_at, row.obtained_at = (
-                token_id, answer.scopes, expires_at, now,
-            )
-            row.token = keys.seal(
-                session, want.tenant_id, token_id, "access_token", answer.access_token.encode(),
-                bound=access_token_bound(want.connection_id, want.scope_key),
-            )
-            audit.record(
-                session, now=now, action="token.refresh", tenant_id=want.tenant_id,
-                actor_type=want.actor_type, actor_id=want.actor_id,
-                subject_user_id=want.user_id, ip=want.ip,
-                scopes=answer.scopes,
-                details={"reason": "rejected_token" if want.rejected_id else "expiring",
-                         "google_ms": google_ms},
-            )
-            if lease.status == "degraded":
-                webhooks.enqueue(session, want.tenant_id, "connection.recovered",
-                                 event_payload(want.connection_id, want.user_id))
+
+        def work(conn: DBConnection) -> bool:
+            # Seals reserve nonce blocks (and webhooks queue rows) through an ORM session on
+            # this same transaction; everything else is Core.
+            session = Session(bind=conn)
+            try:
+                values: dict[str, object] = {
+                    "version": lease.version + 1, "refresh_lease_until": None,
+                    "refresh_lease_owner": None, "last_refresh_at": now, "status": "active",
+                    "status_reason": None, "consecutive_failures": 0, "next_retry_at": None,
+                }
+                if answer.refresh_token:  # never overwrite a refresh token with nothing
+                    values["refresh_token"] = keys.seal(
+                        session, want.tenant_id, want.connection_id, "refresh_token",
+                        answer.refresh_token.encode(),
+                    )
+                    values.update(refresh_token_ids(answer.refresh_token))
+                if want.rejected_id is not None:
+                    values["rejected_refresh_at"] = now
+                swapped = conn.execute(
+                    update(Connection)
+                    .where(_c.id == want.connection_id, _c.version == lease.version,
+                           _c.refresh_lease_owner == self.owner)
+                    .values(**values)
+                ).rowcount
+                if swapped != 1:
+                    return False
+                token = {
+                    "connection": want.connection_id, "key": want.scope_key,
+                    "token_id": token_id, "granted": answer.scopes, "expires": expires_at,
+                    "obtained": now, "sealed": keys.seal(
+                        session, want.tenant_id, token_id, "access_token",
+                        answer.access_token.encode(),
+                        bound=access_token_bound(want.connection_id, want.scope_key),
+                    ),
+                }
+                # Our CAS holds the connection's row lock: nobody else writes its tokens now.
+                if conn.execute(STORE_TOKEN, token).rowcount != 1:
+                    conn.execute(INSERT_TOKEN, token)
+                conn.execute(audit.INSERT, audit.event_values({
+                    "action": "token.refresh", "tenant_id": want.tenant_id,
+                    "actor_type": want.actor_type, "actor_id": want.actor_id,
+                    "subject_user_id": want.user_id, "ip": want.ip, "scopes": answer.scopes,
+                    "details": {"reason": "rejected_token" if want.rejected_id else "expiring",
+                                "google_ms": google_ms},
+                }, now))
+                if lease.status == "degraded":
+                    webhooks.enqueue(session, want.tenant_id, "connection.recovered",
+                                     event_payload(want.connection_id, want.user_id))
+                    session.flush()
+                return True
+            finally:
+                session.close()
+
+        if not self.db.run(work):
+            # Our lease expired and someone else took over; our token is still valid.
+            log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
         return Issued(answer.access_token, expires_at, answer.scopes, token_id)
 
     def _release(self, want: Want, lease: Lease, **values: object) -> int:
