@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import random
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection as DBConnection
-from sqlalchemy import bindparam, insert, or_, update
+from sqlalchemy import Update, bindparam, insert, or_, update
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
@@ -67,6 +68,17 @@ INSERT_TOKEN = insert(AccessToken).values(
     id=bindparam("token_id"), token=bindparam("sealed"), scopes=bindparam("granted"),
     expires_at=bindparam("expires"), obtained_at=bindparam("obtained"),
 )
+
+
+@functools.cache
+def _swap(columns: tuple[str, ...]) -> Update:
+    """Return the compare-and-swap that stores a refresh, setting `columns` (built once each)."""
+    return (
+        update(Connection)
+        .where(_c.id == bindparam("connection"), _c.version == bindparam("seen"),
+               _c.refresh_lease_owner == bindparam("owner"))
+        .values({name: bindparam("set_" + name) for name in columns})
+    )
 
 
 class _Unreadable(Exception):
@@ -333,12 +345,10 @@ class Refresher:
                     values.update(refresh_token_ids(answer.refresh_token))
                 if want.rejected_id is not None:
                     values["rejected_refresh_at"] = now
-                swapped = conn.execute(
-                    update(Connection)
-                    .where(_c.id == want.connection_id, _c.version == lease.version,
-                           _c.refresh_lease_owner == self.owner)
-                    .values(**values)
-                ).rowcount
+                swapped = conn.execute(_swap(tuple(values)), {
+                    "connection": want.connection_id, "seen": lease.version,
+                    "owner": self.owner, **{"set_" + k: v for k, v in values.items()},
+                }).rowcount
                 if swapped != 1:
                     return False
                 token = {
