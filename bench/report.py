@@ -97,6 +97,7 @@ def table(results: dict[str, Any]) -> str:
                          f"refreshed in {worker['seconds']:.1f}s by {worker['processes']} "
                          f"workers (--interval {worker['interval_s']}), upstream calls "
                          f"{worker['upstream_calls']:,}")
+            lines += _worker_targets(worker)
             if worker.get("error"):
                 lines.append(f"  {worker['error']}")
         else:
@@ -156,6 +157,26 @@ def table(results: dict[str, Any]) -> str:
     lines += refresh_lines(results.get("refresh"))
     lines += _keys_table(results.get("keys"))
     return "\n".join(lines)
+
+
+def _worker_targets(worker: dict[str, Any]) -> list[str]:
+    """Return issue 18 item 3's lines: refreshes/s, one call per connection, hand-out p99."""
+    if "rate" not in worker:
+        return []
+    rate, calls, count = worker["rate"], worker["upstream_calls"], worker["connections"]
+    quiet, busy = worker["handout_p99_ms"], worker["handout_p99_busy_ms"]
+    lines = [f"  {rate:.0f} refreshes/s with upstream {worker['upstream_latency_ms']} ms  "
+             f"target >= 300" + ("  ok" if rate >= 300 else f"  MISSED by {300 - rate:.0f}/s")
+             + f"  (CPU per refresh: workers {worker.get('worker_cpu_ms', 0):.2f} ms, "
+             f"emulator {worker.get('emulator_cpu_ms', 0):.2f} ms)",
+             f"  upstream calls {calls:,} for {count:,} due connections  target 1 each"
+             + _mark(calls == count)]
+    if quiet and busy:
+        ratio = busy / quiet
+        lines.append(f"  hand-out p99 at 32 clients {quiet:.1f} ms quiet, {busy:.1f} ms while "
+                     f"refreshing: {ratio:.2f}x  target <= 1.5"
+                     + ("  ok" if ratio <= 1.5 else f"  MISSED by {ratio - 1.5:.2f}x"))
+    return lines
 
 
 def _keys_table(keys: dict[str, Any] | None) -> list[str]:
