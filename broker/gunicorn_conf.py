@@ -29,7 +29,7 @@ TURN = 1e-6
 def pre_request(worker: Any, _req: Any) -> None:
     """Under gevent, let every other ready connection have its turn before this request."""
     if worker.cfg.worker_class_str == "gevent":
-        from gevent import sleep
+        from gevent import sleep  # type: ignore[import-untyped]
 
         sleep(TURN)  # above 0: only the loop's next turn resumes us, after pending I/O
 
