@@ -11,9 +11,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection as DBConnection
-from sqlalchemy import Update, bindparam, insert, or_, update
+from sqlalchemy import Update, bindparam, insert, literal_column, or_, update
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
@@ -33,6 +34,11 @@ from broker.models import AccessToken, Connection
 from broker.tokens import rules
 from broker.tokens.store import Issued, Keys, TokenStore, Want, event_payload
 
+if TYPE_CHECKING:
+    from broker.driver import DriverConnection
+
+    Hot = DBConnection | DriverConnection  # what Database.run_hot hands its work
+
 log = logging.getLogger(__name__)
 # Our Google call must end this long before the lease does, so nobody else starts meanwhile.
 LEASE_MARGIN = 0.5
@@ -48,12 +54,15 @@ CLAIM_SEEN = (
     .where(
         _c.id == bindparam("connection"),
         _c.version == bindparam("seen"),
-        _c.status.in_(("active", "degraded")),
+        # Inline, not bound: the bare driver binds only the parameters it is given.
+        _c.status.in_([literal_column("'active'"), literal_column("'degraded'")]),
         _c.held_at.is_(None),
         or_(_c.refresh_lease_until.is_(None), _c.refresh_lease_until <= bindparam("now")),
         or_(_c.next_retry_at.is_(None), _c.next_retry_at <= bindparam("now")),
     )
-    .values(refresh_lease_until=bindparam("until"), refresh_lease_owner=bindparam("owner"))
+    # updated_at explicitly: the bare driver applies no Python-side onupdate.
+    .values(refresh_lease_until=bindparam("until"), refresh_lease_owner=bindparam("owner"),
+            updated_at=bindparam("now"))
     .returning(_c.version, _c.refresh_token, _c.status, _c.consecutive_failures,
                _c.created_at, _c.last_refresh_at, _c.last_used_at)
 )
@@ -79,10 +88,6 @@ def _swap(columns: tuple[str, ...]) -> Update:
                _c.refresh_lease_owner == bindparam("owner"))
         .values({name: bindparam("set_" + name) for name in columns})
     )
-
-
-class _Unreadable(Exception):
-    """The claimed row's refresh token will not open: roll the claim back, read it again."""
 
 
 @dataclass(frozen=True)
@@ -168,31 +173,44 @@ class Refresher:
             self.sleep(min(remaining, 0.04 + random.uniform(0, 0.04)))  # noqa: S311 - jitter
 
     def _claim_seen(self, want: Want, seen: int) -> Lease | None:
-        """Claim the lease in one statement if the row is as the hand-out read it; else None."""
+        """Claim the lease in one statement if the row is as the hand-out read it; else None.
+
+        On PostgreSQL the statement runs alone in autocommit on the bare driver (one round
+        trip, as the fast path's): the claim must be committed before Google is called anyway.
+        """
         now = self.clock()
         budget = self.settings.REFRESH_BUDGET
         keys = self.keys()
 
-        def work(conn: DBConnection) -> Lease | None:
-            row = conn.execute(CLAIM_SEEN, {
+        def work(conn: Hot) -> tuple[Any, bytes | None] | None:
+            rows = conn.execute(CLAIM_SEEN, {
                 "connection": want.connection_id, "seen": seen, "now": now,
                 "until": now + dt.timedelta(seconds=budget), "owner": self.owner,
-            }).one_or_none()
-            if row is None:
+            }).all()
+            if not rows:
                 return None
             try:
                 token = keys.open_on(conn, want.tenant_id, want.connection_id, "refresh_token",
-                                     row.refresh_token or b"").decode()
+                                     rows[0].refresh_token or b"")
             except SealError:
-                raise _Unreadable from None  # rolls the claim back; `_claim` marks the row
-            return Lease(row.version, token, row.status, row.consecutive_failures,
-                         row.created_at, row.last_refresh_at, row.last_used_at,
-                         time.monotonic() + budget)
+                token = None
+            return rows[0], token
 
-        try:
-            return self.db.run(work)
-        except _Unreadable:
+        claimed = self.db.run_hot(work)
+        if claimed is None:
             return None
+        row, token = claimed
+        if token is None:  # the claim stands: mark the row as `_claim` would, under it
+            with self.db.transaction() as session:
+                held = session.get(Connection, want.connection_id, populate_existing=True)
+                if held is not None:
+                    self.store.mark_needs_reauth(session, held, "token_unreadable", want)
+            raise ReauthRequired(
+                "The stored refresh token cannot be opened.", reason="token_unreadable"
+            )
+        return Lease(row.version, token.decode(), row.status, row.consecutive_failures,
+                     row.created_at, row.last_refresh_at, row.last_used_at,
+                     time.monotonic() + budget)
 
     def _claim(self, want: Want) -> Issued | Lease | Busy:
         now = self.clock()
