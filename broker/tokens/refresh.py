@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection as DBConnection
-from sqlalchemy import Update, bindparam, insert, literal_column, or_, update
+from sqlalchemy import Update, bindparam, insert, literal_column, null, or_, update
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
@@ -66,11 +66,17 @@ CLAIM_SEEN = (
     .returning(_c.version, _c.refresh_token, _c.status, _c.consecutive_failures,
                _c.created_at, _c.last_refresh_at, _c.last_used_at)
 )
+RELEASE = (
+    update(Connection)
+    .where(_c.id == bindparam("connection"), _c.refresh_lease_owner == bindparam("owner"))
+    .values(refresh_lease_until=null(), refresh_lease_owner=null(), updated_at=bindparam("now"))
+)
 STORE_TOKEN = (
     update(AccessToken)
     .where(_t.connection_id == bindparam("connection"), _t.scope_key == bindparam("key"))
     .values(id=bindparam("token_id"), token=bindparam("sealed"), scopes=bindparam("granted"),
             expires_at=bindparam("expires"), obtained_at=bindparam("obtained"))
+    .returning(_t.id)
 )
 INSERT_TOKEN = insert(AccessToken).values(
     connection_id=bindparam("connection"), scope_key=bindparam("key"),
@@ -87,6 +93,7 @@ def _swap(columns: tuple[str, ...]) -> Update:
         .where(_c.id == bindparam("connection"), _c.version == bindparam("seen"),
                _c.refresh_lease_owner == bindparam("owner"))
         .values({name: bindparam("set_" + name) for name in columns})
+        .returning(_c.version)
     )
 
 
@@ -194,6 +201,12 @@ class Refresher:
                                      rows[0].refresh_token or b"")
             except SealError:
                 token = None
+            except BaseException:
+                # The claim is committed already: give it back, so a key service that comes
+                # back finds the row free rather than leased by a request that failed.
+                conn.execute(RELEASE, {"connection": want.connection_id, "owner": self.owner,
+                                       "now": now})
+                raise
             return rows[0], token
 
         claimed = self.db.run_hot(work)
@@ -344,50 +357,60 @@ class Refresher:
         expires_at = now + dt.timedelta(seconds=answer.expires_in)
         token_id = uuid.uuid4()
         keys = self.keys()
+        values: dict[str, object] = {
+            "version": lease.version + 1, "refresh_lease_until": None,
+            "refresh_lease_owner": None, "last_refresh_at": now, "status": "active",
+            "status_reason": None, "consecutive_failures": 0, "next_retry_at": None,
+            "updated_at": now,  # explicitly: the bare driver applies no Python-side onupdate
+        }
+        if want.rejected_id is not None:
+            values["rejected_refresh_at"] = now
+        bound = access_token_bound(want.connection_id, want.scope_key)
+        event = audit.event_values({
+            "action": "token.refresh", "tenant_id": want.tenant_id,
+            "actor_type": want.actor_type, "actor_id": want.actor_id,
+            "subject_user_id": want.user_id, "ip": want.ip, "scopes": answer.scopes,
+            "details": {"reason": "rejected_token" if want.rejected_id else "expiring",
+                        "google_ms": google_ms},
+        }, now)
+        token: dict[str, object] = {
+            "connection": want.connection_id, "key": want.scope_key, "token_id": token_id,
+            "granted": answer.scopes, "expires": expires_at, "obtained": now,
+        }
 
-        def work(conn: DBConnection) -> bool:
-            # Seals reserve nonce blocks (and webhooks queue rows) through an ORM session on
-            # this same transaction; everything else is Core.
+        def swap(conn: Hot) -> bool:
+            """Compare-and-swap the connection, store the token, audit: one transaction."""
+            if not conn.execute(_swap(tuple(values)), {
+                "connection": want.connection_id, "seen": lease.version, "owner": self.owner,
+                **{"set_" + k: v for k, v in values.items()},
+            }).all():
+                return False
+            # Our CAS holds the connection's row lock: nobody else writes its tokens now.
+            if not conn.execute(STORE_TOKEN, token).all():
+                conn.execute(INSERT_TOKEN, token)
+            conn.execute(audit.INSERT, event)
+            return True
+
+        def hot(conn: Hot) -> bool:
+            with conn.connection.transaction():  # psycopg's: BEGIN, then COMMIT or ROLLBACK
+                return swap(conn)
+
+        def in_session(conn: DBConnection) -> bool:
+            # Seals that reserve a nonce block (and the webhook's rows) need an ORM session on
+            # this same transaction.
             session = Session(bind=conn)
             try:
-                values: dict[str, object] = {
-                    "version": lease.version + 1, "refresh_lease_until": None,
-                    "refresh_lease_owner": None, "last_refresh_at": now, "status": "active",
-                    "status_reason": None, "consecutive_failures": 0, "next_retry_at": None,
-                }
-                if answer.refresh_token:  # never overwrite a refresh token with nothing
+                if answer.refresh_token:
                     values["refresh_token"] = keys.seal(
                         session, want.tenant_id, want.connection_id, "refresh_token",
                         answer.refresh_token.encode(),
                     )
-                    values.update(refresh_token_ids(answer.refresh_token))
-                if want.rejected_id is not None:
-                    values["rejected_refresh_at"] = now
-                swapped = conn.execute(_swap(tuple(values)), {
-                    "connection": want.connection_id, "seen": lease.version,
-                    "owner": self.owner, **{"set_" + k: v for k, v in values.items()},
-                }).rowcount
-                if swapped != 1:
+                token["sealed"] = keys.seal(
+                    session, want.tenant_id, token_id, "access_token",
+                    answer.access_token.encode(), bound=bound,
+                )
+                if not swap(conn):
                     return False
-                token = {
-                    "connection": want.connection_id, "key": want.scope_key,
-                    "token_id": token_id, "granted": answer.scopes, "expires": expires_at,
-                    "obtained": now, "sealed": keys.seal(
-                        session, want.tenant_id, token_id, "access_token",
-                        answer.access_token.encode(),
-                        bound=access_token_bound(want.connection_id, want.scope_key),
-                    ),
-                }
-                # Our CAS holds the connection's row lock: nobody else writes its tokens now.
-                if conn.execute(STORE_TOKEN, token).rowcount != 1:
-                    conn.execute(INSERT_TOKEN, token)
-                conn.execute(audit.INSERT, audit.event_values({
-                    "action": "token.refresh", "tenant_id": want.tenant_id,
-                    "actor_type": want.actor_type, "actor_id": want.actor_id,
-                    "subject_user_id": want.user_id, "ip": want.ip, "scopes": answer.scopes,
-                    "details": {"reason": "rejected_token" if want.rejected_id else "expiring",
-                                "google_ms": google_ms},
-                }, now))
                 if lease.status == "degraded":
                     webhooks.enqueue(session, want.tenant_id, "connection.recovered",
                                      event_payload(want.connection_id, want.user_id))
@@ -396,7 +419,25 @@ class Refresher:
             finally:
                 session.close()
 
-        if not self.db.run(work):
+        if answer.refresh_token:  # never overwrite a refresh token with nothing
+            values.update(refresh_token_ids(answer.refresh_token))
+        # The common case on PostgreSQL: both seals from the reserved nonce block, no webhook:
+        # the bare driver in one explicit transaction, as few round trips as statements.
+        sealed = keys.seal_ready(want.tenant_id, token_id, "access_token",
+                                 answer.access_token.encode(), bound=bound)
+        rotated: bytes | None = b""
+        if answer.refresh_token:
+            rotated = keys.seal_ready(want.tenant_id, want.connection_id, "refresh_token",
+                                      answer.refresh_token.encode())
+        if (sealed is not None and rotated is not None and lease.status != "degraded"
+                and not self.db.is_sqlite):
+            token["sealed"] = sealed
+            if answer.refresh_token:
+                values["refresh_token"] = rotated
+            stored = self.db.run_hot(hot)
+        else:
+            stored = self.db.run(in_session)
+        if not stored:
             # Our lease expired and someone else took over; our token is still valid.
             log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
         return Issued(answer.access_token, expires_at, answer.scopes, token_id)
