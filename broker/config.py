@@ -115,7 +115,7 @@ class Settings:
     PROXY_TOTAL_TIMEOUT: float = _setting(600.0, float)
     PROXY_TURNS: int = _setting(4, int)
     REDIS_KEY_PREFIX: str = _setting("broker")
-    DB_POOL_SIZE: int = _setting(20, int)
+    DB_POOL_SIZE: int = _setting(10, int)
     DB_MAX_OVERFLOW: int = _setting(10, int)
     # Seconds a pooled connection may sit idle before checkout pings it (0: ping every time).
     DB_PING_IDLE: float = _setting(30.0, float)
