@@ -46,6 +46,12 @@ def _proxy(r: run.Run) -> dict[str, Any]:
     return proxy(r)
 
 
+def _refresh(r: run.Run) -> dict[str, Any]:
+    from bench.refresh import refresh
+
+    return refresh(r)
+
+
 def _keys(r: run.Run) -> dict[str, Any]:
     from bench.keys import keys
 
@@ -63,10 +69,10 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="+",
                         choices=["all", *SCENARIOS, "profile", "crash", "keys", "proxy",
-                                 "cluster"],
+                                 "cluster", "refresh"],
                         metavar="SCENARIO",
                         help="all, fastpath, size, stampede, worker, overview, mtls, profile, "
-                             "proxy, crash, keys or cluster")
+                             "proxy, refresh, crash, keys or cluster")
     parser.add_argument("--quick", action="store_true",
                         help="short runs, one round, big N of 100,000 (for development)")
     parser.add_argument("--duration", type=float, help="seconds per measured run")
@@ -87,7 +93,7 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     options.big_n = args.big_n or options.big_n
     names = list(SCENARIOS) if "all" in args.scenarios else args.scenarios
     if "all" in args.scenarios:
-        names += ["profile", "proxy", *(n for n in args.scenarios if n == "crash")]
+        names += ["refresh", "profile", "proxy", *(n for n in args.scenarios if n == "crash")]
     return list(dict.fromkeys(names)), options
 
 
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 current.log(f"dropped databases of dead runs: {', '.join(stale)}")
             for name in names:
                 extra = {"profile": _profile, "crash": _crash, "keys": _keys,
-                         "proxy": _proxy, "cluster": _cluster}
+                         "proxy": _proxy, "cluster": _cluster, "refresh": _refresh}
                 scenario = extra.get(name) or SCENARIOS[name]
                 current.results[name] = scenario(current)
             current.results["memory"] = run.rss(current)

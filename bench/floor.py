@@ -34,6 +34,10 @@ INSERT = (
     " subject_user_id, ip, outcome, reason, scopes, request_id, details)"
     " VALUES (%s, %s, %s, %s, 'client', %s, 'token.handout', %s, %s, 'ok', NULL, %s, %s, %s)"
 )
+# Idle connections a process keeps: as many as the requests it serves at once in the
+# benchmark (16 per worker at 32 clients), not every connection it ever opened, which held
+# most of PostgreSQL's 100 slots for the rest of a run (`bench all` then ran out).
+KEEP = 16
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -59,7 +63,10 @@ class Pool:
         except BaseException:
             conn.close()
             raise
-        self._idle.put(conn)
+        if self._idle.qsize() < KEEP:
+            self._idle.put(conn)
+        else:
+            conn.close()
 
     def close(self) -> None:
         """Close every idle connection."""

@@ -193,6 +193,7 @@ def fastpath(run: Run) -> dict[str, Any]:
     out: dict[str, Any] = {key: summarise(value) for key, value in runs.items()}
     out["broker_available"] = run.broker_ok
     out["settings"] = {"workers": run.options.workers, "threads": run.options.threads,
+                       "worker_class": run.options.worker_class,
                        "duration_s": run.options.duration, "users": small.users,
                        "cpus": os.cpu_count()}
     return out
@@ -228,9 +229,15 @@ def rss(run: Run) -> dict[str, Any]:
     procs = {f"broker-{k}": v for k, v in run.brokers.items()}
     if run.floor is not None:
         procs["floor"] = run.floor
+    totals: dict[str, float] = {}
     for label, proc in procs.items():
         if proc.popen.poll() is None:
             out[label] = [memory(pid) for pid in proc.children()]
+            # A `broker serve` is its arbiter and its workers: the figure is their sum.
+            totals[label] = memory(proc.popen.pid)["pss_mb"] + sum(
+                w["pss_mb"] for w in out[label])
+    if totals:
+        out["total_pss_mb"] = totals
     return out
 
 

@@ -19,6 +19,7 @@ import psycopg
 
 from bench import data
 from bench.load import basic
+from bench.refresh import cpu_seconds
 from bench.run import Dataset, Run
 from bench.stack import GOOGLE_CLIENT_ID, broker_command, child_env
 
@@ -152,39 +153,78 @@ def _refreshed(url: str, since: dt.datetime) -> int:
     return int(row[0]) if row else 0
 
 
+def _handout_p99(run: Run, seconds: float) -> float:
+    """Return the hand-out p99 (ms) at 32 clients on the small data set over `seconds`."""
+    from bench.load import run_wrk
+    from bench.run import scripts
+
+    small = run.ensure_small()
+    result = run_wrk("handout", run.brokers["small"].url, scripts(run, small, "small")["token"],
+                     32, seconds)
+    return result.p99_ms
+
+
 def worker(run: Run) -> dict[str, Any]:
-    """Time 2 `broker worker` processes refreshing every due connection; count Google calls."""
+    """Time 2 `broker worker` processes refreshing every due connection with Google 200 ms
+    away; count Google calls; measure the hand-out's p99 before and while they run."""
     if not worker_available():
         return {"available": False, "reason": "`broker worker` does not exist yet"}
-    count = 1_000 if run.options.quick else WORKER_CONNECTIONS
-    run.log(f"worker: {count:,} due connections, {WORKER_PROCESSES} worker processes")
+    count = 2_000 if run.options.quick else WORKER_CONNECTIONS
+    run.log(f"worker: {count:,} due connections, {WORKER_PROCESSES} worker processes, upstream "
+            f"latency {UPSTREAM_LATENCY_MS} ms")
     now = dt.datetime.now(dt.UTC)
     dataset = granted_dataset(run, "worker", count, last_used_at=now,
                               token_expires_at=now + dt.timedelta(seconds=90))
     emulator = run.emulator()
     env = run.stack.broker_env(dataset.name, emulator)
+    run.ensure_small()
+    if run.broker_ok:
+        _handout_p99(run, 2.0)  # warm-up: pools, caches, prepared statements
+    quiet_p99 = _handout_p99(run, 5.0) if run.broker_ok else 0.0
+    httpx.post(emulator + "/_emulator/faults", json={
+        "endpoint": "token", "latency_ms": UPSTREAM_LATENCY_MS, "count": -1}, timeout=10)
     before, started = refresh_calls(emulator), time.monotonic()
     since = dt.datetime.now(dt.UTC)
     argv = [*broker_command(), "worker", "--interval", str(WORKER_INTERVAL)]
     procs = [run.stack.spawn(f"worker-{n}", argv, env, "")
              for n in range(WORKER_PROCESSES)]
+    emulator_pid = next(p.popen.pid for p in run.stack.processes if p.name == "emulator")
+    emulator_cpu = cpu_seconds([emulator_pid])
+    busy: dict[str, float] = {}
+    if run.broker_ok:  # the hand-out measured while the workers refresh, from a thread
+        probe = threading.Thread(target=lambda: busy.update(
+            p99=_handout_p99(run, 8.0 if run.options.quick else 15.0)), daemon=True)
+        threading.Timer(2.0, probe.start).start()
     done = 0
     try:
         while time.monotonic() - started < WORKER_TIMEOUT:
             done = _refreshed(dataset.url, since)
             if done >= count or all(p.popen.poll() is not None for p in procs):
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
     finally:
         seconds = time.monotonic() - started
+        worker_cpu = cpu_seconds([p.popen.pid for p in procs])
+        emulator_cpu = cpu_seconds([emulator_pid]) - emulator_cpu
         exited = [p.log_tail(3) for p in procs if p.popen.poll() not in (None, 0)]
         for proc in procs:
             run.stack.retire(proc)
-    out = {"available": True, "connections": count, "refreshed": done, "seconds": seconds,
-           "upstream_calls": refresh_calls(emulator) - before, "processes": WORKER_PROCESSES,
-           "interval_s": WORKER_INTERVAL, "complete": done >= count}
+        httpx.delete(emulator + "/_emulator/faults", timeout=10)
+    if run.broker_ok:
+        probe.join(30)
+    out: dict[str, Any] = {
+        "available": True, "connections": count, "refreshed": done, "seconds": seconds,
+        "rate": done / seconds if seconds else 0.0,
+        "upstream_calls": refresh_calls(emulator) - before, "processes": WORKER_PROCESSES,
+        "interval_s": WORKER_INTERVAL, "complete": done >= count,
+        "upstream_latency_ms": UPSTREAM_LATENCY_MS,
+        "handout_p99_ms": quiet_p99, "handout_p99_busy_ms": busy.get("p99", 0.0),
+        "worker_cpu_ms": worker_cpu / max(done, 1) * 1000,
+        "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000}
     if exited and done < count:
         out["error"] = "`broker worker` exited: " + exited[0].strip()
-    run.log(f"  refreshed {done:,}/{count:,} in {seconds:.1f}s with "
-            f"{out['upstream_calls']:,} upstream calls")
+    run.log(f"  refreshed {done:,}/{count:,} in {seconds:.1f}s ({out['rate']:.0f}/s) with "
+            f"{out['upstream_calls']:,} upstream calls; hand-out p99 {quiet_p99:.1f} ms quiet, "
+            f"{out['handout_p99_busy_ms']:.1f} ms while refreshing; CPU per refresh: workers "
+            f"{out['worker_cpu_ms']:.2f} ms, emulator {out['emulator_cpu_ms']:.2f} ms")
     return out

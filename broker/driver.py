@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.types import JSON
 
 T = TypeVar("T")
@@ -80,6 +81,8 @@ class DriverConnection:
                 name for name, bind in compiled.binds.items() if isinstance(bind.type, JSON))
             # Named once per statement: psycopg's namedtuple_row would rebuild it per execution.
             selected = getattr(statement, "selected_columns", None)
+            if selected is None and isinstance(statement, UpdateBase) and statement._returning:
+                selected = statement.exported_columns  # INSERT/UPDATE ... RETURNING
             row = _row_maker(list(selected.keys())) if selected is not None else None
             found = _Compiled(str(compiled), json_params, row)
             with _cache_lock:

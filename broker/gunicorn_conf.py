@@ -19,6 +19,21 @@ timeout = 60
 keepalive = 5
 
 
+# A greenlet whose client has sent its next request on a kept-alive connection reads it
+# without ever blocking, so it serves that client again and again while the others wait:
+# wrk at 32 connections saw a median of 1 ms and a p90 of 2 s on /healthz under gevent.
+# Yielding before each request, until the event loop's next turn, serves them in turn.
+TURN = 1e-6
+
+
+def pre_request(worker: Any, _req: Any) -> None:
+    """Under gevent, let every other ready connection have its turn before this request."""
+    if worker.cfg.worker_class_str == "gevent":
+        from gevent import sleep  # type: ignore[import-untyped]
+
+        sleep(TURN)  # above 0: only the loop's next turn resumes us, after pending I/O
+
+
 def child_exit(_server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges from the shared metrics directory."""
     from prometheus_client import multiprocess

@@ -13,7 +13,10 @@ from broker.emulator.context import EXTENSION
 
 
 class QuietQueryHandler(WSGIRequestHandler):
-    """Log requests without their query strings, which can carry tokens."""
+    """Log requests without their query strings, which can carry tokens; keep connections
+    alive as Google does, so a client's pool reuses them instead of connecting per call."""
+
+    protocol_version = "HTTP/1.1"
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Log the method, the path without its query, and the status."""

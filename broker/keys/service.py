@@ -176,6 +176,21 @@ class KeyService:
         return seal(block.key, block.version, plaintext,
                     _binding(tenant_id, row_id, field, bound))
 
+    def seal_ready(
+        self, tenant_id: uuid.UUID | None, row_id: object, field: str, plaintext: bytes, *,
+        bound: tuple[str, ...] = (),
+    ) -> bytes | None:
+        """Seal from this process's reserved nonce block without the database; None when a
+        block must be reserved first (then `seal`, in a transaction)."""
+        now = self.clock()
+        with self._lock:
+            block = self._blocks.get(tenant_label(tenant_id))
+            if not (block and block.remaining > 0 and block.expires > now):
+                return None
+            block.remaining -= 1
+        return seal(block.key, block.version, plaintext,
+                    _binding(tenant_id, row_id, field, bound))
+
     def open(
         self, session: Session, tenant_id: uuid.UUID | None, row_id: object, field: str,
         blob: bytes, *, bound: tuple[str, ...] = (),

@@ -63,6 +63,10 @@ class ClientInfo:
         return ip_in(address, self.token_ip_ranges) and ip_in(address, self.allowed_ip_ranges)
 
 
+# Longest a request waits for another's read of the same client row before reading it itself.
+LOAD_WAIT = 5.0
+
+
 class ClientCache:
     """Client rows by id (unknown ids too) for a few seconds."""
 
@@ -73,15 +77,39 @@ class ClientCache:
         self._used: dict[str, dt.datetime] = {}
         # Certificates this process verified for a client, by (client, chain digest): until.
         self._verified: dict[tuple[str, str], float] = {}
+        self._loading: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(self, app: Flask, client_id: str) -> ClientInfo | None:
-        """Return a client by id from the cache, else from the database."""
+        """Return a client by id from the cache, else from the database (one load at a time
+        per id: when an entry expires under load, the requests for it wait for one read
+        instead of each reading the row)."""
         now = time.monotonic()
         with self._lock:
             hit = self._rows.get(client_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+            if hit is not None and hit[0] > now:
+                return hit[1]
+            loading = self._loading.get(client_id)
+            if loading is None:
+                loading = self._loading[client_id] = threading.Event()
+                leader = True
+            else:
+                leader = False
+        if not leader:
+            loading.wait(LOAD_WAIT)
+            with self._lock:
+                hit = self._rows.get(client_id)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+            return self._load(app, client_id, now)  # the leader failed or is slow
+        try:
+            return self._load(app, client_id, now)
+        finally:
+            with self._lock:
+                self._loading.pop(client_id, None)
+            loading.set()
+
+    def _load(self, app: Flask, client_id: str, now: float) -> ClientInfo | None:
         info = _load(app, client_id)
         with self._lock:
             if len(self._rows) > 10_000:  # unknown ids must not grow the cache without bound

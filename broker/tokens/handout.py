@@ -58,7 +58,7 @@ _READ = (
         _u.id.label("user_id"), _u.email, _u.status.label("user_status"), _u.last_login_at,
         _p.handout_login_max_age, _p.allow_broader_tokens,
         _c.id.label("connection_id"), _c.status, _c.status_reason, _c.granted_scopes,
-        _c.withheld_scopes, _c.last_used_at, _c.rejected_refresh_at, _c.held_at,
+        _c.withheld_scopes, _c.last_used_at, _c.rejected_refresh_at, _c.held_at, _c.version,
         _t.id.label("token_id"), _t.scope_key, _t.token, _t.scopes, _t.expires_at,
         _t.obtained_at,
     )
@@ -270,7 +270,9 @@ class Handout:
         else:
             issued = self._slow(step.want, started)
             now = self.tokens.clock()  # the refresh took a while: audit when it ended
-            self.db.run(
+            # One statement (touch and audit together on PostgreSQL), in autocommit like the
+            # fast path's: BEGIN and COMMIT would only add round trips.
+            self.db.run_hot(
                 lambda conn: self._record_handout(conn, step.want, issued, step.last_used, now)
             )
         metrics.HANDOUTS.labels(outcome="ok", reason="").inc()
@@ -344,6 +346,7 @@ class Handout:
             connection_id=first.connection_id, tenant_id=self.client.tenant_id,
             user_id=first.user_id, scopes=self.scopes, scope_key=key, min_ttl=req.min_ttl,
             allow_broader=first.allow_broader_tokens, actor_id=self.client.id, ip=self.ip,
+            seen_version=first.version,
         )
         user, last_used = (first.user_id, first.email), first.last_used_at
         if self.checks_only:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import random
 import threading
@@ -10,8 +11,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import Update, bindparam, insert, literal_column, null, or_, update
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
@@ -31,10 +34,67 @@ from broker.models import AccessToken, Connection
 from broker.tokens import rules
 from broker.tokens.store import Issued, Keys, TokenStore, Want, event_payload
 
+if TYPE_CHECKING:
+    from broker.driver import DriverConnection
+
+    Hot = DBConnection | DriverConnection  # what Database.run_hot hands its work
+
 log = logging.getLogger(__name__)
 # Our Google call must end this long before the lease does, so nobody else starts meanwhile.
 LEASE_MARGIN = 0.5
 MISCONFIGURED_PAUSE = 5.0
+
+# Core statements built once: the refresh path binds and executes them, no ORM unit of work.
+_c, _t = Connection.__table__.c, AccessToken.__table__.c
+# The lease, claimed in one statement while the connection is as the hand-out read it: same
+# version (no refresh, consent or RISC action since), live, not held, not leased, not backing
+# off. Anything else, and the claim falls back to reading the row (`Refresher._claim`).
+CLAIM_SEEN = (
+    update(Connection)
+    .where(
+        _c.id == bindparam("connection"),
+        _c.version == bindparam("seen"),
+        # Inline, not bound: the bare driver binds only the parameters it is given.
+        _c.status.in_([literal_column("'active'"), literal_column("'degraded'")]),
+        _c.held_at.is_(None),
+        or_(_c.refresh_lease_until.is_(None), _c.refresh_lease_until <= bindparam("now")),
+        or_(_c.next_retry_at.is_(None), _c.next_retry_at <= bindparam("now")),
+    )
+    # updated_at explicitly: the bare driver applies no Python-side onupdate.
+    .values(refresh_lease_until=bindparam("until"), refresh_lease_owner=bindparam("owner"),
+            updated_at=bindparam("now"))
+    .returning(_c.version, _c.refresh_token, _c.status, _c.consecutive_failures,
+               _c.created_at, _c.last_refresh_at, _c.last_used_at)
+)
+RELEASE = (
+    update(Connection)
+    .where(_c.id == bindparam("connection"), _c.refresh_lease_owner == bindparam("owner"))
+    .values(refresh_lease_until=null(), refresh_lease_owner=null(), updated_at=bindparam("now"))
+)
+STORE_TOKEN = (
+    update(AccessToken)
+    .where(_t.connection_id == bindparam("connection"), _t.scope_key == bindparam("key"))
+    .values(id=bindparam("token_id"), token=bindparam("sealed"), scopes=bindparam("granted"),
+            expires_at=bindparam("expires"), obtained_at=bindparam("obtained"))
+    .returning(_t.id)
+)
+INSERT_TOKEN = insert(AccessToken).values(
+    connection_id=bindparam("connection"), scope_key=bindparam("key"),
+    id=bindparam("token_id"), token=bindparam("sealed"), scopes=bindparam("granted"),
+    expires_at=bindparam("expires"), obtained_at=bindparam("obtained"),
+)
+
+
+@functools.cache
+def _swap(columns: tuple[str, ...]) -> Update:
+    """Return the compare-and-swap that stores a refresh, setting `columns` (built once each)."""
+    return (
+        update(Connection)
+        .where(_c.id == bindparam("connection"), _c.version == bindparam("seen"),
+               _c.refresh_lease_owner == bindparam("owner"))
+        .values({name: bindparam("set_" + name) for name in columns})
+        .returning(_c.version)
+    )
 
 
 @dataclass(frozen=True)
@@ -88,6 +148,12 @@ class Refresher:
 
     def obtain(self, want: Want, deadline: float) -> Issued:
         """Return a token for `want` by `deadline` (monotonic), refreshing at most once."""
+        if want.seen_version is not None and time.monotonic() >= self._paused_until:
+            lease = self._claim_seen(want, want.seen_version)
+            if lease is not None:
+                issued = self._hold(want, lease, deadline)
+                if issued is not None:
+                    return issued
         while True:
             step = self._claim(want)
             if isinstance(step, Issued):
@@ -112,6 +178,52 @@ class Refresher:
             event.wait(min(remaining, self.settings.REFRESH_BUDGET))
         else:
             self.sleep(min(remaining, 0.04 + random.uniform(0, 0.04)))  # noqa: S311 - jitter
+
+    def _claim_seen(self, want: Want, seen: int) -> Lease | None:
+        """Claim the lease in one statement if the row is as the hand-out read it; else None.
+
+        On PostgreSQL the statement runs alone in autocommit on the bare driver (one round
+        trip, as the fast path's): the claim must be committed before Google is called anyway.
+        """
+        now = self.clock()
+        budget = self.settings.REFRESH_BUDGET
+        keys = self.keys()
+
+        def work(conn: Hot) -> tuple[Any, bytes | None] | None:
+            rows = conn.execute(CLAIM_SEEN, {
+                "connection": want.connection_id, "seen": seen, "now": now,
+                "until": now + dt.timedelta(seconds=budget), "owner": self.owner,
+            }).all()
+            if not rows:
+                return None
+            try:
+                token = keys.open_on(conn, want.tenant_id, want.connection_id, "refresh_token",
+                                     rows[0].refresh_token or b"")
+            except SealError:
+                token = None
+            except BaseException:
+                # The claim is committed already: give it back, so a key service that comes
+                # back finds the row free rather than leased by a request that failed.
+                conn.execute(RELEASE, {"connection": want.connection_id, "owner": self.owner,
+                                       "now": now})
+                raise
+            return rows[0], token
+
+        claimed = self.db.run_hot(work)
+        if claimed is None:
+            return None
+        row, token = claimed
+        if token is None:  # the claim stands: mark the row as `_claim` would, under it
+            with self.db.transaction() as session:
+                held = session.get(Connection, want.connection_id, populate_existing=True)
+                if held is not None:
+                    self.store.mark_needs_reauth(session, held, "token_unreadable", want)
+            raise ReauthRequired(
+                "The stored refresh token cannot be opened.", reason="token_unreadable"
+            )
+        return Lease(row.version, token.decode(), row.status, row.consecutive_failures,
+                     row.created_at, row.last_refresh_at, row.last_used_at,
+                     time.monotonic() + budget)
 
     def _claim(self, want: Want) -> Issued | Lease | Busy:
         now = self.clock()
@@ -245,56 +357,89 @@ class Refresher:
         expires_at = now + dt.timedelta(seconds=answer.expires_in)
         token_id = uuid.uuid4()
         keys = self.keys()
-        with self.db.transaction() as session:
-            values: dict[str, object] = {
-                "version": lease.version + 1, "refresh_lease_until": None,
-                "refresh_lease_owner": None, "last_refresh_at": now, "status": "active",
-                "status_reason": None, "consecutive_failures": 0, "next_retry_at": None,
-            }
-            if answer.refresh_token:  # never overwrite a refresh token with nothing
-                values["refresh_token"] = keys.seal(
-                    session, want.tenant_id, want.connection_id, "refresh_token",
-                    answer.refresh_token.encode(),
+        values: dict[str, object] = {
+            "version": lease.version + 1, "refresh_lease_until": None,
+            "refresh_lease_owner": None, "last_refresh_at": now, "status": "active",
+            "status_reason": None, "consecutive_failures": 0, "next_retry_at": None,
+            "updated_at": now,  # explicitly: the bare driver applies no Python-side onupdate
+        }
+        if want.rejected_id is not None:
+            values["rejected_refresh_at"] = now
+        bound = access_token_bound(want.connection_id, want.scope_key)
+        event = audit.event_values({
+            "action": "token.refresh", "tenant_id": want.tenant_id,
+            "actor_type": want.actor_type, "actor_id": want.actor_id,
+            "subject_user_id": want.user_id, "ip": want.ip, "scopes": answer.scopes,
+            "details": {"reason": "rejected_token" if want.rejected_id else "expiring",
+                        "google_ms": google_ms},
+        }, now)
+        token: dict[str, object] = {
+            "connection": want.connection_id, "key": want.scope_key, "token_id": token_id,
+            "granted": answer.scopes, "expires": expires_at, "obtained": now,
+        }
+
+        def swap(conn: Hot) -> bool:
+            """Compare-and-swap the connection, store the token, audit: one transaction."""
+            if not conn.execute(_swap(tuple(values)), {
+                "connection": want.connection_id, "seen": lease.version, "owner": self.owner,
+                **{"set_" + k: v for k, v in values.items()},
+            }).all():
+                return False
+            # Our CAS holds the connection's row lock: nobody else writes its tokens now.
+            if not conn.execute(STORE_TOKEN, token).all():
+                conn.execute(INSERT_TOKEN, token)
+            conn.execute(audit.INSERT, event)
+            return True
+
+        def hot(conn: Hot) -> bool:
+            with conn.connection.transaction():  # psycopg's: BEGIN, then COMMIT or ROLLBACK
+                return swap(conn)
+
+        def in_session(conn: DBConnection) -> bool:
+            # Seals that reserve a nonce block (and the webhook's rows) need an ORM session on
+            # this same transaction.
+            session = Session(bind=conn)
+            try:
+                if answer.refresh_token:
+                    values["refresh_token"] = keys.seal(
+                        session, want.tenant_id, want.connection_id, "refresh_token",
+                        answer.refresh_token.encode(),
+                    )
+                token["sealed"] = keys.seal(
+                    session, want.tenant_id, token_id, "access_token",
+                    answer.access_token.encode(), bound=bound,
                 )
-                values.update(refresh_token_ids(answer.refresh_token))
-            if want.rejected_id is not None:
-                values["rejected_refresh_at"] = now
-            swapped = session.execute(
-                update(Connection)
-                .where(
-                    Connection.id == want.connection_id,
-                    Connection.version == lease.version,
-                    Connection.refresh_lease_owner == self.owner,
-                )
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            if swapped != 1:
-                # Our lease expired and someone else took over; our token is still valid.
-                log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
-                return Issued(answer.access_token, expires_at, answer.scopes, token_id)
-            row = session.get(AccessToken, (want.connection_id, want.scope_key))
-            if row is None:
-                row = AccessToken(connection_id=want.connection_id, scope_key=want.scope_key)
-                session.add(row)
-            row.id, row.scopes, row.expires_at, row.obtained_at = (
-                token_id, answer.scopes, expires_at, now,
-            )
-            row.token = keys.seal(
-                session, want.tenant_id, token_id, "access_token", answer.access_token.encode(),
-                bound=access_token_bound(want.connection_id, want.scope_key),
-            )
-            audit.record(
-                session, now=now, action="token.refresh", tenant_id=want.tenant_id,
-                actor_type=want.actor_type, actor_id=want.actor_id,
-                subject_user_id=want.user_id, ip=want.ip,
-                scopes=answer.scopes,
-                details={"reason": "rejected_token" if want.rejected_id else "expiring",
-                         "google_ms": google_ms},
-            )
-            if lease.status == "degraded":
-                webhooks.enqueue(session, want.tenant_id, "connection.recovered",
-                                 event_payload(want.connection_id, want.user_id))
+                if not swap(conn):
+                    return False
+                if lease.status == "degraded":
+                    webhooks.enqueue(session, want.tenant_id, "connection.recovered",
+                                     event_payload(want.connection_id, want.user_id))
+                    session.flush()
+                return True
+            finally:
+                session.close()
+
+        if answer.refresh_token:  # never overwrite a refresh token with nothing
+            values.update(refresh_token_ids(answer.refresh_token))
+        # The common case on PostgreSQL: both seals from the reserved nonce block, no webhook:
+        # the bare driver in one explicit transaction, as few round trips as statements.
+        sealed = keys.seal_ready(want.tenant_id, token_id, "access_token",
+                                 answer.access_token.encode(), bound=bound)
+        rotated: bytes | None = b""
+        if answer.refresh_token:
+            rotated = keys.seal_ready(want.tenant_id, want.connection_id, "refresh_token",
+                                      answer.refresh_token.encode())
+        if (sealed is not None and rotated is not None and lease.status != "degraded"
+                and not self.db.is_sqlite):
+            token["sealed"] = sealed
+            if answer.refresh_token:
+                values["refresh_token"] = rotated
+            stored = self.db.run_hot(hot)
+        else:
+            stored = self.db.run(in_session)
+        if not stored:
+            # Our lease expired and someone else took over; our token is still valid.
+            log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
         return Issued(answer.access_token, expires_at, answer.scopes, token_id)
 
     def _release(self, want: Want, lease: Lease, **values: object) -> int:

@@ -52,6 +52,9 @@ class Want:
     rejected_id: uuid.UUID | None = None
     actor_id: str | None = None
     ip: str | None = None
+    # The connection's version when the hand-out read it: the refresh claims the lease in one
+    # statement only while nothing changed since (else it reads again, as without it).
+    seen_version: int | None = None
 
     @property
     def actor_type(self) -> str:

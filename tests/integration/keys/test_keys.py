@@ -158,3 +158,20 @@ def test_reseal_skips_a_tampered_row_and_keeps_its_key(make_app) -> None:  # typ
     report = reseal_tenant(keys, get_db(app), tenant.id)
     assert (report.resealed, report.unreadable, report.retired) == (1, 1, ())
     assert _open_refresh(app, keys, good.id) == b"1//test-refresh"
+
+
+def test_seal_ready_seals_only_from_a_reserved_block(app: Flask) -> None:
+    # The refresh path seals without the database while this process holds a nonce block;
+    # before one is reserved (in a transaction, by `seal`) it must say so, not seal.
+    keys = get_keys(app)
+    tenant = make_tenant(app, "ready")
+    row = uuid.uuid4()
+    assert keys.seal_ready(tenant.id, row, "access_token", b"ya29.x") is None
+    with get_db(app).transaction() as session:
+        keys.seal(session, tenant.id, row, "access_token", b"ya29.first")
+    sealed = keys.seal_ready(tenant.id, row, "access_token", b"ya29.x", bound=("b",))
+    assert sealed is not None
+    with get_db(app).transaction(write=False) as session:
+        assert keys.open(session, tenant.id, row, "access_token", sealed, bound=("b",)) == b"ya29.x"
+        with pytest.raises(SealError):
+            keys.open(session, tenant.id, uuid.uuid4(), "access_token", sealed, bound=("b",))

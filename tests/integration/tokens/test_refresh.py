@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ from sqlalchemy import select, update
 from broker.clock import utcnow
 from broker.db import get_db
 from broker.models import AccessToken, Connection, Policy, WebhookDelivery
-from broker.scopes import gmail_only
+from broker.scopes import gmail_only, scope_key
+from broker.tokens import Want, get_tokens
 from tests.conftest import Clock
 from tests.plugins.world import READONLY, SEND, World
 
@@ -175,3 +177,19 @@ def test_unreadable_refresh_token_is_token_unreadable(world: World) -> None:
 def lease_world(make_world: Callable[..., World]) -> World:
     """A world (its own app) for lease tests."""
     return make_world()
+
+
+def test_a_claim_from_an_outdated_read_reads_again_and_calls_google_once(world: World) -> None:
+    # The hand-out claims the lease in one statement only while the connection is at the
+    # version it read: a read from before a sibling's refresh serves that refresh instead. At
+    # the current version the claim trusts the read's verdict (here: refresh) and takes it.
+    first = world.token()
+    assert first.status_code == 200 and refreshes(world) == 1
+    conn = connection(world)
+    for seen, calls in ((conn.version - 1, 1), (conn.version, 2)):
+        want = Want(conn.id, conn.tenant_id, conn.user_id, [READONLY], scope_key([READONLY]),
+                    300, False, seen_version=seen)
+        issued = get_tokens(world.app).obtain(want, time.monotonic() + 10)
+        assert refreshes(world) == calls
+        assert (issued.access_token == first.json["access_token"]) is (calls == 1)
+    assert connection(world).version == conn.version + 1  # the second claim refreshed, once

@@ -114,3 +114,33 @@ def test_cluster_windows_count_requests_in_flight_across_a_fault_as_during() -> 
     assert (fault.requests_during, fault.errors_during) == (2, {"502": 1, "503": 1})
     assert (fault.requests_after, fault.errors_after) == (1, {})
     assert fault.recover_s == 2.5  # from the fault to the last failed answer
+
+
+@pytest.mark.parametrize(("cpu", "ratio", "calls", "marks"), [
+    (3.5, 1.2, 1000, ["<= 4  ok", "<= 1.5  ok", "(target 1,000)  ok"]),
+    (5.0, 2.0, 998, ["<= 4  MISSED by 1.00 ms", "<= 1.5  MISSED by 0.50x",
+                     "(target 1,000)  MISSED"]),
+])
+def test_the_refresh_section_marks_each_issue_18_target(
+    cpu: float, ratio: float, calls: int, marks: list[str]
+) -> None:
+    result = {"available": True, "count": 1000, "clients": 32, "latency_ms": 100,
+              "workers": 2, "worker_class": "gevent", "broker_cpu_ms": cpu,
+              "emulator_cpu_ms": 1.6, "wall_s": ratio * 3.125, "bound_s": 3.125,
+              "wall_ratio": ratio, "statuses": {"200": calls}, "upstream_calls": calls,
+              "p50_ms": 1.0, "p99_ms": 2.0}
+    shown = table({"refresh": result})
+    for mark in marks:
+        assert mark in shown
+
+
+def test_the_worker_lines_give_rate_calls_and_p99_against_their_targets() -> None:
+    worker = {"available": True, "refreshed": 10_000, "connections": 10_000, "seconds": 50.0,
+              "processes": 2, "interval_s": 0.5, "upstream_calls": 10_000, "rate": 200.0,
+              "upstream_latency_ms": 200, "handout_p99_ms": 100.0,
+              "handout_p99_busy_ms": 140.0, "worker_cpu_ms": 3.0, "emulator_cpu_ms": 1.2}
+    lines = table({"worker": worker}).splitlines()
+    assert any("200 refreshes/s" in line and "MISSED by 100/s" in line for line in lines)
+    assert any("upstream calls 10,000 for 10,000" in line and line.endswith("ok")
+               for line in lines)
+    assert any("1.40x  target <= 1.5  ok" in line for line in lines)
