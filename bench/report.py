@@ -198,6 +198,7 @@ def _proxy_table(proxy: dict[str, Any] | None) -> list[str]:
                  f"{_mark(stream['rss_growth_mb'] < 10 and stream['upload_status'] == 200)}")
     pss = sum(m["pss_mb"] for m in proxy["memory"])
     lines.append(f"  broker workers after the run: PSS {pss:.0f} MB in all")
+    return lines
 
 
 def _worker_targets(worker: dict[str, Any]) -> list[str]:
