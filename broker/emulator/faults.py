@@ -78,6 +78,7 @@ def _zero_calls() -> dict[str, Any]:
     calls: dict[str, Any] = {"authorize": 0, "token": dict.fromkeys(GRANT_TYPES, 0)}
     calls.update(dict.fromkeys(ENDPOINTS[1:], 0))
     calls["gmail_methods"] = {}
+    calls["refreshes_by_account"] = {}
     return calls
 
 
@@ -126,6 +127,12 @@ class FaultBoard:
                     self._calls["token"][grant_type] += 1
             else:
                 self._calls[endpoint] += 1
+
+    def count_refresh(self, email: str) -> None:
+        """Count one refresh answered for an account (in `refreshes_by_account`)."""
+        with self._lock:
+            counts = self._calls["refreshes_by_account"]
+            counts[email] = counts.get(email, 0) + 1
 
     def count_method(self, method_id: str) -> None:
         """Count one call to a Gmail method, by its discovery id."""

@@ -68,8 +68,17 @@ def discovery() -> Response:
 def token() -> Response:
     """Exchange a code or a refresh token."""
     headers = {"Authorization": request.headers.get("Authorization", "")}
+    emulator = get_emulator()
+    if request.form.get("grant_type") == "refresh_token":
+        # Counted per account, so a test can tell one connection's refreshes from the rest.
+        state = emulator.state
+        with state.lock:
+            held = state.refresh_tokens.get(request.form.get("refresh_token", ""))
+            account = state.accounts.get(held.sub) if held is not None else None
+        if account is not None:
+            emulator.faults.count_refresh(account.email)
     try:
-        answer = get_emulator().tokens.token(request.form, headers, issuer())
+        answer = emulator.tokens.token(request.form, headers, issuer())
     except OAuthError as refusal:
         return json_response(refusal.body(), refusal.status_code, NO_CACHE)
     return json_response(answer, headers=NO_CACHE)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from broker.clock import Clock, utcnow
@@ -472,6 +473,9 @@ def _versions_in_use(session: Session, tenant_id: uuid.UUID) -> set[int]:
     return used
 
 
+DEADLOCK_RETRIES = 5
+
+
 def reseal_tenant(
     keys: KeyService, db: Database, tenant_id: uuid.UUID, batch: int = 200
 ) -> ResealReport:
@@ -483,34 +487,45 @@ def reseal_tenant(
     report = ResealReport()
     unreadable: set[tuple[str, object]] = set()
     while True:
-        done_in_batch = 0
-        with db.transaction() as session:
-            current = keys.current_version(session, tenant_id)
-            if current is None:
-                return report
-            header = current.to_bytes(4, "big")
-            for model, attr, field, of_tenant, bound in _sealed_columns(tenant_id):
-                column = getattr(model, attr)
-                skip = [key for name, key in unreadable if name == model.__name__]
-                rows = session.scalars(
-                    select(model)
-                    .where(of_tenant, column.is_not(None), _version_bytes(column) != header,
-                           model.id.not_in(skip))
-                    .limit(batch - done_in_batch)
-                    .with_for_update()  # wait for a refresh in flight; never skip its row
-                ).all()
-                for row in rows:
-                    try:
-                        plain = keys.open(session, tenant_id, row.id, field, getattr(row, attr),
-                                          bound=bound(row))
-                    except SealError:
-                        unreadable.add((model.__name__, row.id))
-                        continue
-                    setattr(row, attr, keys.seal(session, tenant_id, row.id, field, plain,
-                                                 bound=bound(row)))
-                    done_in_batch += 1
-                if done_in_batch >= batch:
-                    break
+        for attempt in range(DEADLOCK_RETRIES):
+            done_in_batch = 0
+            try:
+                with db.transaction() as session:
+                    current = keys.current_version(session, tenant_id)
+                    if current is None:
+                        return report
+                    header = current.to_bytes(4, "big")
+                    for model, attr, field, of_tenant, bound in _sealed_columns(tenant_id):
+                        column = getattr(model, attr)
+                        skip = [key for name, key in unreadable if name == model.__name__]
+                        rows = session.scalars(
+                            select(model)
+                            .where(of_tenant, column.is_not(None),
+                                   _version_bytes(column) != header, model.id.not_in(skip))
+                            .limit(batch - done_in_batch)
+                            .with_for_update()  # wait for a refresh in flight; never skip its row
+                        ).all()
+                        for row in rows:
+                            try:
+                                plain = keys.open(session, tenant_id, row.id, field,
+                                                  getattr(row, attr), bound=bound(row))
+                            except SealError:
+                                unreadable.add((model.__name__, row.id))
+                                continue
+                            setattr(row, attr, keys.seal(session, tenant_id, row.id, field,
+                                                         plain, bound=bound(row)))
+                            done_in_batch += 1
+                        if done_in_batch >= batch:
+                            break
+                break
+            except DBAPIError as exc:
+                # A refresh stores its connection and token rows while this batch locks
+                # them too; PostgreSQL breaks such a cycle by failing one side. The batch is
+                # idempotent: run it again (PostgreSQL's advice for deadlock_detected).
+                if getattr(exc.orig, "sqlstate", None) != "40P01" or (
+                        attempt == DEADLOCK_RETRIES - 1):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         report.resealed += done_in_batch
         if done_in_batch:
             continue

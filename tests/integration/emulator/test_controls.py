@@ -222,6 +222,7 @@ def test_calls_count_every_endpoint(emulator: EmulatorControls, oauth_client: OA
         "tokeninfo": 1,
         "gmail": 1,
         "gmail_methods": {"gmail.users.getProfile": 1},
+        "refreshes_by_account": {"alice@acme.test": 1},
     }
 
 
