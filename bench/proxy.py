@@ -18,6 +18,7 @@ import httpx
 
 from bench import data, load
 from bench.load import MARK, Result, basic
+from bench.refresh import cpu_seconds
 from bench.run import Run, measure, scripts, summarise
 from bench.slow import granted_dataset
 from bench.stack import Process, child_env, memory
@@ -28,7 +29,6 @@ USERS = 100  # Gmail's per-user concurrency cap is 10: 500 in flight needs at le
 IN_FLIGHT = 500
 SATURATING = 500  # proxy connections kept busy while the hand-out is measured
 LATENCY_MS = 500
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 LUA = """
 local requests = {{{requests}}}
@@ -55,18 +55,6 @@ def _script(path: Path, pairs: list[tuple[str, str]]) -> Path:
     rows = ", ".join(f'{{"{p}", "{a}"}}' for p, a in pairs)
     path.write_text((LUA + load.DONE).format(requests=rows, mark=MARK))
     return path
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """Return the user + system CPU seconds these processes have used."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLOCK_TICKS
 
 
 def _cpu_per_call(procs: list[list[int]], run_load: Any) -> tuple[Result, list[float]]:
