@@ -67,6 +67,8 @@ class Run:
     brokers: dict[str, Process] = field(default_factory=dict)
     floor: Process | None = None
     broker_ok: bool = False
+    # Memory of servers stopped before the end, read just before they stopped.
+    retired: dict[str, tuple[list[dict[str, float]], float]] = field(default_factory=dict)
 
     @property
     def keys(self) -> Any:
@@ -196,6 +198,7 @@ def fastpath(run: Run) -> dict[str, Any]:
                        "worker_class": run.options.worker_class,
                        "duration_s": run.options.duration, "users": small.users,
                        "cpus": os.cpu_count()}
+    retire_floor(run)
     return out
 
 
@@ -220,7 +223,26 @@ def size(run: Run) -> dict[str, Any]:
            "load_seconds": big.load_seconds,
            "small": summarise(runs["small"]), "big": summarise(runs["big"])}
     out["ratio"] = out["big"]["rps"] / out["small"]["rps"] if out["small"]["rps"] else 0.0
+    run.retired["broker-big"] = served_memory(proc)  # its idle connections count as the floor's
+    run.stack.retire(proc)
+    run.brokers.pop("big", None)
     return out
+
+
+def served_memory(proc: Process) -> tuple[list[dict[str, float]], float]:
+    """Return a server's memory per worker and its total PSS (arbiter and workers)."""
+    workers = [memory(pid) for pid in proc.children()]
+    # A `broker serve` is its arbiter and its workers: the issue's figure is their sum.
+    return workers, memory(proc.popen.pid)["pss_mb"] + sum(w["pss_mb"] for w in workers)
+
+
+def retire_floor(run: Run) -> None:
+    """Stop the floor once measured, keeping its memory: the idle connections it keeps would
+    count against PostgreSQL's 100 while the later scenarios start servers of their own."""
+    if run.floor is not None and run.floor.popen.poll() is None:
+        run.retired["floor"] = served_memory(run.floor)
+        run.stack.retire(run.floor)
+        run.floor = None
 
 
 def rss(run: Run) -> dict[str, Any]:
@@ -232,10 +254,9 @@ def rss(run: Run) -> dict[str, Any]:
     totals: dict[str, float] = {}
     for label, proc in procs.items():
         if proc.popen.poll() is None:
-            out[label] = [memory(pid) for pid in proc.children()]
-            # A `broker serve` is its arbiter and its workers: the issue's figure is their sum.
-            totals[label] = memory(proc.popen.pid)["pss_mb"] + sum(
-                w["pss_mb"] for w in out[label])
+            out[label], totals[label] = served_memory(proc)
+    for label, (workers, total) in run.retired.items():
+        out[label], totals[label] = workers, total
     if totals:
         out["total_pss_mb"] = totals
     return out

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 from broker.config import Settings, load_settings
+
+
+SYNC_CACHE = 512
+
+
+class BrokerFlask(Flask):
+    """Flask, asking once per function, not per request, whether a hook is a coroutine."""
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Return `func` unchanged unless it is a coroutine function (cached: ~9 hooks a call)."""
+        known: set[Callable[..., Any]] = self.__dict__.setdefault("_known_sync", set())
+        if func in known:
+            return func
+        if inspect.iscoroutinefunction(func):
+            return self.async_to_sync(func)
+        if len(known) < SYNC_CACHE:  # bounded: a closure made per request is not kept forever
+            known.add(func)
+        return func
 
 
 def template_folder() -> str:
@@ -33,7 +52,7 @@ def _secret_key(settings: Settings) -> str:
 def create_app(config: Mapping[str, Any] | None = None, *, require_keys: bool = True) -> Flask:
     """Load settings, wire every extension and blueprint, and return the app."""
     settings = load_settings(config)
-    app = Flask(
+    app = BrokerFlask(
         "broker",
         template_folder=template_folder(),
         static_folder=None,

@@ -127,7 +127,7 @@ def _create_private_sqlite_file(database: str | None) -> None:
 
 
 def make_engine(
-    url: str, *, pool_size: int = 10, max_overflow: int = 10, ping_idle: float = 30.0,
+    url: str, *, pool_size: int = 20, max_overflow: int = 0, ping_idle: float = 30.0,
     **kwargs: Any,
 ) -> Engine:
     """Create an engine with the broker's per-dialect settings."""
@@ -158,7 +158,7 @@ class Database:
     """Own one engine per process: a forked worker makes its own on first use."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, max_overflow: int = 10, ping_idle: float = 30.0,
+        self, url: str, *, pool_size: int = 20, max_overflow: int = 0, ping_idle: float = 30.0,
     ) -> None:
         self.url = url
         self.pool_size, self.max_overflow, self.ping_idle = pool_size, max_overflow, ping_idle

@@ -21,15 +21,21 @@ ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/", "
 CALLBACK_PATHS = ("/auth/callback", "/connections/callback")
 
 
+SECURITY_HEADERS = (("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"),
+                    ("Referrer-Policy", "no-referrer"))
+
+
 def security_headers(response: Response) -> Response:
-    """Add the headers every answer carries."""
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    """Add the headers every answer carries (those it does not set itself)."""
+    # One pass over the headers, not a case-insensitive search per header: every answer
+    # pays for this, the token hand-out included.
+    present = {name.lower() for name, _ in response.headers.items()}
+    wanted = [*SECURITY_HEADERS]
     if current_app.config["BROKER"].https:
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
+        wanted.append(("Strict-Transport-Security", HSTS))
     if response.mimetype == "text/html":
-        response.headers.setdefault("Cache-Control", "no-store")
+        wanted.append(("Cache-Control", "no-store"))
+    response.headers.extend([(k, v) for k, v in wanted if k.lower() not in present])
     return response
 
 
