@@ -12,7 +12,6 @@ from flask import Flask
 
 from broker.config import Settings, load_settings
 
-
 SYNC_CACHE = 512
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ def parse_ip(text: str) -> IPAddress | None:
     return _address(text.strip().strip("[]"))
 
 
+@functools.lru_cache(maxsize=4096)  # the same few peers (proxies, jobs) ask again and again
 def _address(text: str) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(text)

@@ -54,8 +54,10 @@ def _fields(request: Request) -> dict[str, object]:
 
 def _may_name_assertion(request: Request) -> bool:
     """Say whether the raw body could hold a client assertion field, however it is escaped."""
-    if (request.content_length or 0) > 32_768:
-        return False  # as in _fields: the body parsers refuse it
+    if (request.content_length or 0) > 32_768 or not (
+        request.is_json or request.mimetype == "application/x-www-form-urlencoded"
+    ):
+        return False  # as in _fields: nothing else is read (a proxied upload streams on)
     data = request.get_data(cache=True)
     return b"assertion" in data or b"\\" in data or b"%" in data
 
