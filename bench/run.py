@@ -223,8 +223,7 @@ def size(run: Run) -> dict[str, Any]:
            "load_seconds": big.load_seconds,
            "small": summarise(runs["small"]), "big": summarise(runs["big"])}
     out["ratio"] = out["big"]["rps"] / out["small"]["rps"] if out["small"]["rps"] else 0.0
-    run.retired["broker-big"] = served_memory(proc)  # its idle connections count as the floor's
-    run.stack.retire(proc)
+    retire_server(run, "broker-big", proc)
     run.brokers.pop("big", None)
     return out
 
@@ -236,12 +235,18 @@ def served_memory(proc: Process) -> tuple[list[dict[str, float]], float]:
     return workers, memory(proc.popen.pid)["pss_mb"] + sum(w["pss_mb"] for w in workers)
 
 
+def retire_server(run: Run, label: str, proc: Process) -> None:
+    """Stop a server once measured, keeping its memory for the report: the connections its
+    pools keep would count against PostgreSQL's 100 while later scenarios start their own."""
+    if proc.popen.poll() is None:
+        run.retired[label] = served_memory(proc)
+        run.stack.retire(proc)
+
+
 def retire_floor(run: Run) -> None:
-    """Stop the floor once measured, keeping its memory: the idle connections it keeps would
-    count against PostgreSQL's 100 while the later scenarios start servers of their own."""
-    if run.floor is not None and run.floor.popen.poll() is None:
-        run.retired["floor"] = served_memory(run.floor)
-        run.stack.retire(run.floor)
+    """Stop the floor once the fast path is measured (nothing later compares with it)."""
+    if run.floor is not None:
+        retire_server(run, "floor", run.floor)
         run.floor = None
 
 
