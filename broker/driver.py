@@ -121,6 +121,11 @@ def run_on_driver(engine: Engine, work: Callable[[DriverConnection], T]) -> T:
             driver.cursor.close()
         connection.autocommit = False  # as SQLAlchemy expects of a pooled connection
         return result
+    except PGError as exc:
+        # Raised outside `execute` (a psycopg transaction's BEGIN or COMMIT on a connection
+        # the database dropped): the same SQLAlchemy family, so callers answer 503, not 500.
+        pooled.invalidate(exc)
+        raise _as_sqlalchemy(engine, exc, None, connection) from exc
     except BaseException as exc:
         # A failure may leave the connection in any state: never hand it back to the pool.
         pooled.invalidate(exc if isinstance(exc, Exception) else None)

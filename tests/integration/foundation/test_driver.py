@@ -12,11 +12,12 @@ import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from broker import audit
 from broker.db import Database, get_db
 from broker.driver import DriverConnection, run_on_driver
+from broker.errors import database_down
 from broker.models import AuditEvent, Connection, Tenant
 from tests.factories import make_tenant
 
@@ -117,3 +118,23 @@ def test_a_connection_killed_in_the_pool_is_replaced_and_the_work_retried(
     rows = db.run_hot(work)
     assert [r.slug for r in rows] == [tenant.slug]
     assert seen[0] == first and len(seen) == 2 and seen[1] != first  # failed once, then retried
+
+
+def test_a_dead_connection_in_the_work_s_own_transaction_is_a_sqlalchemy_error(
+    db: Database, tenant: Tenant,
+) -> None:
+    dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    pids: list[int] = []
+
+    def store(conn: DriverConnection) -> None:
+        pids.append(_pid(conn))
+        with psycopg.connect(dsn, autocommit=True) as other:  # the database drops this one
+            other.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+        with conn.connection.transaction():  # BEGIN on the dead connection, outside execute
+            conn.execute(BY_SLUG, {"s": tenant.slug})
+
+    with pytest.raises(OperationalError) as raised:
+        run_on_driver(db.engine, store)
+    assert raised.value.connection_invalidated  # what database_down answers 503 for
+    assert database_down(raised.value)
+    assert run_on_driver(db.engine, _pid) != pids[0]  # never handed back to the pool
