@@ -9,7 +9,7 @@ import secrets
 import sys
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, g, has_app_context, has_request_context, request
 
 # Query strings carry codes and states; bearer-like strings are tokens whatever their source.
 _QUERY = re.compile(r"(\?|%3F)[^\s\"']*", re.IGNORECASE)
@@ -51,8 +51,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if has_request_context():
-            line["request_id"] = getattr(g, "request_id", None)
+        if has_request_context() or request_id():
+            line["request_id"] = request_id() or None
         for key in ("event", "tenant", "client_id", "outcome", "reason"):
             if hasattr(record, key):
                 line[key] = getattr(record, key)
@@ -83,18 +83,31 @@ def configure(level: str = "INFO") -> None:
 
 
 def request_id() -> str:
-    """Return the current request's id."""
-    return getattr(g, "request_id", "") if has_request_context() else ""
+    """Return the current request's id ('' outside a request)."""
+    # Kept on the app context's `g`: the token API's lane serves requests without Flask's
+    # request context (broker.api.lane).
+    return str(g.get("request_id", "")) if has_app_context() else ""
+
+
+def start_request(incoming: str) -> str:
+    """Give the current request its id: the caller's X-Request-Id when safe, else a new one."""
+    g.request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(12)
+    return str(g.request_id)
 
 
 def _start_request() -> None:
-    incoming = request.headers.get("X-Request-Id", "")
-    g.request_id = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(12)
+    start_request(request.headers.get("X-Request-Id", ""))
 
 
 def _finish_request(response: Response) -> Response:
     response.headers["X-Request-Id"] = request_id()
     return response
+
+
+def _forget_request(_exc: BaseException | None) -> None:
+    # An app context a test (or a CLI command) holds outlives the request: its later log
+    # lines and audit rows must not carry this request's id.
+    g.pop("request_id", None)
 
 
 def init_app(app: Flask) -> None:
@@ -103,3 +116,4 @@ def init_app(app: Flask) -> None:
         configure(app.config["BROKER"].LOG_LEVEL)
     app.before_request(_start_request)
     app.after_request(_finish_request)
+    app.teardown_request(_forget_request)

@@ -95,3 +95,6 @@ def init_app(app: Flask) -> None:
     for blueprint in (v1.bp, exchange.bp, openapi.bp, metadata.bp, risc.bp, proxy.bp):
         app.register_blueprint(blueprint)
     app.before_request(_api_routing_errors)
+    from broker.api import lane
+
+    lane.init_app(app)

@@ -58,8 +58,12 @@ def _may_name_assertion(request: Request) -> bool:
         request.is_json or request.mimetype == "application/x-www-form-urlencoded"
     ):
         return False  # as in _fields: nothing else is read (a proxied upload streams on)
-    data = request.get_data(cache=True)
-    return b"assertion" in data or b"\\" in data or b"%" in data
+    return may_name_assertion(request.get_data(cache=True))
+
+
+def may_name_assertion(body: bytes) -> bool:
+    """Say whether a JSON or form body could name a client assertion, however it is escaped."""
+    return b"assertion" in body or b"\\" in body or b"%" in body
 
 
 def named_client(request: Request) -> str:
@@ -94,6 +98,15 @@ def _assertion(request: Request, fields: dict[str, object]) -> tuple[ClientInfo,
     return asserted.client, asserted.credential
 
 
+def verify_basic(app: Flask, header: str, now: dt.datetime) -> tuple[ClientInfo, dict[str, str]]:
+    """Return the client a Basic Authorization header proves (InvalidClient if none)."""
+    credentials = parse_basic(header)
+    if credentials is None:
+        raise InvalidClient("HTTP Basic client credentials are required.", headers=CHALLENGE)
+    client_id, secret = credentials
+    return client_auth.verify_secret(app, client_id, secret, now, headers=CHALLENGE), {}
+
+
 def authenticate(request: Request, now: dt.datetime) -> tuple[ClientInfo, dict[str, str]]:
     """Return the authenticated client and what the audit records of its credential.
 
@@ -111,12 +124,7 @@ def authenticate(request: Request, now: dt.datetime) -> tuple[ClientInfo, dict[s
             raise InvalidClient("Use one client authentication method.", headers=CHALLENGE)
         return _assertion(request, fields)
     if header:
-        credentials = parse_basic(header)
-        if credentials is None:
-            raise InvalidClient("HTTP Basic client credentials are required.",
-                                headers=CHALLENGE)
-        client_id, secret = credentials
-        return client_auth.verify_secret(app, client_id, secret, now, headers=CHALLENGE), {}
+        return verify_basic(app, header, now)
     try:
         offered = presented(request, settings.MTLS_PROXIES, settings.MTLS_HEADER)
         if offered is None:

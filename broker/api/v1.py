@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -47,14 +47,17 @@ TOKEN_FIELDS = {"user", "scopes", "min_ttl", "rejected_token", "client_id",
 def admit(
     action: str = "token.handout",
     authenticator: Callable[[], tuple[ClientInfo, dict[str, str]]] | None = None,
+    environ: Mapping[str, Any] | None = None,
 ) -> Handout:
     """Authenticate the client, check its IP, then count it against its rate limit.
 
     Authentication comes first and only failures count against the per-address limit, so
     failing callers behind a shared address cannot lock out the good ones (issue 11 item 5).
+    `environ` is the request's when it is served outside Flask's request context (the lane).
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    ip = client_ip(request, app.config["BROKER"].TRUSTED_PROXIES)
+    ip = client_ip(request.environ if environ is None else environ,
+                   app.config["BROKER"].TRUSTED_PROXIES)
     limits = get_limits(app)
     try:
         client, credential = (authenticator or (
@@ -114,13 +117,18 @@ def _clean(text: str) -> bool:
 
 
 def parse_token_request(client_id: str) -> TokenRequest:
-    """Parse the JSON body strictly: known fields, types and sizes (and the client it names)."""
+    """Parse the request's JSON body strictly (see parse_token_body)."""
     if not request.is_json:
         raise UnsupportedMediaType()
     if (request.content_length or 0) > MAX_BODY:
         raise InvalidRequest("the body is too large")
+    return parse_token_body(request.get_data(cache=False), client_id)
+
+
+def parse_token_body(raw: bytes, client_id: str) -> TokenRequest:
+    """Parse a JSON body strictly: known fields, types and sizes (and the client it names)."""
     try:
-        body = json.loads(request.get_data(cache=False), object_pairs_hook=_no_duplicates)
+        body = json.loads(raw, object_pairs_hook=_no_duplicates)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("the body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -160,28 +168,39 @@ def rfc3339(moment: Any) -> str:
 def token() -> Response:
     """Hand out an access token, or refuse precisely."""
     with metrics.FETCH_SECONDS.time():
-        return _token()
+        body = hand_out()
+    # Built directly, not by jsonify: every hand-out pays for Flask's JSON provider otherwise.
+    return current_app.response_class(body, mimetype="application/json", headers=NO_STORE)
 
 
-def _token() -> Response:
-    handout = admit()
+def hand_out(
+    environ: Mapping[str, Any] | None = None, raw: bytes | None = None,
+    authenticator: Callable[[], tuple[ClientInfo, dict[str, str]]] | None = None,
+) -> str:
+    """Admit the client, read its request, hand out the token: return the answer's JSON.
+
+    Flask's view passes nothing (the request is Flask's); the lane passes the environ, the
+    body it read and how it authenticates the client.
+    """
+    handout = admit(authenticator=authenticator, environ=environ)
     try:
-        req = parse_token_request(handout.client.id)
+        if raw is None:
+            req = parse_token_request(handout.client.id)
+        else:
+            req = parse_token_body(raw, handout.client.id)
     except BrokerError as exc:
         handout.refuse(exc)
     result = handout.run(req)
     # Measured now, not when the request began: a refresh in between would overstate it.
     now = get_clock(current_app)()
     expires_in = int((result.token.expires_at - now).total_seconds())
-    body = json.dumps({
+    return json.dumps({
         "access_token": result.token.access_token,
         "token_type": "Bearer",
         "expires_at": rfc3339(result.token.expires_at), "expires_in": max(0, expires_in),
         "scopes": result.token.scopes,
         "user": {"id": str(result.user_id), "email": result.email},
     }, separators=(",", ":")) + "\n"  # as jsonify writes it
-    # Built directly, not by jsonify: every hand-out pays for Flask's JSON provider otherwise.
-    return current_app.response_class(body, mimetype="application/json", headers=NO_STORE)
 
 
 def _encode_cursor(last: uuid.UUID) -> str:

@@ -11,9 +11,8 @@ from werkzeug.wrappers import Response
 
 from broker import scopes
 from broker.clock import utcnow
+from broker.headers import add_security_headers
 
-CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-HSTS = "max-age=31536000; includeSubDomains"
 # Probes, metrics, the API, metadata and the RISC receiver answer on any host: load balancers,
 # jobs and Google call them directly.
 ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/", "/risc/",
@@ -21,22 +20,9 @@ ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/.well-known/", "
 CALLBACK_PATHS = ("/auth/callback", "/connections/callback")
 
 
-SECURITY_HEADERS = (("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"),
-                    ("Referrer-Policy", "no-referrer"))
-
-
 def security_headers(response: Response) -> Response:
     """Add the headers every answer carries (those it does not set itself)."""
-    # One pass over the headers, not a case-insensitive search per header: every answer
-    # pays for this, the token hand-out included.
-    present = {name.lower() for name, _ in response.headers.items()}
-    wanted = [*SECURITY_HEADERS]
-    if current_app.config["BROKER"].https:
-        wanted.append(("Strict-Transport-Security", HSTS))
-    if response.mimetype == "text/html":
-        wanted.append(("Cache-Control", "no-store"))
-    response.headers.extend([(k, v) for k, v in wanted if k.lower() not in present])
-    return response
+    return add_security_headers(response, current_app.config["BROKER"].https)
 
 
 def canonical_host() -> Response | None:
