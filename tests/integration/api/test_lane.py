@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -63,7 +64,7 @@ def _json(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
 
-CASES = {
+CASES: dict[str, Callable[[World], tuple[bytes, dict[str, str]]]] = {
     "served": lambda w: (_json({"user": w.user.email}), {}),
     "served with a scope and a request id": lambda w: (
         _json({"user": w.user.email, "scopes": ["gmail.readonly"]}), {"X-Request-Id": "job-7"}),
