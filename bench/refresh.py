@@ -134,10 +134,10 @@ def refresh(run: Run) -> dict[str, Any]:
     try:
         _drive(run, proc.url, tenant, users[:WARM])
         calls, broker_cpu, emulator_cpu = (refresh_calls(emulator_url), cpu_seconds(tree(proc)),
-                                           cpu_seconds([emulator.popen.pid]))
+                                           cpu_seconds(tree(emulator)))
         answers = _drive(run, proc.url, tenant, users[WARM:WARM + count])
         broker_cpu = cpu_seconds(tree(proc)) - broker_cpu
-        emulator_cpu = cpu_seconds([emulator.popen.pid]) - emulator_cpu
+        emulator_cpu = cpu_seconds(tree(emulator)) - emulator_cpu
         calls = refresh_calls(emulator_url) - calls
     finally:
         httpx.delete(emulator_url + "/_emulator/faults", timeout=10)

@@ -19,7 +19,7 @@ import psycopg
 
 from bench import data
 from bench.load import basic
-from bench.refresh import cpu_seconds
+from bench.refresh import cpu_seconds, tree
 from bench.run import Dataset, Run
 from bench.stack import GOOGLE_CLIENT_ID, broker_command, child_env
 
@@ -188,8 +188,8 @@ def worker(run: Run) -> dict[str, Any]:
     argv = [*broker_command(), "worker", "--interval", str(WORKER_INTERVAL)]
     procs = [run.stack.spawn(f"worker-{n}", argv, env, "")
              for n in range(WORKER_PROCESSES)]
-    emulator_pid = next(p.popen.pid for p in run.stack.processes if p.name == "emulator")
-    emulator_cpu = cpu_seconds([emulator_pid])
+    emulator = next(p for p in run.stack.processes if p.name == "emulator")
+    emulator_cpu = cpu_seconds(tree(emulator))  # gunicorn's arbiter and its one worker
     busy: dict[str, float] = {}
     if run.broker_ok:  # the hand-out measured while the workers refresh, from a thread
         probe = threading.Thread(target=lambda: busy.update(
@@ -205,7 +205,7 @@ def worker(run: Run) -> dict[str, Any]:
     finally:
         seconds = time.monotonic() - started
         worker_cpu = cpu_seconds([p.popen.pid for p in procs])
-        emulator_cpu = cpu_seconds([emulator_pid]) - emulator_cpu
+        emulator_cpu = cpu_seconds(tree(emulator)) - emulator_cpu
         exited = [p.log_tail(3) for p in procs if p.popen.poll() not in (None, 0)]
         for proc in procs:
             run.stack.retire(proc)

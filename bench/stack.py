@@ -26,6 +26,8 @@ from bench.pgserver import TempCluster, reachable
 from broker.server import gunicorn_argv
 
 HOST = "127.0.0.1"
+# Calls the emulator serves at once: the proxy scenario keeps 500 Gmail calls in flight.
+EMULATOR_THREADS = 600
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 GOOGLE_CLIENT_ID = "bench-broker.apps.googleusercontent.com"
 DB_PREFIX = "bench_"
@@ -216,10 +218,19 @@ class Stack:
             self.processes.remove(proc)
 
     def emulator(self) -> Process:
-        """Start the Google emulator (`broker emulator`) with the broker's OAuth client."""
+        """Start the Google emulator with the broker's OAuth client, keeping connections alive.
+
+        Served by gunicorn's threaded worker, one process (the emulator's state lives in it),
+        not by `broker emulator`'s werkzeug server: werkzeug closes every connection after one
+        answer, so each refresh paid a TCP connect in the broker and a new thread in the
+        emulator, which Google's keep-alive spares a real broker (issue 18).
+        """
         port = free_port()
         url = f"http://{HOST}:{port}"
-        argv = [*broker_command(), "emulator", "--host", HOST, "--port", str(port)]
+        argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
+                "--threads", str(EMULATOR_THREADS), "--keep-alive", "75",
+                "--bind", f"{HOST}:{port}", "--log-level", "warning",
+                "broker.emulator:create_app()"]
         proc = self.spawn("emulator", argv, os.environ, url)
         wait_http(proc, url + "/.well-known/openid-configuration")
         httpx.post(url + "/_emulator/clients", json={

@@ -21,6 +21,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from broker import config, scopes
+from broker.callouts import cheap_idle_checks
 from broker.config import Settings
 from broker.jwks import JwksCache, JwksUnavailable, get_jwks
 from broker.tls import client_context
@@ -133,12 +134,12 @@ class Google:
     def http(self) -> httpx.Client:
         """Return this process's HTTP client: TLS verified (broker.tls), no redirects, timeouts."""
         if self._http is None or self._pid != os.getpid():
-            self._http = httpx.Client(
+            self._http = cheap_idle_checks(httpx.Client(
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
                 verify=client_context(self.settings.CA_BUNDLE),
                 headers={"User-Agent": "gmail-token-broker"},
-            )
+            ))
             self._pid = os.getpid()
         return self._http
 

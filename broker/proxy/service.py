@@ -18,6 +18,7 @@ from flask import Flask
 from werkzeug.wrappers import Response
 
 from broker import audit, metrics
+from broker.callouts import cheap_idle_checks
 from broker.errors import (
     BrokerError,
     GmailMethodNotAllowed,
@@ -112,13 +113,13 @@ class Proxy:
         with self._lock:
             if self._http is None:
                 idle = self.settings.PROXY_IDLE_TIMEOUT
-                self._http = httpx.Client(
+                self._http = cheap_idle_checks(httpx.Client(
                     timeout=httpx.Timeout(idle, connect=10.0, pool=10.0),
                     verify=client_context(self.settings.CA_BUNDLE),
                     follow_redirects=False,  # a redirect is answered, never followed
                     limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200),
                     trust_env=False,  # the upstream is fixed: no proxy from the environment
-                )
+                ))
             return self._http
 
     # --- policy ---------------------------------------------------------------------------

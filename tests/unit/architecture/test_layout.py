@@ -15,7 +15,7 @@ TOP_LEVEL = {
     # foundation
     "__init__", "config", "errors", "db", "driver", "models", "clock", "logging", "metrics",
     "health", "scopes", "clientip", "limits", "migrate", "tls",
-    "clientcert", "jwks", "headers",
+    "clientcert", "jwks", "headers", "callouts",
     # entry points
     "worker", "server", "wsgi", "gunicorn_conf", "client",
 }
