@@ -13,8 +13,13 @@ from broker.emulator.context import EXTENSION
 
 
 class QuietQueryHandler(WSGIRequestHandler):
-    """Log requests without their query strings, which can carry tokens; keep connections
-    alive as Google does, so a client's pool reuses them instead of connecting per call."""
+    """Log requests without their query strings, which can carry tokens.
+
+    HTTP/1.1 for chunked answers; werkzeug still closes every connection after one answer (it
+    cannot drain an unread request body safely), where Google keeps it alive. The benchmarks
+    serve the emulator with gunicorn's threaded worker instead (`bench/stack.py`), so each
+    call does not cost the broker a new connection.
+    """
 
     protocol_version = "HTTP/1.1"
 
