@@ -98,9 +98,10 @@ class Run:
                                  log=self.log)
         return Dataset(name, url, infos, users, seconds)
 
-    def broker(self, label: str, dataset: Dataset, workers: int | None = None) -> Process:
+    def broker(self, label: str, dataset: Dataset, workers: int | None = None,
+               **extra: str) -> Process:
         """Serve the broker on a dataset's database with the run's gunicorn settings."""
-        env = self.stack.broker_env(dataset.name, self.emulator())
+        env = self.stack.broker_env(dataset.name, self.emulator(), **extra)
         proc = self.stack.gunicorn(f"broker-{label}", "broker.wsgi:app", env,
                                    workers or self.options.workers, self.options.threads,
                                    self.options.worker_class)
