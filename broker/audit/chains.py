@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from broker.clock import utcnow
 from broker.errors import InvalidRequest
 from broker.metrics import AUDIT_TAMPER, CHECKPOINT_STATE
 from broker.models import SYSTEM_CHAIN, AuditEvent, WorkerState
@@ -112,14 +114,25 @@ def chained_top(session: Session) -> int:
     ) or 0)
 
 
+def locked_state(session: Session, name: str, initial: str) -> WorkerState:
+    """Return the WorkerState row `name` locked until commit, made on the very first pass."""
+    row = session.get(WorkerState, name, with_for_update=True)
+    if row is not None:
+        return row
+    # Two workers' first passes both find no row: a plain INSERT failed the second one with
+    # an IntegrityError. This one waits for the first's commit, then inserts nothing.
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(WorkerState).values(name=name, value=initial, updated_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["name"]))
+    row = session.get(WorkerState, name, with_for_update=True, populate_existing=True)
+    if row is None:
+        raise RuntimeError(f"worker state {name!r} vanished")  # deleted at once: never ours
+    return row
+
+
 def _lock_chains(session: Session) -> WorkerState:
     """Hold the chainer's lock (a WorkerState row, which also keeps the last checkpoint)."""
-    row = session.get(WorkerState, CHECKPOINT_STATE, with_for_update=True)
-    if row is None:  # the first pass: the inserted row stays ours until commit
-        row = WorkerState(name=CHECKPOINT_STATE, value="")
-        session.add(row)
-        session.flush()
-    return row
+    return locked_state(session, CHECKPOINT_STATE, "")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from broker.audit.chains import chained_top
+from broker.audit.chains import chained_top, locked_state
 from broker.models import AuditEvent, AuditHourly, WorkerState
 
 # The WorkerState row that serialises folding; its value is the highest folded `seq`.
@@ -76,11 +76,7 @@ def folded_up_to(session: Session) -> int:
 
 def fold(session: Session, batch: int = FOLD_BATCH) -> int:
     """Add chained events above the watermark to the hourly counts; return how many were read."""
-    state = _watermark(session, lock=True)
-    if state is None:  # the first pass: the inserted row stays ours until commit
-        state = WorkerState(name=ROLLUP_STATE, value="0")
-        session.add(state)
-        session.flush()
+    state = locked_state(session, ROLLUP_STATE, "0")
     done = int(state.value) if state.value.isdigit() else 0
     # Only chained events: the chainer has waited for every lower `seq` to commit, so nothing
     # can appear below the watermark after it passes. A batch is `batch` events, not `batch`
