@@ -19,6 +19,9 @@ from typing import Any
 import httpcore
 import httpx
 
+from broker.tls import client_context
+
+USER_AGENT = {"User-Agent": "gmail-token-broker"}  # what Google sees of our own calls
 SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
                 | tuple[int, int, None, int])
 
@@ -99,7 +102,7 @@ def cheap_idle_checks(client: httpx.Client) -> httpx.Client:
     """Give every connection pool of `client` the cheap idle check; return the client.
 
     httpx offers no public way to choose its pools' network backend, so this reaches into its
-    transports; `tests/unit/test_callouts.py` fails if a new httpx moves them.
+    transports; `tests/unit/foundation/test_callouts.py` fails if a new httpx moves them.
     """
     transports = [client._transport, *client._mounts.values()]  # noqa: SLF001 - see above
     for transport in transports:
@@ -108,3 +111,9 @@ def cheap_idle_checks(client: httpx.Client) -> httpx.Client:
         if backend is not None and not isinstance(backend, CheapChecks):
             pool._network_backend = CheapChecks(backend)  # type: ignore[union-attr]
     return client
+
+
+def http_client(ca_bundle: str | None, timeout: httpx.Timeout, **options: Any) -> httpx.Client:
+    """Return an outbound client: TLS verified (broker.tls), no redirects, cheap idle checks."""
+    return cheap_idle_checks(httpx.Client(follow_redirects=False, timeout=timeout,
+                                          verify=client_context(ca_bundle), **options))

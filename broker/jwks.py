@@ -22,10 +22,9 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from broker.callouts import cheap_idle_checks
+from broker.callouts import USER_AGENT, http_client
 from broker.clock import get_clock
 from broker.config import Settings
-from broker.tls import client_context
 
 EXTENSION = "broker.jwks"
 # The asymmetric algorithms a workload token or a client assertion may use; never HS*, never none.
@@ -64,11 +63,9 @@ class JwksCache:
     def http(self) -> httpx.Client:
         """Return this process's client: TLS verified (broker.tls), no redirects, timeouts."""
         if self._http is None or self._pid != os.getpid():
-            self._http = cheap_idle_checks(httpx.Client(
-                follow_redirects=False, timeout=httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
-                verify=client_context(self.settings.CA_BUNDLE),
-                headers={"User-Agent": "gmail-token-broker"},
-            ))
+            self._http = http_client(self.settings.CA_BUNDLE,
+                                     httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
+                                     headers=USER_AGENT)
             self._pid = os.getpid()
         return self._http
 

@@ -51,8 +51,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if has_request_context() or request_id():
-            line["request_id"] = request_id() or None
+        rid = request_id()
+        if rid or has_request_context():
+            line["request_id"] = rid or None
         for key in ("event", "tenant", "client_id", "outcome", "reason"):
             if hasattr(record, key):
                 line[key] = getattr(record, key)

@@ -64,8 +64,8 @@ def _google_ms(details: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _watermark(session: Session, *, lock: bool = False) -> WorkerState | None:
-    return session.get(WorkerState, ROLLUP_STATE, with_for_update=lock)
+def _watermark(session: Session) -> WorkerState | None:
+    return session.get(WorkerState, ROLLUP_STATE)
 
 
 def folded_up_to(session: Session) -> int:

@@ -21,10 +21,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from broker import config, scopes
-from broker.callouts import cheap_idle_checks
+from broker.callouts import USER_AGENT, http_client
 from broker.config import Settings
 from broker.jwks import JwksCache, JwksUnavailable, get_jwks
-from broker.tls import client_context
 
 ID_TOKEN_LEEWAY = 300  # Google: allow a few minutes of clock skew
 # An unknown `kid` refetches a JWK Set at once, but only once per BROKER_JWKS_COOLDOWN (this is
@@ -134,12 +133,9 @@ class Google:
     def http(self) -> httpx.Client:
         """Return this process's HTTP client: TLS verified (broker.tls), no redirects, timeouts."""
         if self._http is None or self._pid != os.getpid():
-            self._http = cheap_idle_checks(httpx.Client(
-                follow_redirects=False,
-                timeout=httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
-                verify=client_context(self.settings.CA_BUNDLE),
-                headers={"User-Agent": "gmail-token-broker"},
-            ))
+            self._http = http_client(self.settings.CA_BUNDLE,
+                                     httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
+                                     headers=USER_AGENT)
             self._pid = os.getpid()
         return self._http
 

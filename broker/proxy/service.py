@@ -18,7 +18,7 @@ from flask import Flask
 from werkzeug.wrappers import Response
 
 from broker import audit, metrics
-from broker.callouts import cheap_idle_checks
+from broker.callouts import http_client
 from broker.errors import (
     BrokerError,
     GmailMethodNotAllowed,
@@ -31,7 +31,6 @@ from broker.google import Method, gmail_methods
 from broker.proxy.egress import Egress, request_headers, response_headers
 from broker.proxy.quota import Budget, Governor, Slot, make_governor
 from broker.proxy.tokens import ProxyGrant, ProxyTokens
-from broker.tls import client_context
 from broker.tokens import Handout, TokenRequest
 
 EXTENSION = "broker.proxy"
@@ -113,13 +112,13 @@ class Proxy:
         with self._lock:
             if self._http is None:
                 idle = self.settings.PROXY_IDLE_TIMEOUT
-                self._http = cheap_idle_checks(httpx.Client(
-                    timeout=httpx.Timeout(idle, connect=10.0, pool=10.0),
-                    verify=client_context(self.settings.CA_BUNDLE),
-                    follow_redirects=False,  # a redirect is answered, never followed
+                # No redirects (one is answered, never followed); no proxy from the
+                # environment either: the upstream is fixed.
+                self._http = http_client(
+                    self.settings.CA_BUNDLE, httpx.Timeout(idle, connect=10.0, pool=10.0),
                     limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200),
-                    trust_env=False,  # the upstream is fixed: no proxy from the environment
-                ))
+                    trust_env=False,
+                )
             return self._http
 
     # --- policy ---------------------------------------------------------------------------

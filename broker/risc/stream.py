@@ -19,10 +19,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from broker import config
-from broker.callouts import cheap_idle_checks
+from broker.callouts import USER_AGENT, http_client
 from broker.config import Settings
 from broker.risc.actions import KNOWN, OAUTH_TYPES, RISC_TYPES
-from broker.tls import client_context
 
 MANAGEMENT_AUDIENCE = (
     "https://risc.googleapis.com/google.identity.risc.v1beta.RiscManagementService"
@@ -96,10 +95,8 @@ class Stream:
                  http: httpx.Client | None = None) -> None:
         self.base = settings.RISC_API_URL.rstrip("/")
         self.account = account
-        self.http = http or cheap_idle_checks(httpx.Client(
-            follow_redirects=False, timeout=httpx.Timeout(settings.GOOGLE_TIMEOUT),
-            verify=client_context(settings.CA_BUNDLE), headers={"User-Agent": "gmail-token-broker"},
-        ))
+        self.http = http or http_client(settings.CA_BUNDLE, httpx.Timeout(settings.GOOGLE_TIMEOUT),
+                                        headers=USER_AGENT)
 
     def _assertion(self) -> str:
         now = int(time.time())  # Google's clock judges it: the real one, not the app's

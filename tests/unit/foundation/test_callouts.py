@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.callouts import CheapChecks, cheap_idle_checks, readable
+from broker.callouts import USER_AGENT, CheapChecks, cheap_idle_checks, http_client, readable
 from tests.ports import free_port
 
 
@@ -101,3 +101,11 @@ def test_under_gevent_the_check_uses_the_operating_system_s_poll() -> None:
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_every_outbound_client_is_made_the_same_way() -> None:
+    with http_client(None, httpx.Timeout(2.0), headers=USER_AGENT) as client:
+        transport: Any = client._transport
+        assert isinstance(transport._pool._network_backend, CheapChecks)
+        assert client.follow_redirects is False
+        assert client.headers["User-Agent"] == "gmail-token-broker"
