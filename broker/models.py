@@ -254,7 +254,8 @@ class AccessToken(Base):
     id: Mapped[uuid.UUID] = mapped_column(unique=True, default=new_id)
     token: Mapped[bytes]
     scopes: Mapped[list[str]] = mapped_column(default=list)
-    expires_at: Mapped[dt.datetime]
+    # Indexed: the worker walks the tokens about to expire (an index range), not every grant.
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     obtained_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -7,7 +7,9 @@ Each duty lives with its domain; this module lists them and runs the loop.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,9 +25,9 @@ from broker.risc import purge_security_events
 from broker.tenancy import assertions
 from broker.tokens import RefreshWindows, refresh_due
 
-__all__ = ["DUTIES", "Pass", "Windows", "beat", "chain_audit", "fold_audit", "purge_inactive",
-           "purge_security_events", "refresh_due", "reseal", "retry_revocations", "run",
-           "run_once", "run_pass"]
+__all__ = ["DUTIES", "HOUSEKEEPING", "Pass", "Windows", "beat", "chain_audit", "fold_audit",
+           "purge_inactive", "purge_security_events", "refresh_due", "refresh_loop", "reseal",
+           "retry_revocations", "run", "run_once", "run_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,14 @@ class Windows(RefreshWindows, ChainWindows, RevocationWindows):
 
 DUTIES = (refresh_due, chain_audit, fold_audit, retry_revocations, webhooks.deliver_due, reseal,
           purge_inactive, purge_security_events, assertions.purge_assertions)
+# What the loop's main thread runs: `run` refreshes in a thread of its own, so a pass of the
+# other duties (chaining thousands of audit events, say) never leaves the refresh slots idle.
+HOUSEKEEPING = tuple(duty for duty in DUTIES if duty is not refresh_due)
+# Batches of `parallel` refreshes one call of the refresh thread claims: every return drains
+# the refreshes in flight, so returns are rare while connections keep coming due.
+REFRESH_ROUNDS = 100
+
+Duty = Callable[[Flask], int]
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,11 @@ class Pass:
     failures: dict[str, Exception]
 
 
-def run_pass(app: Flask) -> Pass:
+def run_pass(app: Flask, duties: Sequence[Duty] = DUTIES) -> Pass:
     """Run every duty once; a failing duty does not stop the others."""
     report: dict[str, int] = {}
     failures: dict[str, Exception] = {}
-    for duty in DUTIES:
+    for duty in duties:
         try:
             report[duty.__name__] = int(duty(app))
         except Exception as exc:  # noqa: BLE001 - one duty's failure must not stop the rest
@@ -60,15 +70,19 @@ def run_pass(app: Flask) -> Pass:
     return Pass(report, failures)
 
 
-def run_once(app: Flask) -> dict[str, int]:
+def _log_failure(app: Flask, name: str, exc: Exception) -> None:
+    # The class names the failure; a traceback (and the message, which may quote data) only
+    # when asked for.
+    log.error("worker duty %s failed: %s", name, type(exc).__name__,
+              exc_info=exc if app.config["BROKER"].DEBUG else None,
+              extra={"event": "worker_duty_failed"})
+
+
+def run_once(app: Flask, duties: Sequence[Duty] = DUTIES) -> dict[str, int]:
     """Run every duty once and log each failure; return each duty's count (-1: failed)."""
-    done = run_pass(app)
-    debug = app.config["BROKER"].DEBUG
+    done = run_pass(app, duties)
     for name, exc in done.failures.items():
-        # The class names the failure; a traceback (and the message, which may quote data)
-        # only when asked for.
-        log.error("worker duty %s failed: %s", name, type(exc).__name__,
-                  exc_info=exc if debug else None, extra={"event": "worker_duty_failed"})
+        _log_failure(app, name, exc)
     return done.report
 
 
@@ -87,14 +101,56 @@ def beat(app: Flask, interval: float) -> None:
         log.warning("worker heartbeat not recorded", exc_info=True)
 
 
+def refresh_loop(app: Flask, interval: float, stop: threading.Event) -> None:
+    """Refresh due connections until `stop` is set; pause `interval` once none are left."""
+    w = Windows()
+    rounds = replace(w, refresh_batch=w.parallel * REFRESH_ROUNDS)
+    while not stop.is_set():
+        try:
+            stored = refresh_due(app, rounds, stop)
+        except Exception as exc:  # noqa: BLE001 - a failed pass is logged; the next one tries
+            _log_failure(app, "refresh_due", exc)
+            stored = 0
+        if stored:
+            log.info("worker refreshed %d", stored,
+                     extra={"event": "worker_refresh", "refreshed": stored})
+        if stored < w.batch:
+            stop.wait(interval)
+
+
+def _refresher(app: Flask, interval: float, stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=refresh_loop, args=(app, interval, stop),
+                              name="refresh-due", daemon=True)
+    thread.start()
+    return thread
+
+
 def run(app: Flask, *, once: bool = False, interval: float = 15.0) -> None:
-    """Run the duties forever (or once); go again at once while a duty filled its batch."""
+    """Run the duties forever (or once); go again at once while a duty filled its batch.
+
+    Forever, refreshes run in a thread of their own beside the other duties. On the way out
+    (an interrupt, SIGTERM) no more are claimed and those in flight are stored first: a token
+    Google minted is not thrown away, nor its lease left to expire.
+    """
     batch = Windows().batch
-    while True:
+    if once:
         report = run_once(app)
         beat(app, interval)
         log.info("worker pass: %s", report, extra={"event": "worker"})
-        if once:
-            return
-        if max(report.values(), default=0) < batch:
-            get_sleep(app)(interval)
+        return
+    stop = threading.Event()
+    refresher = _refresher(app, interval, stop)
+    try:
+        while True:
+            if not refresher.is_alive():  # only a BaseException ends it early: start anew
+                log.error("worker refresh thread ended; restarting it",
+                          extra={"event": "worker_duty_failed"})
+                refresher = _refresher(app, interval, stop)
+            report = run_once(app, HOUSEKEEPING)
+            beat(app, interval)
+            log.info("worker pass: %s", report, extra={"event": "worker"})
+            if max(report.values(), default=0) < batch:
+                get_sleep(app)(interval)
+    finally:
+        stop.set()
+        refresher.join()

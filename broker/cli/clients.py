@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 import uuid
@@ -319,7 +320,13 @@ def worker_command(once: bool, interval: float) -> None:
         if done.failures:
             sys.exit(1)
         return
+    signal.signal(signal.SIGTERM, _stop_worker)
     worker.run(app, interval=interval)
+
+
+def _stop_worker(_signum: int, _frame: object) -> None:
+    """On SIGTERM, leave the loop as an interrupt would: refreshes in flight are stored first."""
+    raise SystemExit(0)
 
 
 COMMANDS = [client, webhook, worker_command]

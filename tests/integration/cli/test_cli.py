@@ -251,6 +251,33 @@ def test_worker_once_runs_every_duty(instance: Path) -> None:
     assert all(count >= 0 for count in report.values())
 
 
+def test_worker_stops_cleanly_on_sigterm(instance: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    assert broker(instance, "init").returncode == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    clean["BROKER_INSTANCE_PATH"] = str(instance)
+    log = tmp_path / "worker.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(  # noqa: S603 - our own entry point
+            [sys.executable, "-c", "from broker.cli import main; main()", "worker",
+             "--interval", "60"], stdout=subprocess.DEVNULL, stderr=err, env=clean)
+        try:
+            deadline = time.monotonic() + 120  # a bound on the wait, not what is awaited
+            while "worker pass" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+            assert "worker pass" in log.read_text()
+            proc.send_signal(signal.SIGTERM)  # while it sleeps its 60 s between passes
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0, log.read_text()  # ended by its own handler, not killed by the signal
+    assert "Traceback" not in log.read_text()
+
+
 def test_worker_once_fails_loudly_when_a_duty_fails(instance: Path) -> None:
     import json
     import sqlite3

@@ -1,0 +1,112 @@
+"""`broker worker`'s refresh thread, its stop, and how due tokens are found (issue 18)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, update
+
+from broker import worker
+from broker.clock import utcnow
+from broker.db import get_db
+from broker.models import AccessToken, Connection
+from tests.plugins.world import World
+
+DEADLINE = 60.0  # a bound on a wait for a condition, never the condition itself
+
+
+class _Stop(Exception):
+    """Raised by a test's sleep to end the worker's endless loop."""
+
+
+def refreshes(world: World) -> int:
+    """Return the emulator's refresh counter."""
+    return int(world.emulator.calls()["token"]["refresh_token"])
+
+
+def expire_in(app: Flask, user_ids: dict[object, int]) -> None:
+    """Set each user's stored tokens to expire in the given number of minutes."""
+    with get_db(app).transaction() as session:
+        for user_id, minutes in user_ids.items():
+            conn_id = session.scalar(select(Connection.id).where(Connection.user_id == user_id))
+            session.execute(update(AccessToken).where(AccessToken.connection_id == conn_id)
+                            .values(expires_at=utcnow() + dt.timedelta(minutes=minutes)))
+
+
+def last_refresh(app: Flask, user_id: object) -> dt.datetime | None:
+    with get_db(app).transaction(write=False) as session:
+        return session.scalar(select(Connection.last_refresh_at)
+                              .where(Connection.user_id == user_id))
+
+
+def test_the_loop_refreshes_in_a_thread_of_its_own(
+    world: World, caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert world.token().status_code == 200
+    expire_in(world.app, {world.user.id: 5})
+    before = refreshes(world)
+
+    def sleep(_seconds: float) -> None:
+        # The main thread's pass is done; wait (bounded) for the refresh thread's work.
+        deadline = time.monotonic() + DEADLINE
+        while refreshes(world) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise _Stop
+
+    world.app.extensions["broker.sleep"] = sleep
+    caplog.set_level(logging.INFO, logger="broker.worker")
+    with pytest.raises(_Stop):
+        worker.run(world.app, interval=5.0)
+    assert refreshes(world) == before + 1
+    passes = [r for r in caplog.records if getattr(r, "event", "") == "worker"]
+    assert passes and all("refresh_due" not in r.getMessage() for r in passes)
+    refreshed = [r for r in caplog.records if getattr(r, "event", "") == "worker_refresh"]
+    assert [(r.getMessage(), r.threadName) for r in refreshed] == [
+        ("worker refreshed 1", "refresh-due")]
+    assert not any(t.name == "refresh-due" for t in threading.enumerate())  # joined on exit
+
+
+def test_a_set_stop_claims_nothing_more(world: World) -> None:
+    assert world.token().status_code == 200
+    expire_in(world.app, {world.user.id: 5})
+    before, refreshed = refreshes(world), last_refresh(world.app, world.user.id)
+    stop = threading.Event()
+    stop.set()
+    assert worker.refresh_due(world.app, stop=stop) == 0
+    assert refreshes(world) == before
+    assert last_refresh(world.app, world.user.id) == refreshed
+    assert worker.refresh_due(world.app) == 1  # still due: nothing was claimed and dropped
+
+
+def test_the_soonest_expiring_tokens_are_refreshed_first(
+    api_app: Flask, make_world: Callable[..., World],
+) -> None:
+    worlds = [make_world(app=api_app) for _ in range(3)]
+    for w in worlds:
+        assert w.token().status_code == 200
+    expire_in(api_app, {w.user.id: minutes for w, minutes in zip(worlds, (8, 2, 5), strict=True)})
+    one = worker.Windows(parallel=1, refresh_batch=1)
+    seen = [last_refresh(api_app, w.user.id) for w in worlds]
+    order = []
+    for _ in range(3):
+        assert worker.refresh_due(api_app, one) == 1
+        now = [last_refresh(api_app, w.user.id) for w in worlds]
+        order += [i for i in range(3) if now[i] != seen[i]]
+        seen = now
+    assert order == [1, 2, 0]
+
+
+def test_a_token_expired_before_the_use_window_is_left_to_keep_alive(world: World) -> None:
+    # A job's hand-out leaves a token valid at its use, so a recently used connection whose
+    # token expired longer ago than the window is not what the expiry index walk looks for.
+    assert world.token().status_code == 200
+    expire_in(world.app, {world.user.id: -90})
+    assert worker.refresh_due(world.app) == 0
+    expire_in(world.app, {world.user.id: -30})  # expired, but inside the window: refreshed
+    assert worker.refresh_due(world.app) == 1
