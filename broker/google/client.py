@@ -56,14 +56,21 @@ class Failure(StrEnum):
     INVALID_REQUEST = "invalid_request"  # anything else Google refused
 
 
+# Every connection a process may open to Google is kept for reuse (httpx keeps 20 of its 100
+# by default): the worker keeps 64 refreshes in flight, and each call past the 20th paid a
+# new TCP and TLS connection (issue 18). Idle ones still close after httpx's 5 seconds.
+GOOGLE_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+
+
 class GoogleError(Exception):
     """A failed call to Google, classified on `error` and `error_subtype`, never description."""
 
     def __init__(
         self, kind: Failure, *, error: str = "", error_subtype: str = "", status: int = 0,
-        retry_after: float | None = None,
+        retry_after: float | None = None, cause: str = "",
     ) -> None:
         super().__init__(f"google {kind}: {error or 'no error code'} (status {status})")
+        self.cause = cause  # what failed on our side of a "network" error (a class name)
         self.kind = kind
         self.error = error
         self.error_subtype = error_subtype
@@ -135,7 +142,7 @@ class Google:
         if self._http is None or self._pid != os.getpid():
             self._http = http_client(self.settings.CA_BUNDLE,
                                      httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
-                                     headers=USER_AGENT)
+                                     headers=USER_AGENT, limits=GOOGLE_LIMITS)
             self._pid = os.getpid()
         return self._http
 
@@ -214,8 +221,9 @@ class Google:
                 self.endpoint("token_endpoint"), data=form,
                 timeout=httpx.Timeout(timeout) if timeout else httpx.USE_CLIENT_DEFAULT,
             )
-        except httpx.HTTPError:
-            raise GoogleError(Failure.TRANSIENT, error="network") from None
+        except httpx.HTTPError as exc:
+            raise GoogleError(Failure.TRANSIENT, error="network",
+                              cause=type(exc).__name__) from None
         try:
             body = response.json()
             if not isinstance(body, dict):

@@ -350,6 +350,9 @@ class Refresher:
                 delay = exc.retry_after or backoff(attempt, base=0.1, cap=2.0)
                 if time.monotonic() + delay + 0.1 >= stop:
                     raise
+                # Said, because Google may have minted a token for the failed call too.
+                log.info("google token call failed (%s %s); retrying in %.1f s", exc.error,
+                         exc.cause or exc.status, delay, extra={"event": "refresh_retry"})
                 self.sleep(delay)
 
     def _store(self, want: Want, lease: Lease, answer: TokenResponse, google_ms: int) -> Issued:
