@@ -98,6 +98,12 @@ def table(results: dict[str, Any]) -> str:
                          f"workers (--interval {worker['interval_s']}), upstream calls "
                          f"{worker['upstream_calls']:,}")
             lines += _worker_targets(worker)
+            if "google_p50_ms" in worker:
+                lines.append(f"  Google's latency as the workers saw it: p50 "
+                             f"{worker['google_p50_ms']:.0f} ms, p90 "
+                             f"{worker['google_p90_ms']:.0f} ms (the emulator waits "
+                             f"{worker['upstream_latency_ms']} ms); users refreshed twice "
+                             f"{worker['refreshed_twice']}" + _mark(worker["refreshed_twice"] == 0))
             if worker.get("error"):
                 lines.append(f"  {worker['error']}")
         else:

@@ -157,6 +157,23 @@ def _refreshed(url: str, since: dt.datetime) -> int:
     return int(row[0]) if row else 0
 
 
+def _refresh_audit(url: str, since: dt.datetime) -> dict[str, float]:
+    """Read the refreshes' audit rows: Google's latency as the broker saw it (p50, p90) and
+    how many users were refreshed more than once."""
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (details->>'google_ms')::int),"
+            " percentile_cont(0.9) WITHIN GROUP (ORDER BY (details->>'google_ms')::int)"
+            " FROM audit_events WHERE action = 'token.refresh' AND at >= %s", (since,)).fetchone()
+        twice = conn.execute(
+            "SELECT count(*) FROM (SELECT subject_user_id FROM audit_events"
+            " WHERE action = 'token.refresh' AND outcome = 'ok' AND at >= %s"
+            " GROUP BY subject_user_id HAVING count(*) > 1) AS t", (since,)).fetchone()
+    return {"google_p50_ms": float(row[0] or 0) if row else 0.0,
+            "google_p90_ms": float(row[1] or 0) if row else 0.0,
+            "refreshed_twice": int(twice[0]) if twice else 0}
+
+
 def _handout_p99(run: Run, seconds: float) -> float:
     """Return the hand-out p99 (ms) at 32 clients on the small data set over `seconds`."""
     from bench.load import run_wrk
@@ -224,11 +241,14 @@ def worker(run: Run) -> dict[str, Any]:
         "upstream_latency_ms": UPSTREAM_LATENCY_MS,
         "handout_p99_ms": quiet_p99, "handout_p99_busy_ms": busy.get("p99", 0.0),
         "worker_cpu_ms": worker_cpu / max(done, 1) * 1000,
-        "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000}
+        "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000,
+        **_refresh_audit(dataset.url, since)}
     if exited and done < count:
         out["error"] = "`broker worker` exited: " + exited[0].strip()
     run.log(f"  refreshed {done:,}/{count:,} in {seconds:.1f}s ({out['rate']:.0f}/s) with "
             f"{out['upstream_calls']:,} upstream calls; hand-out p99 {quiet_p99:.1f} ms quiet, "
             f"{out['handout_p99_busy_ms']:.1f} ms while refreshing; CPU per refresh: workers "
-            f"{out['worker_cpu_ms']:.2f} ms, emulator {out['emulator_cpu_ms']:.2f} ms")
+            f"{out['worker_cpu_ms']:.2f} ms, emulator {out['emulator_cpu_ms']:.2f} ms; Google's "
+            f"latency as the workers saw it p50 {out['google_p50_ms']:.0f} ms, p90 "
+            f"{out['google_p90_ms']:.0f} ms; users refreshed twice {out['refreshed_twice']}")
     return out

@@ -144,3 +144,15 @@ def test_the_worker_lines_give_rate_calls_and_p99_against_their_targets() -> Non
     assert any("upstream calls 10,000 for 10,000" in line and line.endswith("ok")
                for line in lines)
     assert any("1.40x  target <= 1.5  ok" in line for line in lines)
+    assert not any("users refreshed twice" in line for line in lines)  # an older result
+
+
+def test_the_worker_lines_say_what_google_took_and_flag_a_second_refresh() -> None:
+    worker = {"available": True, "refreshed": 10_000, "connections": 10_000, "seconds": 50.0,
+              "processes": 2, "interval_s": 0.5, "upstream_calls": 10_001, "rate": 200.0,
+              "upstream_latency_ms": 200, "handout_p99_ms": 100.0,
+              "handout_p99_busy_ms": 140.0, "worker_cpu_ms": 3.0, "emulator_cpu_ms": 1.2,
+              "google_p50_ms": 231.4, "google_p90_ms": 297.0, "refreshed_twice": 1}
+    lines = table({"worker": worker}).splitlines()
+    assert ("  Google's latency as the workers saw it: p50 231 ms, p90 297 ms (the emulator "
+            "waits 200 ms); users refreshed twice 1  MISSED") in lines
