@@ -149,6 +149,15 @@ def make_engine(
     return engine
 
 
+# Attempts at a transaction PostgreSQL failed to break a lock cycle (deadlock_detected).
+DEADLOCK_RETRIES = 5
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """Say whether PostgreSQL failed this transaction to break a lock cycle: run it again."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """Say whether an error means the connection died (the pool has already dropped it)."""
     return isinstance(exc, DBAPIError) and exc.connection_invalidated

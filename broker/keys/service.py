@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from broker.clock import Clock, utcnow
-from broker.db import Database
+from broker.db import DEADLOCK_RETRIES, Database, is_deadlock
 from broker.keys.sealed import (
     HEADER,
     Binding,
@@ -473,7 +473,6 @@ def _versions_in_use(session: Session, tenant_id: uuid.UUID) -> set[int]:
     return used
 
 
-DEADLOCK_RETRIES = 5
 
 
 def reseal_tenant(
@@ -522,8 +521,7 @@ def reseal_tenant(
                 # A refresh stores its connection and token rows while this batch locks
                 # them too; PostgreSQL breaks such a cycle by failing one side. The batch is
                 # idempotent: run it again (PostgreSQL's advice for deadlock_detected).
-                if getattr(exc.orig, "sqlstate", None) != "40P01" or (
-                        attempt == DEADLOCK_RETRIES - 1):
+                if not is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         report.resealed += done_in_batch

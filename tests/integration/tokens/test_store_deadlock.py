@@ -1,0 +1,76 @@
+"""A refresh's store that PostgreSQL fails to break a lock cycle is stored again, not lost."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, text, update
+
+from broker.clock import utcnow
+from broker.db import DEADLOCK_RETRIES, get_db
+from broker.models import AccessToken
+from tests.plugins.world import World
+
+# PostgreSQL fails the first `fail` writes of a token row as it fails a deadlock's victim
+# (SQLSTATE 40P01): a sequence counts them, since it survives the victim's rollback.
+FAIL_FIRST = """
+CREATE SEQUENCE token_writes;
+CREATE FUNCTION fail_first_token_writes() RETURNS trigger AS $$
+BEGIN
+  IF nextval('token_writes') <= {fail} THEN
+    RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected';
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER fail_first_token_writes BEFORE INSERT OR UPDATE ON access_tokens
+  FOR EACH ROW EXECUTE FUNCTION fail_first_token_writes();
+"""
+
+
+def _expire(app: Flask) -> None:
+    with get_db(app).transaction() as session:
+        session.execute(update(AccessToken).values(expires_at=utcnow() - dt.timedelta(minutes=1)))
+
+
+def _token_writes(app: Flask) -> int:
+    with get_db(app).engine.connect() as conn:
+        return int(conn.execute(text("SELECT last_value FROM token_writes")).scalar_one())
+
+
+@pytest.fixture
+def failing(world: World, postgres_only: None) -> Iterator[World]:
+    """A world whose next refresh will be stored after its token write failed `fail` times."""
+    assert world.token().status_code == 200
+    _expire(world.app)
+    yield world
+    with get_db(world.app).engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER IF EXISTS fail_first_token_writes ON access_tokens;"
+                          " DROP FUNCTION IF EXISTS fail_first_token_writes();"
+                          " DROP SEQUENCE IF EXISTS token_writes"))
+
+
+def _fail_first(app: Flask, fail: int) -> None:
+    with get_db(app).engine.begin() as conn:
+        conn.execute(text(FAIL_FIRST.format(fail=fail)))
+
+
+def test_a_store_failed_as_a_deadlocks_victim_is_stored_again(failing: World) -> None:
+    _fail_first(failing.app, 2)
+    with get_db(failing.app).transaction(write=False) as session:
+        old = session.scalar(select(AccessToken.id))
+    answer = failing.token()
+    assert answer.status_code == 200, answer.json
+    assert _token_writes(failing.app) == 3  # two failed writes, then the stored one
+    with get_db(failing.app).transaction(write=False) as session:
+        stored = session.scalars(select(AccessToken)).one()
+    assert stored.id != old and stored.expires_at > utcnow()
+
+
+def test_a_store_that_keeps_failing_is_answered_not_retried_forever(failing: World) -> None:
+    _fail_first(failing.app, DEADLOCK_RETRIES)
+    answer = failing.token()
+    assert answer.status_code == 503 and answer.json["error"] == "database_unavailable"
+    assert _token_writes(failing.app) == DEADLOCK_RETRIES
