@@ -31,9 +31,12 @@ def downgrade(engine: Engine, revision: str = "-1") -> None:
 
 def _run(engine: Engine, action: str, revision: str) -> None:
     config = alembic_config(engine)
-    with engine.begin() as connection:
+    # No transaction around the run: each migration has its own (env.py), so one may build an
+    # index CONCURRENTLY in an autocommit block without blocking the table's writes.
+    with engine.connect() as connection:
         config.attributes["connection"] = connection
         getattr(command, action)(config, revision)
+        connection.commit()
 
 
 def current(engine: Engine) -> str | None:
