@@ -25,13 +25,24 @@ def _worker_ports() -> list[int]:
     return ports
 
 
+# Ports this process has handed out: two calls before either child binds (a server and its
+# second listener) once drew the same port, 1 in 2,000, and the child refused to start.
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a loopback port that nothing listens on, from this worker's slice."""
-    for port in _worker_ports():
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
+    """Return a loopback port that nothing listens on, from this worker's slice, and that
+    this process has not handed out before (until the slice runs out)."""
+    for fresh in (True, False):
+        for port in _worker_ports():
+            if fresh and port in _given:
                 continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _given.add(port)
             return port
+        _given.clear()  # every port was handed out once: reuse those nothing listens on
     raise RuntimeError("no free loopback port in this test worker's slice")
