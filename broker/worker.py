@@ -45,6 +45,8 @@ HOUSEKEEPING = tuple(duty for duty in DUTIES if duty is not refresh_due)
 # Batches of `parallel` refreshes one call of the refresh thread claims: every return drains
 # the refreshes in flight, so returns are rare while connections keep coming due.
 REFRESH_ROUNDS = 100
+# Seconds past the refresh budget that stopping waits for the refreshes in flight to store.
+STORE_GRACE = 5.0
 
 Duty = Callable[[Flask], int]
 
@@ -125,12 +127,16 @@ def _refresher(app: Flask, interval: float, stop: threading.Event) -> threading.
     return thread
 
 
-def run(app: Flask, *, once: bool = False, interval: float = 15.0) -> None:
-    """Run the duties forever (or once); go again at once while a duty filled its batch.
+def run(
+    app: Flask, *, once: bool = False, interval: float = 15.0,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run the duties forever (or once, or until `stop` is set); go again at once while a duty
+    filled its batch.
 
-    Forever, refreshes run in a thread of their own beside the other duties. On the way out
-    (an interrupt, SIGTERM) no more are claimed and those in flight are stored first: a token
-    Google minted is not thrown away, nor its lease left to expire.
+    On PostgreSQL refreshes run in a thread of their own beside the other duties (on SQLite,
+    whose one writer they would wait on, in the same pass). On the way out no more are claimed
+    and those in flight are stored first: a token Google minted is not thrown away.
     """
     batch = Windows().batch
     if once:
@@ -138,19 +144,30 @@ def run(app: Flask, *, once: bool = False, interval: float = 15.0) -> None:
         beat(app, interval)
         log.info("worker pass: %s", report, extra={"event": "worker"})
         return
-    stop = threading.Event()
-    refresher = _refresher(app, interval, stop)
+    asked = stop or threading.Event()  # without one, the loop ends by an exception
+    halt = threading.Event()  # the refresh thread's own stop, set however the loop ends
+    inline = get_db(app).is_sqlite
+    refresher = None if inline else _refresher(app, interval, halt)
     try:
-        while True:
-            if not refresher.is_alive():  # only a BaseException ends it early: start anew
+        while not asked.is_set():
+            if refresher is not None and not refresher.is_alive():  # a BaseException ended it
                 log.error("worker refresh thread ended; restarting it",
                           extra={"event": "worker_duty_failed"})
-                refresher = _refresher(app, interval, stop)
-            report = run_once(app, HOUSEKEEPING)
+                refresher = _refresher(app, interval, halt)
+            report = run_once(app, DUTIES if inline else HOUSEKEEPING)
             beat(app, interval)
             log.info("worker pass: %s", report, extra={"event": "worker"})
-            if max(report.values(), default=0) < batch:
+            if max(report.values(), default=0) >= batch:
+                continue
+            if stop is None:
                 get_sleep(app)(interval)
+            else:
+                stop.wait(interval)  # a stop asked for meanwhile ends the pause at once
     finally:
-        stop.set()
-        refresher.join()
+        halt.set()
+        if refresher is not None:
+            # Bounded: a refresh in flight ends within its budget; past it the lease expires.
+            refresher.join(app.config["BROKER"].REFRESH_BUDGET + STORE_GRACE)
+            if refresher.is_alive():
+                log.warning("worker stopped with refreshes still in flight",
+                            extra={"event": "worker_refresh"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import traceback
 import uuid
 from pathlib import Path
@@ -320,13 +321,17 @@ def worker_command(once: bool, interval: float) -> None:
         if done.failures:
             sys.exit(1)
         return
-    signal.signal(signal.SIGTERM, _stop_worker)
-    worker.run(app, interval=interval)
+    stop = threading.Event()
 
+    def stop_worker(signum: int, _frame: object) -> None:
+        # Only an event: an exception raised here could land anywhere, even inside a lock the
+        # refresh threads need. A second signal is the default's again: it ends the process.
+        signal.signal(signum, signal.SIG_DFL)
+        stop.set()
 
-def _stop_worker(_signum: int, _frame: object) -> None:
-    """On SIGTERM, leave the loop as an interrupt would: refreshes in flight are stored first."""
-    raise SystemExit(0)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_worker)
+    worker.run(app, interval=interval, stop=stop)
 
 
 COMMANDS = [client, webhook, worker_command]

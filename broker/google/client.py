@@ -57,7 +57,7 @@ class Failure(StrEnum):
 
 
 # Every connection a process may open to Google is kept for reuse (httpx keeps 20 of its 100
-# by default): the worker keeps 64 refreshes in flight, and each call past the 20th paid a
+# by default): the worker keeps 48 refreshes in flight, and each call past the 20th paid a
 # new TCP and TLS connection (issue 18). Idle ones still close after httpx's 5 seconds.
 GOOGLE_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
 

@@ -99,21 +99,27 @@ def _due(
 
     Expiring tokens are found by walking the expiry index, soonest first (a scan of every
     connection in id order cost 40-110 ms a claim at 10,000 connections). Idle grants have no
-    index to walk: they are looked for only while `idle` and the expiring ones did not fill the
-    batch, and the answer says whether to look again.
+    index to walk: while `idle`, each claim keeps them an eighth of its rows (so a steady
+    stream of expiring tokens never starves them) and any room the expiring ones leave; a
+    look that finds fewer than it asked for says none are left.
     """
-    ids = _lock(session, select(Connection.id)
+    expiring = (select(Connection.id)
                 .join(User, User.id == Connection.user_id)
                 .join(AccessToken, AccessToken.connection_id == Connection.id)
                 .where(*_eligible(now), _expiring(now, w))
-                .order_by(AccessToken.expires_at), limit)
+                .order_by(AccessToken.expires_at))
+    stale = (select(Connection.id).join(User, User.id == Connection.user_id)
+             .where(*_eligible(now), _stale(now, w)))
+    ids: list[uuid.UUID] = []
+    if idle:
+        share = max(1, limit // 8)
+        ids = _lock(session, stale, share)
+        idle = len(ids) == share
+    ids += _lock(session, expiring.where(Connection.id.not_in(ids)), limit - len(ids))
     if idle and len(ids) < limit:
-        stale = _lock(session, select(Connection.id)
-                      .join(User, User.id == Connection.user_id)
-                      .where(*_eligible(now), _stale(now, w), Connection.id.not_in(ids)),
-                      limit - len(ids))
-        idle = len(stale) == limit - len(ids)
-        ids += stale
+        more = _lock(session, stale.where(Connection.id.not_in(ids)), limit - len(ids))
+        idle = len(more) == limit - len(ids)
+        ids += more
     if not ids:
         return [], idle
     # Asked again now that the rows are ours: when a row's lock is won after another worker

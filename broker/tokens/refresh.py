@@ -352,8 +352,9 @@ class Refresher:
                 if time.monotonic() + delay + 0.1 >= stop:
                     raise
                 # Said, because Google may have minted a token for the failed call too.
-                log.info("google token call failed (%s %s); retrying in %.1f s", exc.error,
-                         exc.cause or exc.status, delay, extra={"event": "refresh_retry"})
+                log.info("google token call failed (%s %s); retrying in %.1f s",
+                         exc.error[:60], exc.cause or exc.status, delay,
+                         extra={"event": "refresh_retry"})
                 self.sleep(delay)
 
     def _store(self, want: Want, lease: Lease, answer: TokenResponse, google_ms: int) -> Issued:
@@ -449,6 +450,7 @@ class Refresher:
                 # lease is still ours: store again rather than lose the token Google minted.
                 if not is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
                     raise
+                self.sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
         if not stored:
             # Our lease expired and someone else took over; our token is still valid.
             log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
