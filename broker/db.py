@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -156,6 +157,19 @@ DEADLOCK_RETRIES = 5
 def is_deadlock(exc: BaseException) -> bool:
     """Say whether PostgreSQL failed this transaction to break a lock cycle: run it again."""
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
+def retry_deadlocks(work: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run `work`, one whole transaction, again after a short jittered pause each time
+    PostgreSQL fails it as a deadlock's victim (its advice for deadlock_detected)."""
+    for attempt in range(DEADLOCK_RETRIES - 1):
+        try:
+            return work()
+        except DBAPIError as exc:
+            if not is_deadlock(exc):
+                raise
+        sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+    return work()
 
 
 def is_disconnect(exc: BaseException) -> bool:

@@ -103,6 +103,14 @@ def beat(app: Flask, interval: float) -> None:
         log.warning("worker heartbeat not recorded", exc_info=True)
 
 
+def _logged_pass(app: Flask, duties: Sequence[Duty], interval: float) -> dict[str, int]:
+    """Run one pass, record the heartbeat and log the report."""
+    report = run_once(app, duties)
+    beat(app, interval)
+    log.info("worker pass: %s", report, extra={"event": "worker"})
+    return report
+
+
 def refresh_loop(app: Flask, interval: float, stop: threading.Event) -> None:
     """Refresh due connections until `stop` is set; pause `interval` once none are left."""
     w = Windows()
@@ -140,9 +148,7 @@ def run(
     """
     batch = Windows().batch
     if once:
-        report = run_once(app)
-        beat(app, interval)
-        log.info("worker pass: %s", report, extra={"event": "worker"})
+        _logged_pass(app, DUTIES, interval)
         return
     asked = stop or threading.Event()  # without one, the loop ends by an exception
     halt = threading.Event()  # the refresh thread's own stop, set however the loop ends
@@ -154,9 +160,7 @@ def run(
                 log.error("worker refresh thread ended; restarting it",
                           extra={"event": "worker_duty_failed"})
                 refresher = _refresher(app, interval, halt)
-            report = run_once(app, DUTIES if inline else HOUSEKEEPING)
-            beat(app, interval)
-            log.info("worker pass: %s", report, extra={"event": "worker"})
+            report = _logged_pass(app, DUTIES if inline else HOUSEKEEPING, interval)
             if max(report.values(), default=0) >= batch:
                 continue
             if stop is None:

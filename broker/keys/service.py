@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from broker.clock import Clock, utcnow
-from broker.db import DEADLOCK_RETRIES, Database, is_deadlock
+from broker.db import Database, retry_deadlocks
 from broker.keys.sealed import (
     HEADER,
     Binding,
@@ -473,8 +472,6 @@ def _versions_in_use(session: Session, tenant_id: uuid.UUID) -> set[int]:
     return used
 
 
-
-
 def reseal_tenant(
     keys: KeyService, db: Database, tenant_id: uuid.UUID, batch: int = 200
 ) -> ResealReport:
@@ -485,45 +482,45 @@ def reseal_tenant(
     """
     report = ResealReport()
     unreadable: set[tuple[str, object]] = set()
+
+    def one_batch() -> int | None:
+        """Re-seal up to `batch` rows in one transaction; None when the tenant has no key."""
+        done = 0
+        with db.transaction() as session:
+            current = keys.current_version(session, tenant_id)
+            if current is None:
+                return None
+            header = current.to_bytes(4, "big")
+            for model, attr, field, of_tenant, bound in _sealed_columns(tenant_id):
+                column = getattr(model, attr)
+                skip = [key for name, key in unreadable if name == model.__name__]
+                rows = session.scalars(
+                    select(model)
+                    .where(of_tenant, column.is_not(None),
+                           _version_bytes(column) != header, model.id.not_in(skip))
+                    .limit(batch - done)
+                    .with_for_update()  # wait for a refresh in flight; never skip its row
+                ).all()
+                for row in rows:
+                    try:
+                        plain = keys.open(session, tenant_id, row.id, field,
+                                          getattr(row, attr), bound=bound(row))
+                    except SealError:
+                        unreadable.add((model.__name__, row.id))
+                        continue
+                    setattr(row, attr, keys.seal(session, tenant_id, row.id, field,
+                                                 plain, bound=bound(row)))
+                    done += 1
+                if done >= batch:
+                    break
+        return done
+
     while True:
-        for attempt in range(DEADLOCK_RETRIES):
-            done_in_batch = 0
-            try:
-                with db.transaction() as session:
-                    current = keys.current_version(session, tenant_id)
-                    if current is None:
-                        return report
-                    header = current.to_bytes(4, "big")
-                    for model, attr, field, of_tenant, bound in _sealed_columns(tenant_id):
-                        column = getattr(model, attr)
-                        skip = [key for name, key in unreadable if name == model.__name__]
-                        rows = session.scalars(
-                            select(model)
-                            .where(of_tenant, column.is_not(None),
-                                   _version_bytes(column) != header, model.id.not_in(skip))
-                            .limit(batch - done_in_batch)
-                            .with_for_update()  # wait for a refresh in flight; never skip its row
-                        ).all()
-                        for row in rows:
-                            try:
-                                plain = keys.open(session, tenant_id, row.id, field,
-                                                  getattr(row, attr), bound=bound(row))
-                            except SealError:
-                                unreadable.add((model.__name__, row.id))
-                                continue
-                            setattr(row, attr, keys.seal(session, tenant_id, row.id, field,
-                                                         plain, bound=bound(row)))
-                            done_in_batch += 1
-                        if done_in_batch >= batch:
-                            break
-                break
-            except DBAPIError as exc:
-                # A refresh stores its connection and token rows while this batch locks
-                # them too; PostgreSQL breaks such a cycle by failing one side. The batch is
-                # idempotent: run it again (PostgreSQL's advice for deadlock_detected).
-                if not is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+        # A refresh stores its connection and token rows while a batch locks them too; a
+        # batch failed to break such a cycle is idempotent: it runs again.
+        done_in_batch = retry_deadlocks(one_batch)
+        if done_in_batch is None:
+            return report
         report.resealed += done_in_batch
         if done_in_batch:
             continue

@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Update, bindparam, insert, literal_column, null, or_, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
 from broker.clock import Clock, Sleep, backoff
 from broker.config import Settings
-from broker.db import DEADLOCK_RETRIES, Database, is_deadlock
+from broker.db import Database, retry_deadlocks
 from broker.errors import (
     BrokerError,
     BrokerMisconfigured,
@@ -440,17 +439,11 @@ class Refresher:
             token["sealed"] = sealed
             if answer.refresh_token:
                 values["refresh_token"] = rotated
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                stored = self.db.run_hot(hot) if fast else self.db.run(in_session)
-                break
-            except DBAPIError as exc:
-                # A re-seal batch locks connection and token rows too, and PostgreSQL breaks
-                # such a cycle by failing one side. All of this store rolled back, and the
-                # lease is still ours: store again rather than lose the token Google minted.
-                if not is_deadlock(exc) or attempt == DEADLOCK_RETRIES - 1:
-                    raise
-                self.sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
+        # A re-seal batch locks connection and token rows too, and PostgreSQL breaks such a
+        # cycle by failing one side. All of this store rolled back, and the lease is still
+        # ours: store again rather than lose the token Google minted.
+        stored = retry_deadlocks(
+            lambda: self.db.run_hot(hot) if fast else self.db.run(in_session), self.sleep)
         if not stored:
             # Our lease expired and someone else took over; our token is still valid.
             log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
