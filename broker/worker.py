@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -111,6 +112,13 @@ def _logged_pass(app: Flask, duties: Sequence[Duty], interval: float) -> dict[st
     return report
 
 
+def _busy(duties: Sequence[Duty], report: dict[str, int]) -> Sequence[Duty]:
+    """Return the duties that filled their batch: they go again at once, and only they (the
+    others wait for the interval, not re-run with every batch of a long backlog)."""
+    batch = Windows().batch
+    return [duty for duty in duties if report.get(duty.__name__, 0) >= batch]
+
+
 def refresh_loop(app: Flask, interval: float, stop: threading.Event) -> None:
     """Refresh due connections until `stop` is set; pause `interval` once none are left."""
     w = Windows()
@@ -139,14 +147,13 @@ def run(
     app: Flask, *, once: bool = False, interval: float = 15.0,
     stop: threading.Event | None = None,
 ) -> None:
-    """Run the duties forever (or once, or until `stop` is set); go again at once while a duty
-    filled its batch.
+    """Run the duties forever (or once, or until `stop` is set); a duty that filled its batch
+    goes again at once, the others every `interval`.
 
     On PostgreSQL refreshes run in a thread of their own beside the other duties (on SQLite,
     whose one writer they would wait on, in the same pass). On the way out no more are claimed
     and those in flight are stored first: a token Google minted is not thrown away.
     """
-    batch = Windows().batch
     if once:
         _logged_pass(app, DUTIES, interval)
         return
@@ -154,14 +161,20 @@ def run(
     halt = threading.Event()  # the refresh thread's own stop, set however the loop ends
     inline = get_db(app).is_sqlite
     refresher = None if inline else _refresher(app, interval, halt)
+    every = DUTIES if inline else HOUSEKEEPING
+    busy: Sequence[Duty] = ()
+    full_at = 0.0  # monotonic: when every duty is next due
     try:
         while not asked.is_set():
             if refresher is not None and not refresher.is_alive():  # a BaseException ended it
                 log.error("worker refresh thread ended; restarting it",
                           extra={"event": "worker_duty_failed"})
                 refresher = _refresher(app, interval, halt)
-            report = _logged_pass(app, DUTIES if inline else HOUSEKEEPING, interval)
-            if max(report.values(), default=0) >= batch:
+            duties = busy
+            if not busy or time.monotonic() >= full_at:
+                duties, full_at = every, time.monotonic() + interval
+            busy = _busy(duties, _logged_pass(app, duties, interval))
+            if busy:
                 continue
             if stop is None:
                 get_sleep(app)(interval)

@@ -7,10 +7,11 @@ import threading
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, func, or_, select
+from sqlalchemy import Connection as DBConnection
 
 from broker.clock import get_clock
 from broker.db import get_db
@@ -41,83 +42,103 @@ class RefreshWindows:
     parallel: int = 48
 
 
-Due = tuple[Connection, str | None, bool]
+# Bound at each claim: the windows are measured from the claim's own `now`.
+_NOW: BindParameter[dt.datetime] = bindparam("now")
+_AHEAD: BindParameter[dt.datetime] = bindparam("ahead")
+_RECENT: BindParameter[dt.datetime] = bindparam("recent")
+_STALE: BindParameter[dt.datetime] = bindparam("stale")
+_TAKEN: BindParameter[list[uuid.UUID]] = bindparam("taken", expanding=True)
 
 
-def _eligible(now: dt.datetime) -> list[ColumnElement[bool]]:
+def _eligible() -> list[ColumnElement[bool]]:
     """Return what a connection must be for any refresh: live, unleased, not backing off."""
     return [
         Connection.status.in_(("active", "degraded")),
         Connection.held_at.is_(None),  # Google disabled the account: nothing to refresh
         User.status == "active",  # never keep a suspended user's grant alive
         Connection.refresh_token.is_not(None),
-        or_(Connection.refresh_lease_until.is_(None), Connection.refresh_lease_until <= now),
-        or_(Connection.next_retry_at.is_(None), Connection.next_retry_at <= now),
+        or_(Connection.refresh_lease_until.is_(None), Connection.refresh_lease_until <= _NOW),
+        or_(Connection.next_retry_at.is_(None), Connection.next_retry_at <= _NOW),
     ]
 
 
-def _expiring(now: dt.datetime, w: RefreshWindows) -> ColumnElement[bool]:
+def _expiring() -> ColumnElement[bool]:
     """A token about to expire, of a connection some job used recently.
 
     A job's hand-out leaves a token valid at the time of use, so the tokens of recently used
     connections expired within `recently_used` at the earliest: the bound keeps the walk of the
     expiry index off the long-expired tokens of idle grants, which keep-alive serves.
     """
-    return and_(AccessToken.expires_at < now + w.refresh_ahead,
-                AccessToken.expires_at >= now - w.recently_used,
-                Connection.last_used_at >= now - w.recently_used)
+    return and_(AccessToken.expires_at < _AHEAD, AccessToken.expires_at >= _RECENT,
+                Connection.last_used_at >= _RECENT)
 
 
-def _stale(now: dt.datetime, w: RefreshWindows) -> ColumnElement[bool]:
+def _stale() -> ColumnElement[bool]:
     """An idle grant not refreshed for `keep_alive`: refreshed so Google keeps it alive."""
-    return func.coalesce(Connection.last_refresh_at, Connection.created_at) < now - w.keep_alive
+    return func.coalesce(Connection.last_refresh_at, Connection.created_at) < _STALE
 
 
-def _due_query(now: dt.datetime, w: RefreshWindows) -> Select[Connection, str, bool]:
-    """Select due connections with their stored tokens' scope keys and the tenant's policy."""
-    return (
-        select(Connection, AccessToken.scope_key, Policy.allow_broader_tokens)
-        .join(User, User.id == Connection.user_id)
-        .join(Policy, Policy.tenant_id == Connection.tenant_id)
-        .outerjoin(AccessToken, AccessToken.connection_id == Connection.id)
-        .where(*_eligible(now), or_(_expiring(now, w), _stale(now, w)))
-        # A connection's first row names the key refreshed: its soonest expiring one.
-        .order_by(Connection.id, AccessToken.expires_at)
-    )
+def _locking(query: Select[uuid.UUID]) -> Select[uuid.UUID]:
+    """Lock up to `limit` connections the query finds (none of `taken`), skipping rows another
+    worker holds."""
+    return (query.where(Connection.id.not_in(_TAKEN)).limit(bindparam("limit"))
+            .with_for_update(skip_locked=True, of=Connection))
 
 
-def _lock(session: Session, query: Select[uuid.UUID], limit: int) -> list[uuid.UUID]:
-    """Lock up to `limit` connections the query finds, skipping rows another worker holds."""
-    found = session.scalars(query.limit(limit).with_for_update(skip_locked=True, of=Connection))
-    return list(dict.fromkeys(found))  # a connection with two due scope keys comes twice
+# The claim's statements, built once: building and keying them at every claim was a tenth of
+# the worker's CPU (issue 18). Expiring tokens are found by walking the expiry index, soonest
+# first (a scan of every connection in id order cost 40-110 ms a claim at 10,000 connections).
+EXPIRING = _locking(select(Connection.id).join(User, User.id == Connection.user_id)
+                    .join(AccessToken, AccessToken.connection_id == Connection.id)
+                    .where(*_eligible(), _expiring()).order_by(AccessToken.expires_at))
+# Idle grants have no index to walk.
+STALE = _locking(select(Connection.id).join(User, User.id == Connection.user_id)
+                 .where(*_eligible(), _stale()))
+# What a claim needs of its locked rows, as plain rows: no ORM objects to build and flush.
+DUE_ROWS = (
+    select(Connection.id, Connection.tenant_id, Connection.user_id, Connection.version,
+           Connection.refresh_token, Connection.status, Connection.consecutive_failures,
+           Connection.created_at, Connection.last_refresh_at, Connection.last_used_at,
+           Connection.refresh_lease_until, Connection.granted_scopes,
+           Connection.withheld_scopes, AccessToken.scope_key, Policy.allow_broader_tokens)
+    .join(User, User.id == Connection.user_id)
+    .join(Policy, Policy.tenant_id == Connection.tenant_id)
+    .outerjoin(AccessToken, AccessToken.connection_id == Connection.id)
+    .where(*_eligible(), or_(_expiring(), _stale()),
+           Connection.id.in_(bindparam("ids", expanding=True)))
+    # A connection's first row names the key refreshed: its soonest expiring one.
+    .order_by(Connection.id, AccessToken.expires_at)
+)
+
+
+def _windows(now: dt.datetime, w: RefreshWindows) -> dict[str, dt.datetime]:
+    return {"now": now, "ahead": now + w.refresh_ahead, "recent": now - w.recently_used,
+            "stale": now - w.keep_alive}
 
 
 def _due(
-    session: Session, now: dt.datetime, w: RefreshWindows, limit: int, idle: bool = True
-) -> tuple[list[Due], bool]:
+    conn: DBConnection, now: dt.datetime, w: RefreshWindows, limit: int, idle: bool = True
+) -> tuple[list[Any], bool]:
     """Lock due connections; also say whether idle grants may be left to keep alive.
 
-    Expiring tokens are found by walking the expiry index, soonest first (a scan of every
-    connection in id order cost 40-110 ms a claim at 10,000 connections). Idle grants have no
-    index to walk: while `idle`, each claim keeps them an eighth of its rows (so a steady
-    stream of expiring tokens never starves them) and any room the expiring ones leave; a
-    look that finds fewer than it asked for says none are left.
+    While `idle`, each claim keeps idle grants an eighth of its rows (so a steady stream of
+    expiring tokens never starves them) and any room the expiring ones leave; a look that
+    finds fewer than it asked for says none are left.
     """
-    expiring = (select(Connection.id)
-                .join(User, User.id == Connection.user_id)
-                .join(AccessToken, AccessToken.connection_id == Connection.id)
-                .where(*_eligible(now), _expiring(now, w))
-                .order_by(AccessToken.expires_at))
-    stale = (select(Connection.id).join(User, User.id == Connection.user_id)
-             .where(*_eligible(now), _stale(now, w)))
+    bound = _windows(now, w)
+
+    def lock(query: Select[uuid.UUID], taken: list[uuid.UUID], n: int) -> list[uuid.UUID]:
+        found = conn.execute(query, {**bound, "taken": taken, "limit": n}).scalars()
+        return list(dict.fromkeys(found))  # a connection with two due scope keys comes twice
+
     ids: list[uuid.UUID] = []
     if idle:
         share = max(1, limit // 8)
-        ids = _lock(session, stale, share)
+        ids = lock(STALE, [], share)
         idle = len(ids) == share
-    ids += _lock(session, expiring.where(Connection.id.not_in(ids)), limit - len(ids))
+    ids += lock(EXPIRING, ids, limit - len(ids))
     if idle and len(ids) < limit:
-        more = _lock(session, stale.where(Connection.id.not_in(ids)), limit - len(ids))
+        more = lock(STALE, ids, limit - len(ids))
         idle = len(more) == limit - len(ids)
         ids += more
     if not ids:
@@ -125,13 +146,12 @@ def _due(
     # Asked again now that the rows are ours: when a row's lock is won after another worker
     # refreshed it, PostgreSQL re-checks the locked connection but not its joined token, whose
     # old expiry would have it refreshed twice. A new statement sees the new token.
-    rows = session.execute(_due_query(now, w).where(Connection.id.in_(ids))).all()
     seen: set[uuid.UUID] = set()
-    out: list[Due] = []
-    for conn, key, allow_broader in rows:
-        if conn.id not in seen:
-            seen.add(conn.id)
-            out.append((conn, key, allow_broader))
+    out: list[Any] = []  # DUE_ROWS's rows
+    for row in conn.execute(DUE_ROWS, {**bound, "ids": ids}):
+        if row.id not in seen:
+            seen.add(row.id)
+            out.append(row)
     return out, idle
 
 
@@ -143,18 +163,18 @@ def _claim_due(
     tokens, now = get_tokens(app), get_clock(app)()
     claimed = []
     with get_db(app).transaction() as session:
-        due, idle = _due(session, now, w, limit, idle)
-        for conn, key, allow_broader in due:
-            lease = tokens.claim_locked(session, conn, now)
+        due, idle = _due(session.connection(), now, w, limit, idle)
+        for row, lease in zip(due, tokens.claim_locked(session, due, now), strict=True):
             if lease is None:
                 continue
             # The scope key's scopes, never the stored row's answered ones: a token Google once
             # answered broadly must not be renewed broadly (issue 11 item 3). Keeping an idle
             # grant alive mints what jobs may use, never a withheld scope.
+            key = row.scope_key
             wanted = key.split(" ") if key else rules.usable(
-                gmail_only(conn.granted_scopes), conn.withheld_scopes)
-            want = Want(conn.id, conn.tenant_id, conn.user_id, wanted,
-                        key or scope_key(wanted), 0, allow_broader, actor_id="worker")
+                gmail_only(row.granted_scopes), row.withheld_scopes)
+            want = Want(row.id, row.tenant_id, row.user_id, wanted, key or scope_key(wanted), 0,
+                        row.allow_broader_tokens, actor_id="worker")
             claimed.append((want, lease))
     return claimed, idle
 

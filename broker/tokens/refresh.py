@@ -9,9 +9,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Update, bindparam, insert, literal_column, null, or_, update
@@ -78,6 +78,12 @@ STORE_TOKEN = (
             expires_at=bindparam("expires"), obtained_at=bindparam("obtained"))
     .returning(_t.id)
 )
+# The worker's claim: rows it holds locked, leased together.
+LEASE_LOCKED = (
+    update(Connection)
+    .where(_c.id.in_(bindparam("ids", expanding=True)))
+    .values(refresh_lease_until=bindparam("until"), refresh_lease_owner=bindparam("owner"))
+)
 INSERT_TOKEN = insert(AccessToken).values(
     connection_id=bindparam("connection"), scope_key=bindparam("key"),
     id=bindparam("token_id"), token=bindparam("sealed"), scopes=bindparam("granted"),
@@ -95,6 +101,22 @@ def _swap(columns: tuple[str, ...]) -> Update:
         .values({name: bindparam("set_" + name) for name in columns})
         .returning(_c.version)
     )
+
+
+class Locked(Protocol):
+    """What the worker's claim reads of a connection it holds locked."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID
+    version: int
+    refresh_token: bytes | None
+    status: str
+    consecutive_failures: int
+    created_at: dt.datetime
+    last_refresh_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    refresh_lease_until: dt.datetime | None
 
 
 @dataclass(frozen=True)
@@ -286,17 +308,34 @@ class Refresher:
                      time.monotonic() + self.settings.REFRESH_BUDGET)
 
     def claim_locked(
-        self, session: Session, conn: Connection, now: dt.datetime
-    ) -> Lease | None:
-        """Claim the lease of a row the caller holds locked (the worker); None when taken."""
-        if conn.refresh_lease_until is not None and conn.refresh_lease_until > now:
-            return None
-        lease = self._open(session, conn, conn.version, Want(
-            conn.id, conn.tenant_id, conn.user_id, [], "", 0, False))
-        if lease is not None:
-            conn.refresh_lease_until = now + dt.timedelta(seconds=self.settings.REFRESH_BUDGET)
-            conn.refresh_lease_owner = self.owner
-        return lease
+        self, session: Session, rows: Sequence[Locked], now: dt.datetime
+    ) -> list[Lease | None]:
+        """Claim the leases of rows the caller holds locked (the worker), in one statement;
+        None for a row leased meanwhile or whose token will not open (marked needs_reauth)."""
+        leases: list[Lease | None] = []
+        for row in rows:
+            if row.refresh_lease_until is not None and row.refresh_lease_until > now:
+                leases.append(None)
+                continue
+            try:
+                token = self.keys().open(session, row.tenant_id, row.id, "refresh_token",
+                                         row.refresh_token or b"")
+            except SealError:
+                held = session.get(Connection, row.id)
+                if held is not None:
+                    self.store.mark_needs_reauth(session, held, "token_unreadable", Want(
+                        row.id, row.tenant_id, row.user_id, [], "", 0, False))
+                leases.append(None)
+                continue
+            leases.append(Lease(row.version, token.decode(), row.status,
+                                row.consecutive_failures, row.created_at, row.last_refresh_at,
+                                row.last_used_at, time.monotonic() + self.settings.REFRESH_BUDGET))
+        ids = [row.id for row, lease in zip(rows, leases, strict=True) if lease is not None]
+        if ids:
+            session.connection().execute(LEASE_LOCKED, {
+                "ids": ids, "owner": self.owner,
+                "until": now + dt.timedelta(seconds=self.settings.REFRESH_BUDGET)})
+        return leases
 
     def refresh_held(self, want: Want, lease: Lease) -> bool:
         """Refresh under a lease claimed by `claim_locked`; say whether a token was stored."""

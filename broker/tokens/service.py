@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flask import Flask, current_app
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from broker.db import Database, get_db
 from broker.google import Google, get_google
 from broker.keys import get_keys
 from broker.models import Connection
-from broker.tokens.refresh import Lease, Refresher
+from broker.tokens.refresh import Lease, Locked, Refresher
 from broker.tokens.store import Issued, Keys, StoredToken, TokenStore, Want
 
 __all__ = ["EXTENSION", "Issued", "StoredToken", "TokenService", "Want", "get_tokens",
@@ -74,9 +74,11 @@ class TokenService:
         """Return a token for `want` by `deadline` (monotonic), refreshing at most once."""
         return self.refresher.obtain(want, deadline)
 
-    def claim_locked(self, session: Session, conn: Connection, now: dt.datetime) -> Lease | None:
-        """Claim the lease of a row the caller holds locked (the worker); None when taken."""
-        return self.refresher.claim_locked(session, conn, now)
+    def claim_locked(
+        self, session: Session, rows: Sequence[Locked], now: dt.datetime
+    ) -> list[Lease | None]:
+        """Claim the leases of rows the caller holds locked (the worker); None where not."""
+        return self.refresher.claim_locked(session, rows, now)
 
     def refresh_held(self, want: Want, lease: Lease) -> bool:
         """Refresh under a lease claimed by `claim_locked`; say whether a token was stored."""

@@ -11,6 +11,7 @@ import pytest
 
 from broker.config import load_settings
 from broker.emulator import Emulator
+from broker.google import client as client_module
 from broker.google.client import JWKS_REFETCH_COOLDOWN, Google, GoogleError, IdTokenError
 from broker.scopes import PREFIX
 from tests.plugins.emulator import EmulatorControls
@@ -202,3 +203,21 @@ def test_a_kid_miss_refetches_the_jwks_at_most_once_per_cooldown(emulator) -> No
     assert emulator.calls()["certs"] == calls + 2
     # Another URL has its own entry in the shared cache.
     assert google.key_set(emulator.url + "/oauth2/v3/certs?other") is not first
+
+
+def test_token_calls_borrow_a_client_each_and_keep_it(
+    google: Google, grant: dict, monkeypatch: pytest.MonkeyPatch,  # type: ignore[type-arg]
+) -> None:
+    # Two calls at once get a client each (no pool shared between callers), both kept after.
+    with google._token_client() as first, google._token_client() as second:  # noqa: SLF001
+        assert first is not second and first is not google.http
+    assert google._idle == [second, first]  # noqa: SLF001 - last in, first out
+    google.refresh(grant["refresh_token"])
+    assert google._idle == [second, first]  # noqa: SLF001 - reused, none made
+    # Past the number kept, a returned client is closed, not hoarded.
+    monkeypatch.setattr(client_module, "TOKEN_CLIENTS_KEPT", 2)
+    with google._token_client() as a, google._token_client() as b, \
+            google._token_client() as extra:  # noqa: SLF001
+        assert {id(a), id(b)} == {id(first), id(second)} and not extra.is_closed
+    kept = google._idle  # noqa: SLF001
+    assert len(kept) == 2 and [c for c in (a, b, extra) if c.is_closed] == [a]  # returned last

@@ -78,7 +78,7 @@ def test_an_event_during_a_refresh_leaves_the_connection_needing_reauth(stream: 
     with get_db(stream.app).transaction() as session:
         conn = session.get(Connection, world.connection.id)
         assert conn is not None
-        lease = tokens.claim_locked(session, conn, utcnow())
+        [lease] = tokens.claim_locked(session, [conn], utcnow())
         assert lease is not None
     # Google revokes while our refresh is in flight (its answer still carries a token).
     answer = stream.send("tokens-revoked", sub=world.user.google_sub)

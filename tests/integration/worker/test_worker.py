@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
-from broker import webhooks, worker
+from broker import audit, webhooks, worker
 from broker.audit import ChainWindows
 from broker.clock import utcnow
 from broker.connections import RevocationWindows
@@ -263,6 +263,37 @@ def test_the_loop_pauses_through_the_apps_sleep(app: Flask) -> None:
     with pytest.raises(_Stop):
         worker.run(app, interval=7.5)
     assert pauses == [7.5]  # nothing to do: one pass, then the pause, not a busy loop
+
+
+def test_only_a_duty_that_filled_its_batch_goes_again_at_once(
+    app: Flask, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A backlog of audit events to chain: more than one batch's worth, all past the lag.
+    at = utcnow() - dt.timedelta(minutes=1)
+    with get_db(app).transaction() as session:
+        for n in range(worker.Windows().batch + 10):
+            audit.record(session, now=at, action="token.handout", tenant_id=None,
+                         actor_type="client", actor_id=f"c{n}")
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        raise _Stop
+
+    app.extensions["broker.sleep"] = sleep
+    caplog.set_level(logging.INFO, logger="broker.worker")
+    with pytest.raises(_Stop):
+        worker.run(app, interval=600.0)  # the next full pass is far off
+    # A lone dict argument is the log record's args itself: the pass's report.
+    first, *again = [r.args for r in caplog.records if getattr(r, "event", "") == "worker"]
+    assert isinstance(first, dict) and all(isinstance(report, dict) for report in again)
+    # Every duty on the first pass (on PostgreSQL refreshes have a thread of their own).
+    every = worker.DUTIES if get_db(app).is_sqlite else worker.HOUSEKEEPING
+    assert set(first) == {d.__name__ for d in every}
+    assert first["chain_audit"] >= worker.Windows().batch
+    # Then only the busy ones, until they are done: no purges re-run with every batch.
+    assert again and all(set(report) <= {"chain_audit", "fold_audit"} for report in again)
+    assert again[-1]["chain_audit"] == 0 and pauses == [600.0]
 
 
 def test_each_duty_takes_the_workers_windows() -> None:
