@@ -217,6 +217,9 @@ def _worker_targets(worker: dict[str, Any]) -> list[str]:
              f"target >= 300" + ("  ok" if rate >= 300 else f"  MISSED by {300 - rate:.0f}/s")
              + f"  (CPU per refresh: workers {worker.get('worker_cpu_ms', 0):.2f} ms, "
              f"emulator {worker.get('emulator_cpu_ms', 0):.2f} ms)",
+             *([f"    of which {worker['rate_beside_handout']:.0f}/s while the hand-out load "
+                 f"ran, {worker['rate_alone']:.0f}/s the rest of the run"]
+               if "rate_alone" in worker else []),
              f"  upstream calls {calls:,} for {count:,} due connections  target 1 each"
              + _mark(calls == count)]
     if quiet and busy:

@@ -185,6 +185,16 @@ def _handout_p99(run: Run, seconds: float) -> float:
     return result.p99_ms
 
 
+def _split_rates(done: int, seconds: float, busy: dict[str, float]) -> dict[str, float]:
+    """Return the refresh rate while the hand-out probe ran and while it did not."""
+    if not busy.get("seconds"):
+        return {}
+    inside, span = busy["refreshed"], busy["seconds"]
+    rest = seconds - span
+    return {"rate_beside_handout": inside / span,
+            "rate_alone": (done - inside) / rest if rest > 0 else 0.0}
+
+
 def worker(run: Run) -> dict[str, Any]:
     """Time 2 `broker worker` processes refreshing every due connection with Google 200 ms
     away; count Google calls; measure the hand-out's p99 before and while they run."""
@@ -213,8 +223,14 @@ def worker(run: Run) -> dict[str, Any]:
     emulator_cpu = cpu_seconds(tree(emulator_proc))  # gunicorn's arbiter and its one worker
     busy: dict[str, float] = {}
     if run.broker_ok:  # the hand-out measured while the workers refresh, from a thread
-        probe = threading.Thread(target=lambda: busy.update(
-            p99=_handout_p99(run, 8.0 if run.options.quick else 15.0)), daemon=True)
+        def measure() -> None:
+            # The refreshes done while the hand-out load runs, to tell its rate from the rest.
+            first, began = _refreshed(dataset.url, since), time.monotonic()
+            busy["p99"] = _handout_p99(run, 8.0 if run.options.quick else 15.0)
+            busy["refreshed"] = _refreshed(dataset.url, since) - first
+            busy["seconds"] = time.monotonic() - began
+
+        probe = threading.Thread(target=measure, daemon=True)
         threading.Timer(2.0, probe.start).start()
     done = 0
     try:
@@ -240,6 +256,7 @@ def worker(run: Run) -> dict[str, Any]:
         "interval_s": WORKER_INTERVAL, "complete": done >= count,
         "upstream_latency_ms": UPSTREAM_LATENCY_MS,
         "handout_p99_ms": quiet_p99, "handout_p99_busy_ms": busy.get("p99", 0.0),
+        **_split_rates(done, seconds, busy),
         "worker_cpu_ms": worker_cpu / max(done, 1) * 1000,
         "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000,
         **_refresh_audit(dataset.url, since)}

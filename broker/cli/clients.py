@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -289,6 +290,26 @@ def webhook_disable(webhook_id: str) -> None:
     click.echo(f"disabled {webhook_id}")
 
 
+def lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority by `nice` (its threads inherit it).
+
+    Linux weighs each session's autogroup against the others and a nice only within its
+    group, so a worker leading a session of its own (started with setsid, as a service
+    manager does) lowers its group too, or the nice would change nothing. In a session it
+    shares (a terminal's), the group is left alone: that would lower its neighbours as well.
+    """
+    if not nice:
+        return
+    os.nice(nice)
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        with open("/proc/self/autogroup", "w", encoding="ascii") as group:
+            group.write(str(nice))
+    except OSError:
+        pass  # no autogroups here (another system, or turned off): the nice is what counts
+
+
 @click.command("worker")
 @with_appcontext
 @click.option("--once", is_flag=True,
@@ -297,7 +318,10 @@ def webhook_disable(webhook_id: str) -> None:
 @click.option("--interval", default=15.0, show_default=True,
               help="seconds between passes (with --once: how often you run it, which pages use "
                    "to tell a stopped worker)")
-def worker_command(once: bool, interval: float) -> None:
+@click.option("--nice", type=click.IntRange(0, 19), default=0, show_default=True,
+              help="lower the worker's CPU priority by this much, so that a `broker serve` on "
+                   "the same machine is answered first (the worker refreshes ahead of need)")
+def worker_command(once: bool, interval: float, nice: int) -> None:
     """Run the background worker: refresh ahead, chain and count the audit log, retry
     revocations, deliver webhooks, re-seal under new keys, purge what policy says to.
 
@@ -308,6 +332,7 @@ def worker_command(once: bool, interval: float) -> None:
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     get_keys(app)
+    lower_priority(nice)
     if once:
         done = worker.run_pass(app)
         worker.beat(app, interval)

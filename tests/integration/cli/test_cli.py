@@ -278,6 +278,38 @@ def test_worker_stops_cleanly_on_sigterm(instance: Path, tmp_path: Path) -> None
     assert "Traceback" not in log.read_text()
 
 
+def test_worker_nice_lowers_its_priority_and_its_own_sessions(instance: Path) -> None:
+    import time
+
+    assert broker(instance, "init").returncode == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    clean["BROKER_INSTANCE_PATH"] = str(instance)
+    proc = subprocess.Popen(  # noqa: S603 - our own entry point
+        [sys.executable, "-c", "from broker.cli import main; main()", "worker", "--interval",
+         "60", "--nice", "7"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean,
+        start_new_session=True)  # as a service manager starts it: a session of its own
+    stat = Path(f"/proc/{proc.pid}/stat")
+    try:
+        deadline = time.monotonic() + 120  # a bound on the wait, not what is awaited
+        while _nice(stat) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _nice(stat) == 7
+        group = Path(f"/proc/{proc.pid}/autogroup")
+        if group.exists():  # kernels with autogroups: the session's group is lowered too
+            assert group.read_text().split()[-1] == "7"
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    refused = broker(instance, "worker", "--nice", "20")
+    assert refused.returncode == 2 and "--nice" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def _nice(stat: Path) -> int:
+    """Return a process's nice value from /proc/PID/stat (after its parenthesised name)."""
+    return int(stat.read_text().rpartition(")")[2].split()[16])
+
+
 def test_worker_once_fails_loudly_when_a_duty_fails(instance: Path) -> None:
     import json
     import sqlite3

@@ -11,6 +11,7 @@ from bench.burst import percentile, request_bytes
 from bench.copy import CopyRows, text
 from bench.floor import dsn_from_env
 from bench.report import ratios, table
+from bench.slow import _split_rates
 from broker.models import AccessToken, User
 
 
@@ -145,6 +146,19 @@ def test_the_worker_lines_give_rate_calls_and_p99_against_their_targets() -> Non
                for line in lines)
     assert any("1.40x  target <= 1.5  ok" in line for line in lines)
     assert not any("users refreshed twice" in line for line in lines)  # an older result
+    assert not any("while the hand-out load ran" in line for line in lines)
+
+
+def test_the_worker_lines_split_the_rate_around_the_handout_load() -> None:
+    worker = {"available": True, "refreshed": 10_000, "connections": 10_000, "seconds": 40.0,
+              "processes": 2, "interval_s": 0.5, "upstream_calls": 10_000, "rate": 250.0,
+              "upstream_latency_ms": 200, "handout_p99_ms": 100.0,
+              "handout_p99_busy_ms": 140.0, "worker_cpu_ms": 3.0, "emulator_cpu_ms": 1.2,
+              **_split_rates(10_000, 40.0, {"refreshed": 1_500.0, "seconds": 15.0}),
+              }
+    assert "    of which 100/s while the hand-out load ran, 340/s the rest of the run" in (
+        table({"worker": worker}).splitlines())
+    assert _split_rates(10_000, 40.0, {}) == {}  # no probe: no split
 
 
 def test_the_worker_lines_say_what_google_took_and_flag_a_second_refresh() -> None:
