@@ -82,10 +82,13 @@ def parse(argv: list[str]) -> tuple[list[str], run.Options]:
     parser.add_argument("--threads", type=int, default=0, help="gunicorn threads per worker")
     parser.add_argument("--worker-class", choices=["gevent", "gthread"], default="",
                         help="gunicorn worker class (default: what `broker serve` picks)")
+    parser.add_argument("--worker-nice", type=int, default=0, choices=range(20), metavar="N",
+                        help="run the worker scenario's `broker worker` with --nice N")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)
     options = run.Options(quick=args.quick, workers=args.workers, threads=args.threads,
-                          keep=args.keep, worker_class=args.worker_class)
+                          keep=args.keep, worker_class=args.worker_class,
+                          worker_nice=args.worker_nice)
     if args.quick:
         options.duration, options.warmup, options.rounds, options.big_n = 5.0, 1.0, 1, 100_000
     options.duration = args.duration or options.duration

@@ -36,6 +36,7 @@ class Options:
     threads: int = 0
     keep: bool = False
     worker_class: str = ""
+    worker_nice: int = 0  # `broker worker --nice`
 
     def __post_init__(self) -> None:
         self.worker_class = self.worker_class or default_worker_class(False)

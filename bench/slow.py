@@ -217,6 +217,10 @@ def worker(run: Run) -> dict[str, Any]:
     before, started = refresh_calls(emulator), time.monotonic()
     since = dt.datetime.now(dt.UTC)
     argv = [*broker_command(), "worker", "--interval", str(WORKER_INTERVAL)]
+    nice = run.options.worker_nice
+    if nice:
+        argv += ["--nice", str(nice)]
+        run.log(f"  `broker worker --nice {nice}`")
     procs = [run.stack.spawn(f"worker-{n}", argv, env, "")
              for n in range(WORKER_PROCESSES)]
     emulator_proc = next(p for p in run.stack.processes if p.name == "emulator")
