@@ -145,3 +145,30 @@ def test_expiring_tokens_filling_every_claim_do_not_starve_idle_grants(
     assert worker.refresh_due(api_app, worker.Windows(parallel=2, refresh_batch=2)) == 2
     kept = last_refresh(api_app, idle.user.id)
     assert kept is not None and kept > old
+
+
+def test_an_unreadable_token_in_a_claim_is_marked_and_the_rest_are_refreshed(
+    api_app: Flask, make_world: Callable[..., World],
+) -> None:
+    good, bad = make_world(app=api_app), make_world(app=api_app)
+    for w in (good, bad):
+        assert w.token().status_code == 200
+    expire_in(api_app, {good.user.id: 5, bad.user.id: 5})
+    with get_db(api_app).transaction() as session:  # a sealed value that no longer opens
+        sealed = session.scalar(select(Connection.refresh_token)
+                                .where(Connection.user_id == bad.user.id))
+        assert sealed is not None
+        session.execute(update(Connection).where(Connection.user_id == bad.user.id)
+                        .values(refresh_token=sealed[:-1] + bytes([sealed[-1] ^ 1])))
+    before = refreshes(good)
+    # Both in one claim: the bad row is marked, the good one leased and refreshed.
+    assert worker.refresh_due(api_app, worker.Windows(parallel=2, refresh_batch=2)) == 1
+    assert refreshes(good) == before + 1  # no call for the token that would not open
+    with get_db(api_app).transaction(write=False) as session:
+        rows = dict(session.execute(
+            select(Connection.user_id, Connection.status_reason)
+            .where(Connection.user_id.in_([good.user.id, bad.user.id]))).all())
+        leased = session.scalar(select(Connection.refresh_lease_until)
+                                .where(Connection.user_id == bad.user.id))
+    assert rows == {good.user.id: None, bad.user.id: "token_unreadable"} and leased is None
+    assert last_refresh(api_app, good.user.id) is not None
