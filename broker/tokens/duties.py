@@ -186,9 +186,9 @@ def refresh_due(
 
     Up to `parallel` refreshes stay in flight: whenever a sixteenth of them have ended, as many
     due connections are claimed again (waiting for a quarter left a tenth of the slots idle on
-    average; now that a claim is cheap, smaller ones pay). Claimed batch by batch, every batch waited for its
-    slowest call (and the next claim) while the other slots stood idle. Once `stop` is set,
-    nothing more is claimed and the refreshes in flight finish.
+    average; now that a claim is cheap, smaller ones pay). Claimed batch by batch, every batch
+    waited for its slowest call (and the next claim) while the other slots stood idle. Once
+    `stop` is set, nothing more is claimed and the refreshes in flight finish.
     """
     w = w or RefreshWindows()
     tokens = get_tokens(app)
