@@ -148,18 +148,24 @@ class Google:
         return http_client(self.settings.CA_BUNDLE, httpx.Timeout(self.settings.GOOGLE_TIMEOUT),
                            headers=USER_AGENT, limits=limits)
 
+    def _forget_parents(self) -> None:
+        """Drop the clients a forked child inherited: its parent's sockets are not its own."""
+        if self._pid != os.getpid():
+            with self._lock:
+                self._http, self._idle, self._pid = None, [], os.getpid()
+
     @property
     def http(self) -> httpx.Client:
         """Return this process's HTTP client: TLS verified (broker.tls), no redirects, timeouts."""
-        if self._http is None or self._pid != os.getpid():
-            with self._lock:  # a forked child starts afresh: its parent's sockets are not its
-                self._http, self._idle, self._pid = self._client(GOOGLE_LIMITS), [], os.getpid()
+        self._forget_parents()
+        if self._http is None:
+            self._http = self._client(GOOGLE_LIMITS)
         return self._http
 
     @contextmanager
     def _token_client(self) -> Iterator[httpx.Client]:
         """Lend a client of one connection to one token call (see TOKEN_LIMITS)."""
-        self.http  # noqa: B018 - resets what a forked child inherited
+        self._forget_parents()
         with self._lock:
             client = self._idle.pop() if self._idle else None
         client = client or self._client(TOKEN_LIMITS)

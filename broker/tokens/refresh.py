@@ -293,18 +293,21 @@ class Refresher:
         )
 
     def _open(
-        self, session: Session, conn: Connection, version: int, want: Want
+        self, session: Session, row: Locked, version: int, want: Want
     ) -> Lease | None:
         """Open a claimed row's refresh token; one that will not open marks it needs_reauth."""
         try:
             refresh_token = self.keys().open(
-                session, conn.tenant_id, conn.id, "refresh_token", conn.refresh_token or b""
+                session, row.tenant_id, row.id, "refresh_token", row.refresh_token or b""
             ).decode()
         except SealError:
-            self.store.mark_needs_reauth(session, conn, "token_unreadable", want)
+            # The ORM object to mark: the row itself when it is one (the identity map's).
+            held = session.get(Connection, row.id)
+            if held is not None:
+                self.store.mark_needs_reauth(session, held, "token_unreadable", want)
             return None
-        return Lease(version, refresh_token, conn.status, conn.consecutive_failures,
-                     conn.created_at, conn.last_refresh_at, conn.last_used_at,
+        return Lease(version, refresh_token, row.status, row.consecutive_failures,
+                     row.created_at, row.last_refresh_at, row.last_used_at,
                      time.monotonic() + self.settings.REFRESH_BUDGET)
 
     def claim_locked(
@@ -312,24 +315,12 @@ class Refresher:
     ) -> list[Lease | None]:
         """Claim the leases of rows the caller holds locked (the worker), in one statement;
         None for a row leased meanwhile or whose token will not open (marked needs_reauth)."""
-        leases: list[Lease | None] = []
-        for row in rows:
-            if row.refresh_lease_until is not None and row.refresh_lease_until > now:
-                leases.append(None)
-                continue
-            try:
-                token = self.keys().open(session, row.tenant_id, row.id, "refresh_token",
-                                         row.refresh_token or b"")
-            except SealError:
-                held = session.get(Connection, row.id)
-                if held is not None:
-                    self.store.mark_needs_reauth(session, held, "token_unreadable", Want(
-                        row.id, row.tenant_id, row.user_id, [], "", 0, False))
-                leases.append(None)
-                continue
-            leases.append(Lease(row.version, token.decode(), row.status,
-                                row.consecutive_failures, row.created_at, row.last_refresh_at,
-                                row.last_used_at, time.monotonic() + self.settings.REFRESH_BUDGET))
+        leases = [
+            None if row.refresh_lease_until is not None and row.refresh_lease_until > now
+            else self._open(session, row, row.version, Want(
+                row.id, row.tenant_id, row.user_id, [], "", 0, False))
+            for row in rows
+        ]
         ids = [row.id for row, lease in zip(rows, leases, strict=True) if lease is not None]
         if ids:
             session.connection().execute(LEASE_LOCKED, {
