@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hmac
 import ssl
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -30,14 +30,26 @@ class TlsConfigError(ValueError):
     """A CA bundle or certificate file that cannot be used, said in one line."""
 
 
-@functools.lru_cache(maxsize=8)
+# The contexts built so far, by CA bundle (None: the system store); see client_context.
+_CONTEXTS: dict[str | None, ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
 def client_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     """Return the context of every outbound call: chain to a trusted root, validity, host name.
 
     `ca_bundle` (BROKER_CA_BUNDLE) replaces the system store. Built once per bundle: loading a
     store costs milliseconds, and a context is safe to share between threads.
     """
-    return _new_client_context(ca_bundle)
+    context = _CONTEXTS.get(ca_bundle)
+    if context is None:
+        # Under a lock: a worker's 48 threads all make their first call at once, and each
+        # loaded the store itself (a second of CPU per process, issue 18).
+        with _CONTEXTS_LOCK:
+            context = _CONTEXTS.get(ca_bundle)
+            if context is None:
+                context = _CONTEXTS[ca_bundle] = _new_client_context(ca_bundle)
+    return context
 
 
 def _new_client_context(ca_bundle: str | None) -> ssl.SSLContext:

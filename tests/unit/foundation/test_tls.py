@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,17 @@ def test_callouts_verify_names_and_chains_with_tls12_or_newer(
     assert client_context(str(bundle)) is context  # built once per bundle
     with pytest.raises(TlsConfigError, match="cannot use CA bundle"):
         client_context(str(tmp_path / "missing.pem"))
+
+
+def test_threads_asking_at_once_share_one_context(tmp_path: Path, pki: dict[str, Issued]) -> None:
+    bundle = tmp_path / "roots.pem"
+    bundle.write_bytes(pki["root"].pem())
+    start = threading.Barrier(16)
+
+    def first_call() -> ssl.SSLContext:
+        start.wait()
+        return client_context(str(bundle))
+
+    with ThreadPoolExecutor(16) as pool:
+        contexts = list(pool.map(lambda _: first_call(), range(16)))
+    assert len({id(context) for context in contexts}) == 1  # the store was loaded once
