@@ -16,6 +16,7 @@ from flask import Flask
 from sqlalchemy import delete, func, insert, select, update
 
 from broker import worker
+from broker.audit import chains
 from broker.db import get_db
 from broker.keys import get_keys
 from broker.models import AuditEvent
@@ -191,3 +192,24 @@ def test_a_hand_out_inserts_exactly_one_numbered_audit_row(world: World) -> None
     with get_db(world.app).transaction(write=False) as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)
                               .where(AuditEvent.action == "token.handout")) == 4
+
+
+def test_the_checkpoint_of_the_heads_now_equals_one_read_from_the_history(
+    chained: World, api_app: Flask
+) -> None:
+    make_tenant(api_app)
+    make_tenant(api_app)
+    chained.token()
+    assert worker.chain_audit(chained.app, NO_LAG) >= 1
+    chained.token({"user": "nobody@x.test"})  # left unchained: the heads must skip it
+    chained.token()
+    with get_db(chained.app).transaction(write=False) as session:
+        heads = session.scalar(select(func.count(func.distinct(AuditEvent.chain_id)))
+                               .where(AuditEvent.chain_seq.is_not(None)))
+        waiting = session.scalar(select(func.count()).select_from(AuditEvent)
+                                 .where(AuditEvent.chain_seq.is_(None)))
+        assert heads and heads >= 3 and waiting
+        now = chains.checkpoint(session, get_keys(chained.app))  # walks the index
+        top = chains.chained_top(session)
+        scanned = chains.checkpoint(session, get_keys(chained.app), as_of=top)  # the full scan
+    assert now is not None and now == scanned and now.seq == top
