@@ -16,7 +16,8 @@ from broker import worker
 from broker.clock import utcnow
 from broker.db import get_db
 from broker.models import AccessToken, Connection
-from tests.plugins.world import World
+from tests.plugins.emulator import EmulatorControls
+from tests.plugins.world import World, broker_config
 
 DEADLINE = 60.0  # a bound on a wait for a condition, never the condition itself
 
@@ -85,6 +86,47 @@ def test_a_stop_ends_the_loop_after_its_pass(world: World) -> None:
     stop.set()
     worker.run(world.app, interval=60.0, stop=stop)  # returns: no pass, no pause
     assert not any(t.name == "refresh-due" for t in threading.enumerate())
+
+
+def test_a_stop_during_refreshes_stores_those_in_flight_first(
+    make_app: Callable[..., Flask], emulator: EmulatorControls,
+    make_world: Callable[..., World], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Budgets far beyond the test: only the release below ends Google's wait.
+    app = make_app(**broker_config(emulator, GOOGLE_TIMEOUT=120, REFRESH_BUDGET=120))
+    worlds = [make_world(app=app) for _ in range(2)]
+    for w in worlds:
+        assert w.token().status_code == 200
+    expire_in(app, {w.user.id: 5 for w in worlds})
+    seen = [last_refresh(app, w.user.id) for w in worlds]
+    before = refreshes(worlds[0])
+    emulator.fault("token", latency_ms=110_000, count=-1)  # held until the faults are cleared
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="broker.worker")
+    loop = threading.Thread(target=worker.run, args=(app,),
+                            kwargs={"interval": 60.0, "stop": stop}, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while refreshes(worlds[0]) < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert refreshes(worlds[0]) == before + 2  # both calls wait at Google
+        stop.set()  # what SIGTERM's handler does
+        loop.join(0.5)
+        assert loop.is_alive()  # it waits for the answers Google is about to give
+    finally:
+        emulator.clear_faults()
+    loop.join(DEADLINE)
+    assert not loop.is_alive()
+    assert refreshes(worlds[0]) == before + 2
+    with get_db(app).transaction(write=False) as session:
+        leased = session.scalars(select(Connection.refresh_lease_owner)
+                                 .where(Connection.user_id.in_([w.user.id for w in worlds])))
+        assert list(leased) == [None, None]
+    for w, old in zip(worlds, seen, strict=True):
+        stored = last_refresh(app, w.user.id)
+        assert stored is not None and old is not None and stored > old  # not thrown away
+    assert not [r for r in caplog.records if "still in flight" in r.getMessage()]
 
 
 def test_a_set_stop_claims_nothing_more(world: World) -> None:
