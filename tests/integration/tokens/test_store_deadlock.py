@@ -11,7 +11,7 @@ from sqlalchemy import select, text, update
 
 from broker.clock import utcnow
 from broker.db import DEADLOCK_RETRIES, get_db
-from broker.models import AccessToken
+from broker.models import AccessToken, Connection, Webhook, WebhookDelivery
 from tests.plugins.world import World
 
 # PostgreSQL fails the first `fail` writes of a token row as it fails a deadlock's victim
@@ -57,7 +57,19 @@ def _fail_first(app: Flask, fail: int) -> None:
         conn.execute(text(FAIL_FIRST.format(fail=fail)))
 
 
-def test_a_store_failed_as_a_deadlocks_victim_is_stored_again(failing: World) -> None:
+def _degrade(world: World) -> None:
+    """Make the next store take the session path: a degraded connection's recovery, which
+    also queues a webhook delivery in the store's transaction."""
+    with get_db(world.app).transaction() as session:
+        session.add(Webhook(tenant_id=world.tenant.id, url="https://hooks.example.test/broker",
+                            secret=b"s" * 32, events=["connection.recovered"]))
+        session.execute(update(Connection).values(status="degraded"))
+
+
+@pytest.mark.parametrize("path", ["driver", "session"])
+def test_a_store_failed_as_a_deadlocks_victim_is_stored_again(failing: World, path: str) -> None:
+    if path == "session":
+        _degrade(failing)
     _fail_first(failing.app, 2)
     with get_db(failing.app).transaction(write=False) as session:
         old = session.scalar(select(AccessToken.id))
@@ -67,6 +79,12 @@ def test_a_store_failed_as_a_deadlocks_victim_is_stored_again(failing: World) ->
     with get_db(failing.app).transaction(write=False) as session:
         stored = session.scalars(select(AccessToken)).one()
     assert stored.id != old and stored.expires_at > utcnow()
+    with get_db(failing.app).transaction(write=False) as session:
+        events = session.scalars(select(WebhookDelivery.event)).all()
+        status = session.scalar(select(Connection.status))
+    # The failed attempts rolled back their webhook rows: one delivery, from the stored one.
+    assert events == (["connection.recovered"] if path == "session" else [])
+    assert status == "active"
 
 
 def test_a_store_that_keeps_failing_is_answered_not_retried_forever(failing: World) -> None:
