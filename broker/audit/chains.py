@@ -150,11 +150,17 @@ class _Head:
     at: dt.datetime | None
 
 
+def _newest(chain_id: Any, *columns: Any) -> Select[Any]:
+    """Select `columns` of a chain's newest chained event."""
+    return (
+        select(*columns).where(AuditEvent.chain_id == chain_id, AuditEvent.chain_seq.is_not(None))
+        .order_by(AuditEvent.chain_seq.desc()).limit(1)
+    )
+
+
 def _head(session: Session, chain_id: uuid.UUID) -> _Head:
     row = session.execute(
-        select(AuditEvent.chain_seq, AuditEvent.mac, AuditEvent.at)
-        .where(AuditEvent.chain_id == chain_id, AuditEvent.chain_seq.is_not(None))
-        .order_by(AuditEvent.chain_seq.desc()).limit(1)
+        _newest(chain_id, AuditEvent.chain_seq, AuditEvent.mac, AuditEvent.at)
     ).one_or_none()
     return _Head(int(row[0] or 0), row[1] or "", row[2]) if row else _Head(0, "", None)
 
@@ -251,14 +257,6 @@ def _chain_after(chain_id: Any) -> ScalarSelect[uuid.UUID]:
     return query.order_by(AuditEvent.chain_id).limit(1).scalar_subquery()
 
 
-def _newest(column: Any, chain_id: Any) -> ScalarSelect[Any]:
-    """Select `column` of a chain's newest chained event."""
-    return (
-        select(column).where(AuditEvent.chain_id == chain_id, AuditEvent.chain_seq.is_not(None))
-        .order_by(AuditEvent.chain_seq.desc()).limit(1).scalar_subquery()
-    )
-
-
 def _current_heads() -> Select[uuid.UUID, int | None, str | None]:
     """Select every chain's head now: one probe of ix_audit_events_chain per chain.
 
@@ -270,7 +268,8 @@ def _current_heads() -> Select[uuid.UUID, int | None, str | None]:
     chains = chains.union_all(select(_chain_after(chains.c.id)).where(chains.c.id.is_not(None)))
     chain_id = chains.c.id
     return select(
-        chain_id, _newest(AuditEvent.chain_seq, chain_id), _newest(AuditEvent.mac, chain_id)
+        chain_id, _newest(chain_id, AuditEvent.chain_seq).scalar_subquery(),
+        _newest(chain_id, AuditEvent.mac).scalar_subquery(),
     ).where(chain_id.is_not(None))
 
 
