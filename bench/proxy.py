@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench import data, load
+from bench.cpu import spent
 from bench.load import MARK, Result, basic
-from bench.refresh import cpu_seconds
+from bench.refresh import tree
 from bench.run import Run, measure, scripts, summarise
 from bench.slow import granted_dataset
 from bench.stack import Process, child_env, memory
@@ -58,9 +59,9 @@ def _script(path: Path, pairs: list[tuple[str, str]]) -> Path:
 
 
 def _cpu_per_call(procs: list[list[int]], run_load: Any) -> tuple[Result, list[float]]:
-    before = [cpu_seconds(p) for p in procs]
+    before = [spent(p) for p in procs]
     result = run_load()
-    after = [cpu_seconds(p) for p in procs]
+    after = [spent(p) for p in procs]
     calls = max(1, result.requests)
     return result, [(a - b) / calls * 1000 for a, b in zip(after, before, strict=True)]
 
@@ -76,10 +77,6 @@ def _burst(url: str, requests: list[dict[str, str]], count: int) -> dict[str, An
     if done.returncode != 0:
         raise RuntimeError(f"burst failed: {done.stderr[-800:]}")
     return dict(json.loads(done.stdout))
-
-
-def _pids(proc: Process) -> list[int]:
-    return [proc.popen.pid, *proc.children()]
 
 
 def proxy(run: Run) -> dict[str, Any]:
@@ -110,7 +107,7 @@ def proxy(run: Run) -> dict[str, Any]:
         (f"/proxy/gmail/v1/users/{e}/profile", auth) for e in emails])
     direct = _script(folder / "direct.lua", [
         ("/gmail/v1/users/me/profile", "Bearer " + t["access_token"]) for t in tokens])
-    broker_pids, emulator_pids = _pids(broker), _pids(emulator_proc)
+    broker_pids, emulator_pids = tree(broker), tree(emulator_proc)
     out: dict[str, Any] = {"users": USERS, "worker_class": run.options.worker_class,
                            "workers": run.options.workers, "threads": run.options.threads}
     for _target, url, script in (("direct", emulator_url, direct), ("proxy", broker.url, proxied)):

@@ -18,7 +18,6 @@ import pstats
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +25,7 @@ import httpx
 
 from bench import data
 from bench.burst import percentile
+from bench.cpu import spent
 from bench.load import basic
 from bench.run import Run
 from bench.stack import Process, child_env
@@ -37,19 +37,6 @@ WARM = 2 * CLIENTS  # connections refreshed first, outside the count: pools, dis
 PROFILED = 300  # refreshed in this process under cProfile, after the timed run
 CPU_TARGET_MS = 4.0
 WALL_TARGET = 1.5
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """Return the user + system CPU seconds the processes have spent (live ones only)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
 
 
 def tree(proc: Process) -> list[int]:
@@ -133,11 +120,11 @@ def refresh(run: Run) -> dict[str, Any]:
         "endpoint": "token", "latency_ms": LATENCY_MS, "count": -1}, timeout=10)
     try:
         _drive(run, proc.url, tenant, users[:WARM])
-        calls, broker_cpu, emulator_cpu = (refresh_calls(emulator_url), cpu_seconds(tree(proc)),
-                                           cpu_seconds(tree(emulator)))
+        calls, broker_cpu, emulator_cpu = (refresh_calls(emulator_url), spent(tree(proc)),
+                                           spent(tree(emulator)))
         answers = _drive(run, proc.url, tenant, users[WARM:WARM + count])
-        broker_cpu = cpu_seconds(tree(proc)) - broker_cpu
-        emulator_cpu = cpu_seconds(tree(emulator)) - emulator_cpu
+        broker_cpu = spent(tree(proc)) - broker_cpu
+        emulator_cpu = spent(tree(emulator)) - emulator_cpu
         calls = refresh_calls(emulator_url) - calls
     finally:
         httpx.delete(emulator_url + "/_emulator/faults", timeout=10)

@@ -227,6 +227,32 @@ def _worker_targets(worker: dict[str, Any]) -> list[str]:
         lines.append(f"  hand-out p99 at 32 clients {quiet:.1f} ms quiet, {busy:.1f} ms while "
                      f"refreshing: {ratio:.2f}x  target <= 1.5"
                      + ("  ok" if ratio <= 1.5 else f"  MISSED by {ratio - 1.5:.2f}x"))
+    return lines + _cpu_lines(worker.get("cpu") or {})
+
+
+CPU_GROUPS = {"handout": "hand-out broker", "workers": "workers", "emulator": "emulator",
+              "postgres": "PostgreSQL", "machine": "machine"}
+CPU_WINDOWS = {"handout_alone": "hand-out load alone", "beside": "hand-out load beside workers",
+               "workers_alone": "workers alone"}
+
+
+def _cpu_lines(cpu: dict[str, Any]) -> list[str]:
+    """Return who used the cores in each window of the worker scenario, and the refresh
+    stack's cost per refresh: what 300/s of it takes of the machine."""
+    if not cpu:
+        return []
+    lines = [f"  CPU in cores of {cpu['cores']} (/proc; the machine's from /proc/stat):"]
+    for window, label in CPU_WINDOWS.items():
+        if window in cpu:
+            used = ", ".join(f"{name} {cpu[window][key]:.2f}" for key, name in CPU_GROUPS.items()
+                             if key in cpu[window])
+            lines.append(f"    {label + ':':<31}{used}")
+    per = cpu.get("ms_per_refresh_alone")
+    if per:
+        total = sum(per.values())
+        lines.append(f"  per refresh, workers alone: workers {per['workers']:.2f} ms, emulator "
+                     f"{per['emulator']:.2f} ms, PostgreSQL {per['postgres']:.2f} ms: 300/s "
+                     f"takes {total * 0.3:.2f} of {cpu['cores']} cores")
     return lines
 
 

@@ -18,10 +18,11 @@ import httpx
 import psycopg
 
 from bench import data
+from bench.cpu import Meter, Reading, postgres_spent, postmaster, spent
 from bench.load import basic
-from bench.refresh import cpu_seconds, tree
+from bench.refresh import tree
 from bench.run import Dataset, Run
-from bench.stack import GOOGLE_CLIENT_ID, broker_command, child_env
+from bench.stack import GOOGLE_CLIENT_ID, Process, broker_command, child_env
 
 STAMPEDE_REQUESTS = 1_000
 STAMPEDE_POOL = 12  # database connections per stampede process (see stampede)
@@ -195,6 +196,45 @@ def _split_rates(done: int, seconds: float, busy: dict[str, float]) -> dict[str,
             "rate_alone": (done - inside) / rest if rest > 0 else 0.0}
 
 
+def _meter(run: Run, database_url: str, emulator: Process) -> Meter:
+    """Return a meter of the hand-out's broker, the emulator and PostgreSQL (workers later)."""
+    meter = Meter()
+    handout = run.brokers.get("small")
+    if handout is not None:
+        meter.add("handout", lambda: spent(tree(handout)))
+    meter.add("emulator", lambda: spent(tree(emulator)))
+    root = postmaster(database_url)
+    meter.add("postgres", lambda: postgres_spent(root))
+    return meter
+
+
+def _cpu_windows(quiet_start: Reading, quiet_end: Reading, readings: dict[str, Reading],
+                 refreshed_alone: int) -> dict[str, Any]:
+    """Return the cores each group used with the hand-out load alone, beside the workers and
+    with the workers alone, and each group's CPU per refresh in that last window."""
+    out: dict[str, Any] = {"cores": os.cpu_count() or 1,
+                           "handout_alone": quiet_end.cores(quiet_start)}
+    started, done = readings["started"], readings["done"]
+    began, ended = readings.get("began"), readings.get("ended")
+    if began is None or ended is None:  # no hand-out load ran: the workers were alone
+        alone, alone_seconds = done.cores(started), done.at - started.at
+    elif ended.at > done.at:  # the hand-out load outlasted the workers: no clean windows
+        return out
+    else:
+        out["beside"] = ended.cores(began)
+        before, after = began.cores(started), done.cores(ended)
+        first, last = began.at - started.at, done.at - ended.at
+        alone_seconds = first + last
+        alone = {name: (before.get(name, 0.0) * first + after.get(name, 0.0) * last)
+                 / alone_seconds for name in before} if alone_seconds > 0 else {}
+    out["workers_alone"] = alone
+    if refreshed_alone > 0 and alone_seconds > 0:
+        out["ms_per_refresh_alone"] = {
+            name: alone.get(name, 0.0) * alone_seconds / refreshed_alone * 1000
+            for name in ("workers", "emulator", "postgres")}
+    return out
+
+
 def worker(run: Run) -> dict[str, Any]:
     """Time 2 `broker worker` processes refreshing every due connection with Google 200 ms
     away; count Google calls; measure the hand-out's p99 before and while they run."""
@@ -209,9 +249,13 @@ def worker(run: Run) -> dict[str, Any]:
     emulator = run.emulator()
     env = run.stack.broker_env(dataset.name, emulator)
     run.ensure_small()
+    emulator_proc = next(p for p in run.stack.processes if p.name == "emulator")
+    meter = _meter(run, dataset.url, emulator_proc)
     if run.broker_ok:
         _handout_p99(run, 2.0)  # warm-up: pools, caches, prepared statements
+    quiet_start = meter.read()
     quiet_p99 = _handout_p99(run, 5.0) if run.broker_ok else 0.0
+    quiet_end = meter.read()
     httpx.post(emulator + "/_emulator/faults", json={
         "endpoint": "token", "latency_ms": UPSTREAM_LATENCY_MS, "count": -1}, timeout=10)
     before, started = refresh_calls(emulator), time.monotonic()
@@ -223,14 +267,17 @@ def worker(run: Run) -> dict[str, Any]:
         run.log(f"  `broker worker --nice {nice}`")
     procs = [run.stack.spawn(f"worker-{n}", argv, env, "")
              for n in range(WORKER_PROCESSES)]
-    emulator_proc = next(p for p in run.stack.processes if p.name == "emulator")
-    emulator_cpu = cpu_seconds(tree(emulator_proc))  # gunicorn's arbiter and its one worker
+    meter.add("workers", lambda: spent([p.popen.pid for p in procs]))
+    emulator_cpu = spent(tree(emulator_proc))  # gunicorn's arbiter and its one worker
+    readings = {"started": meter.read()}  # then the hand-out load's start and end, and done
     busy: dict[str, float] = {}
     if run.broker_ok:  # the hand-out measured while the workers refresh, from a thread
         def measure() -> None:
             # The refreshes done while the hand-out load runs, to tell its rate from the rest.
             first, began = _refreshed(dataset.url, since), time.monotonic()
+            readings["began"] = meter.read()
             busy["p99"] = _handout_p99(run, 8.0 if run.options.quick else 15.0)
+            readings["ended"] = meter.read()
             busy["refreshed"] = _refreshed(dataset.url, since) - first
             busy["seconds"] = time.monotonic() - began
 
@@ -245,8 +292,9 @@ def worker(run: Run) -> dict[str, Any]:
             time.sleep(0.25)
     finally:
         seconds = time.monotonic() - started
-        worker_cpu = cpu_seconds([p.popen.pid for p in procs])
-        emulator_cpu = cpu_seconds(tree(emulator_proc)) - emulator_cpu
+        worker_cpu = spent([p.popen.pid for p in procs])
+        readings["done"] = meter.read()
+        emulator_cpu = spent(tree(emulator_proc)) - emulator_cpu
         exited = [p.log_tail(3) for p in procs if p.popen.poll() not in (None, 0)]
         for proc in procs:
             run.stack.retire(proc)
@@ -261,6 +309,8 @@ def worker(run: Run) -> dict[str, Any]:
         "upstream_latency_ms": UPSTREAM_LATENCY_MS,
         "handout_p99_ms": quiet_p99, "handout_p99_busy_ms": busy.get("p99", 0.0),
         **_split_rates(done, seconds, busy),
+        "cpu": _cpu_windows(quiet_start, quiet_end, readings,
+                            int(done - busy.get("refreshed", 0))),
         "worker_cpu_ms": worker_cpu / max(done, 1) * 1000,
         "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000,
         **_refresh_audit(dataset.url, since)}

@@ -9,9 +9,10 @@ import pytest
 
 from bench.burst import percentile, request_bytes
 from bench.copy import CopyRows, text
+from bench.cpu import Reading
 from bench.floor import dsn_from_env
 from bench.report import ratios, table
-from bench.slow import _split_rates
+from bench.slow import _cpu_windows, _split_rates
 from broker.models import AccessToken, User
 
 
@@ -170,3 +171,46 @@ def test_the_worker_lines_say_what_google_took_and_flag_a_second_refresh() -> No
     lines = table({"worker": worker}).splitlines()
     assert ("  Google's latency as the workers saw it: p50 231 ms, p90 297 ms (the emulator "
             "waits 200 ms); users refreshed twice 1  MISSED") in lines
+
+
+def _at(at: float, **groups: float) -> Reading:
+    return Reading(at, groups)
+
+
+def test_the_cpu_windows_split_the_run_around_the_handout_load() -> None:
+    quiet = _at(0.0, handout=0.0, postgres=0.0), _at(5.0, handout=7.0, postgres=2.0)
+    readings = {  # workers alone 10 s, beside the hand-out 15 s, alone again 5 s
+        "started": _at(10.0, workers=0.0, emulator=0.0, postgres=10.0),
+        "began": _at(20.0, workers=9.0, emulator=3.0, postgres=14.0),
+        "ended": _at(35.0, workers=15.0, emulator=6.0, postgres=20.0),
+        "done": _at(40.0, workers=21.0, emulator=7.5, postgres=22.0),
+    }
+    cpu = _cpu_windows(*quiet, readings, refreshed_alone=4_500)
+    assert cpu["handout_alone"] == {"handout": 1.4, "postgres": 0.4}
+    assert cpu["beside"] == {"workers": 0.4, "emulator": 0.2, "postgres": 0.4}
+    # Alone: (9 + 6) s of workers' CPU over 15 s; per refresh, over the 4,500 done then.
+    assert cpu["workers_alone"] == pytest.approx({"workers": 1.0, "emulator": 0.3,
+                                                  "postgres": 0.4})
+    assert cpu["ms_per_refresh_alone"] == pytest.approx({
+        "workers": 15_000 / 4_500, "emulator": 4_500 / 4_500, "postgres": 6_000 / 4_500})
+    cpu["cores"] = 2  # this machine's count, whatever runs the test
+    worker = {"available": True, "refreshed": 1, "connections": 1, "seconds": 1.0,
+              "processes": 2, "interval_s": 0.5, "upstream_calls": 1, "rate": 300.0,
+              "upstream_latency_ms": 200, "handout_p99_ms": 0.0, "handout_p99_busy_ms": 0.0,
+              "cpu": cpu}
+    lines = table({"worker": worker}).splitlines()
+    beside = "    hand-out load beside workers:  workers 0.40, emulator 0.20, PostgreSQL 0.40"
+    assert beside in lines
+    # 5.67 ms of the three per refresh: 300/s of it is 1.70 cores.
+    assert any(line.endswith("300/s takes 1.70 of 2 cores") for line in lines)
+
+
+def test_the_cpu_windows_give_no_split_when_the_handout_load_outlasts_the_workers() -> None:
+    quiet = _at(0.0, handout=0.0), _at(5.0, handout=5.0)
+    readings = {"started": _at(10.0, workers=0.0), "began": _at(12.0, workers=2.0),
+                "done": _at(15.0, workers=5.0), "ended": _at(27.0, workers=5.0)}
+    cpu = _cpu_windows(*quiet, readings, refreshed_alone=0)
+    assert set(cpu) == {"cores", "handout_alone"}
+    alone = _cpu_windows(*quiet, {"started": readings["started"], "done": readings["done"]},
+                         refreshed_alone=1_000)
+    assert alone["workers_alone"] == {"workers": 1.0}
