@@ -457,12 +457,12 @@ class Refresher:
             values.update(refresh_token_ids(answer.refresh_token))
         # The common case on PostgreSQL: both seals from the reserved nonce block, no webhook:
         # the bare driver in one explicit transaction, as few round trips as statements.
-        sealed = keys.seal_ready(want.tenant_id, token_id, "access_token",
-                                 answer.access_token.encode(), bound=bound)
+        sealed = self._seal_ready(want.tenant_id, token_id, "access_token",
+                                  answer.access_token.encode(), bound)
         rotated: bytes | None = b""
         if answer.refresh_token:
-            rotated = keys.seal_ready(want.tenant_id, want.connection_id, "refresh_token",
-                                      answer.refresh_token.encode())
+            rotated = self._seal_ready(want.tenant_id, want.connection_id, "refresh_token",
+                                       answer.refresh_token.encode())
         fast = (sealed is not None and rotated is not None and lease.status != "degraded"
                 and not self.db.is_sqlite)
         if fast:
@@ -478,6 +478,19 @@ class Refresher:
             # Our lease expired and someone else took over; our token is still valid.
             log.warning("refresh result not stored: lease lost", extra={"event": "lease_lost"})
         return Issued(answer.access_token, expires_at, answer.scopes, token_id)
+
+    def _seal_ready(self, tenant_id: uuid.UUID, row_id: uuid.UUID, field: str,
+                    plaintext: bytes, bound: tuple[str, ...] = ()) -> bytes | None:
+        """Seal for the store from this process's nonce block; None on SQLite without one."""
+        keys = self.keys()
+        sealed = keys.seal_ready(tenant_id, row_id, field, plaintext, bound=bound)
+        if sealed is None and not self.db.is_sqlite:
+            # Reserved in a transaction of its own, not the store's: there the data key would
+            # be locked before the connection row, the reverse of a re-seal batch's order.
+            with self.db.transaction() as session:
+                keys.reserve(session, tenant_id)
+            sealed = keys.seal_ready(tenant_id, row_id, field, plaintext, bound=bound)
+        return sealed
 
     def _release(self, want: Want, lease: Lease, **values: object) -> int:
         with self.db.transaction() as session:

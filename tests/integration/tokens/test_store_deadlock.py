@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from flask import Flask
@@ -11,7 +13,8 @@ from sqlalchemy import select, text, update
 
 from broker.clock import utcnow
 from broker.db import DEADLOCK_RETRIES, get_db
-from broker.models import AccessToken, Connection, Webhook, WebhookDelivery
+from broker.keys import get_keys
+from broker.models import AccessToken, Connection, DataKey, Webhook, WebhookDelivery
 from tests.plugins.world import World
 
 # PostgreSQL fails the first `fail` writes of a token row as it fails a deadlock's victim
@@ -92,3 +95,51 @@ def test_a_store_that_keeps_failing_is_answered_not_retried_forever(failing: Wor
     answer = failing.token()
     assert answer.status_code == 503 and answer.json["error"] == "database_unavailable"
     assert _token_writes(failing.app) == DEADLOCK_RETRIES
+
+
+def _waiting_on_a_lock(app: Flask) -> bool:
+    with get_db(app).engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE connections%'")).scalar_one())
+
+
+def _until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30  # a state to reach, not a duration to guess
+    while not done():
+        assert time.monotonic() < deadline, "the state was never reached"
+        time.sleep(0.02)
+
+
+def test_a_store_reserves_its_nonce_block_before_it_locks_the_connection(
+    world: World, postgres_only: None
+) -> None:
+    """A re-seal batch locks connection rows, then the data key: a store that has no nonce
+    block left must not hold the data key while it waits for the connection row."""
+    assert world.token().status_code == 200
+    _expire(world.app)
+    get_keys(world.app).forget()  # this process holds no nonce block now
+    refreshes = world.emulator.calls()["token"].get("refresh_token", 0)
+    world.emulator.fault("token", latency_ms=60_000)  # held until the faults are cleared
+    answers: list[int] = []
+    hand_out = threading.Thread(target=lambda: answers.append(world.token().status_code))
+    hand_out.start()
+    engine = get_db(world.app).engine
+    with engine.connect() as holder, engine.connect() as prober:
+        try:
+            _until(lambda: world.emulator.calls()["token"].get("refresh_token", 0) > refreshes)
+            # Google answers only once the connection row is locked, as a re-seal batch does.
+            holder.execute(select(Connection.id).with_for_update())
+            world.emulator.clear_faults()
+            _until(lambda: _waiting_on_a_lock(world.app))
+            # The batch's next step: the tenant's data key, which the store must not hold.
+            locked = prober.execute(
+                select(DataKey.id).where(DataKey.tenant_id == world.tenant.id)
+                .with_for_update(nowait=True)).all()
+            assert locked
+            prober.rollback()
+        finally:
+            holder.rollback()
+            world.emulator.clear_faults()
+            hand_out.join(60)
+    assert answers == [200]
