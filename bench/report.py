@@ -249,10 +249,10 @@ def _cpu_lines(cpu: dict[str, Any]) -> list[str]:
             lines.append(f"    {label + ':':<31}{used}")
     per = cpu.get("ms_per_refresh_alone")
     if per:
-        total = sum(per.values())
-        lines.append(f"  per refresh, workers alone: workers {per['workers']:.2f} ms, emulator "
-                     f"{per['emulator']:.2f} ms, PostgreSQL {per['postgres']:.2f} ms: 300/s "
-                     f"takes {total * 0.3:.2f} of {cpu['cores']} cores")
+        each = ", ".join(f"{CPU_GROUPS[key]} {ms:.2f} ms" for key, ms in per.items())
+        lines.append(f"  per refresh, workers alone: {each}: 300/s takes "
+                     f"{sum(per.values()) * 0.3:.2f} of {cpu['cores']} cores"
+                     + ("" if "postgres" in per else " (PostgreSQL on another machine)"))
     return lines
 
 

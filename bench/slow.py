@@ -203,7 +203,10 @@ def _meter(run: Run, database_url: str, emulator: Process) -> Meter:
     if handout is not None:
         meter.add("handout", lambda: spent(tree(handout)))
     meter.add("emulator", lambda: spent(tree(emulator)))
-    root = postmaster(database_url)
+    try:
+        root = postmaster(database_url)
+    except RuntimeError:  # a server on another machine: its CPU is not this machine's
+        return meter
     meter.add("postgres", lambda: postgres_spent(root))
     return meter
 
@@ -216,9 +219,9 @@ def _cpu_windows(quiet_start: Reading, quiet_end: Reading, readings: dict[str, R
                            "handout_alone": quiet_end.cores(quiet_start)}
     started, done = readings["started"], readings["done"]
     began, ended = readings.get("began"), readings.get("ended")
-    if began is None or ended is None:  # no hand-out load ran: the workers were alone
+    if began is None:  # no hand-out load ran: the workers were alone
         alone, alone_seconds = done.cores(started), done.at - started.at
-    elif ended.at > done.at:  # the hand-out load outlasted the workers: no clean windows
+    elif ended is None or ended.at > done.at:  # it outlasted the workers: no clean windows
         return out
     else:
         out["beside"] = ended.cores(began)
@@ -230,8 +233,8 @@ def _cpu_windows(quiet_start: Reading, quiet_end: Reading, readings: dict[str, R
     out["workers_alone"] = alone
     if refreshed_alone > 0 and alone_seconds > 0:
         out["ms_per_refresh_alone"] = {
-            name: alone.get(name, 0.0) * alone_seconds / refreshed_alone * 1000
-            for name in ("workers", "emulator", "postgres")}
+            name: alone[name] * alone_seconds / refreshed_alone * 1000
+            for name in ("workers", "emulator", "postgres") if name in alone}
     return out
 
 
@@ -269,8 +272,12 @@ def worker(run: Run) -> dict[str, Any]:
              for n in range(WORKER_PROCESSES)]
     meter.add("workers", lambda: spent([p.popen.pid for p in procs]))
     emulator_cpu = spent(tree(emulator_proc))  # gunicorn's arbiter and its one worker
-    readings = {"started": meter.read()}  # then the hand-out load's start and end, and done
+    # Read when the first refresh is stored (after the workers' start-up, which is no
+    # refresh's cost), then at the hand-out load's start and end, and when all are done.
+    readings: dict[str, Reading] = {}
+    first_stored = 0
     busy: dict[str, float] = {}
+    probe: threading.Thread | None = None
     if run.broker_ok:  # the hand-out measured while the workers refresh, from a thread
         def measure() -> None:
             # The refreshes done while the hand-out load runs, to tell its rate from the rest.
@@ -282,11 +289,15 @@ def worker(run: Run) -> dict[str, Any]:
             busy["seconds"] = time.monotonic() - began
 
         probe = threading.Thread(target=measure, daemon=True)
-        threading.Timer(2.0, probe.start).start()
     done = 0
     try:
         while time.monotonic() - started < WORKER_TIMEOUT:
             done = _refreshed(dataset.url, since)
+            if done and "started" not in readings:
+                readings["started"], first_stored = meter.read(), done
+            if (probe is not None and probe.ident is None and "started" in readings
+                    and time.monotonic() - started >= 2.0):
+                probe.start()
             if done >= count or all(p.popen.poll() is not None for p in procs):
                 break
             time.sleep(0.25)
@@ -299,7 +310,7 @@ def worker(run: Run) -> dict[str, Any]:
         for proc in procs:
             run.stack.retire(proc)
         httpx.delete(emulator + "/_emulator/faults", timeout=10)
-    if run.broker_ok:
+    if probe is not None and probe.ident is not None:
         probe.join(30)
     out: dict[str, Any] = {
         "available": True, "connections": count, "refreshed": done, "seconds": seconds,
@@ -310,7 +321,8 @@ def worker(run: Run) -> dict[str, Any]:
         "handout_p99_ms": quiet_p99, "handout_p99_busy_ms": busy.get("p99", 0.0),
         **_split_rates(done, seconds, busy),
         "cpu": _cpu_windows(quiet_start, quiet_end, readings,
-                            int(done - busy.get("refreshed", 0))),
+                            int(done - first_stored - busy.get("refreshed", 0)))
+        if "started" in readings else {},
         "worker_cpu_ms": worker_cpu / max(done, 1) * 1000,
         "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000,
         **_refresh_audit(dataset.url, since)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import pytest
 
@@ -177,6 +178,15 @@ def _at(at: float, **groups: float) -> Reading:
     return Reading(at, groups)
 
 
+def _cpu_table(cpu: dict[str, Any]) -> list[str]:
+    """Return the table's lines for a worker result carrying these CPU windows."""
+    worker = {"available": True, "refreshed": 1, "connections": 1, "seconds": 1.0,
+              "processes": 2, "interval_s": 0.5, "upstream_calls": 1, "rate": 300.0,
+              "upstream_latency_ms": 200, "handout_p99_ms": 0.0, "handout_p99_busy_ms": 0.0,
+              "cpu": cpu}
+    return table({"worker": worker}).splitlines()
+
+
 def test_the_cpu_windows_split_the_run_around_the_handout_load() -> None:
     quiet = _at(0.0, handout=0.0, postgres=0.0), _at(5.0, handout=7.0, postgres=2.0)
     readings = {  # workers alone 10 s, beside the hand-out 15 s, alone again 5 s
@@ -194,11 +204,7 @@ def test_the_cpu_windows_split_the_run_around_the_handout_load() -> None:
     assert cpu["ms_per_refresh_alone"] == pytest.approx({
         "workers": 15_000 / 4_500, "emulator": 4_500 / 4_500, "postgres": 6_000 / 4_500})
     cpu["cores"] = 2  # this machine's count, whatever runs the test
-    worker = {"available": True, "refreshed": 1, "connections": 1, "seconds": 1.0,
-              "processes": 2, "interval_s": 0.5, "upstream_calls": 1, "rate": 300.0,
-              "upstream_latency_ms": 200, "handout_p99_ms": 0.0, "handout_p99_busy_ms": 0.0,
-              "cpu": cpu}
-    lines = table({"worker": worker}).splitlines()
+    lines = _cpu_table(cpu)
     beside = "    hand-out load beside workers:  workers 0.40, emulator 0.20, PostgreSQL 0.40"
     assert beside in lines
     # 5.67 ms of the three per refresh: 300/s of it is 1.70 cores.
@@ -214,3 +220,8 @@ def test_the_cpu_windows_give_no_split_when_the_handout_load_outlasts_the_worker
     alone = _cpu_windows(*quiet, {"started": readings["started"], "done": readings["done"]},
                          refreshed_alone=1_000)
     assert alone["workers_alone"] == {"workers": 1.0}
+    # No PostgreSQL group (a server on another machine): the line says what it leaves out.
+    assert alone["ms_per_refresh_alone"] == {"workers": 5.0}
+    alone["cores"] = 2
+    assert ("  per refresh, workers alone: workers 5.00 ms: 300/s takes 1.50 of 2 cores"
+            " (PostgreSQL on another machine)") in _cpu_table(alone)
