@@ -191,20 +191,6 @@ class KeyService:
         return seal(block.key, block.version, plaintext,
                     _binding(tenant_id, row_id, field, bound))
 
-    def reserve(self, session: Session, tenant_id: uuid.UUID | None) -> None:
-        """Reserve a nonce block in the caller's transaction unless this process holds one.
-
-        The block's first nonce goes unused: the count only ever over-counts, which is safe.
-        """
-        label = tenant_label(tenant_id)
-        now = self.clock()
-        with self._lock:
-            block = self._blocks.get(label)
-            if block and block.remaining > 0 and block.expires > now:
-                return
-        with session.no_autoflush:
-            self._reserve(session, tenant_id, label, now)
-
     def open(
         self, session: Session, tenant_id: uuid.UUID | None, row_id: object, field: str,
         blob: bytes, *, bound: tuple[str, ...] = (),

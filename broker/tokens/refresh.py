@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Update, bindparam, insert, literal_column, null, or_, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from broker import audit, metrics, webhooks
@@ -430,19 +431,20 @@ class Refresher:
                 return swap(conn)
 
         def in_session(conn: DBConnection) -> bool:
-            # Seals that reserve a nonce block (and the webhook's rows) need an ORM session on
-            # this same transaction.
+            # Seals not made yet (SQLite's, which reserve a nonce block) and the webhook's
+            # rows need an ORM session on this same transaction.
             session = Session(bind=conn)
             try:
-                if answer.refresh_token:
+                if answer.refresh_token and rotated is None:
                     values["refresh_token"] = keys.seal(
                         session, want.tenant_id, want.connection_id, "refresh_token",
                         answer.refresh_token.encode(),
                     )
-                token["sealed"] = keys.seal(
-                    session, want.tenant_id, token_id, "access_token",
-                    answer.access_token.encode(), bound=bound,
-                )
+                if sealed is None:
+                    token["sealed"] = keys.seal(
+                        session, want.tenant_id, token_id, "access_token",
+                        answer.access_token.encode(), bound=bound,
+                    )
                 if not swap(conn):
                     return False
                 if lease.status == "degraded":
@@ -463,12 +465,12 @@ class Refresher:
         if answer.refresh_token:
             rotated = self._seal_ready(want.tenant_id, want.connection_id, "refresh_token",
                                        answer.refresh_token.encode())
+        if sealed is not None:
+            token["sealed"] = sealed
+        if answer.refresh_token and rotated is not None:
+            values["refresh_token"] = rotated
         fast = (sealed is not None and rotated is not None and lease.status != "degraded"
                 and not self.db.is_sqlite)
-        if fast:
-            token["sealed"] = sealed
-            if answer.refresh_token:
-                values["refresh_token"] = rotated
         # A re-seal batch locks connection and token rows too, and PostgreSQL breaks such a
         # cycle by failing one side. All of this store rolled back, and the lease is still
         # ours: store again rather than lose the token Google minted.
@@ -481,16 +483,21 @@ class Refresher:
 
     def _seal_ready(self, tenant_id: uuid.UUID, row_id: uuid.UUID, field: str,
                     plaintext: bytes, bound: tuple[str, ...] = ()) -> bytes | None:
-        """Seal for the store from this process's nonce block; None on SQLite without one."""
+        """Seal a value for the store before its transaction; None leaves it to the store."""
         keys = self.keys()
         sealed = keys.seal_ready(tenant_id, row_id, field, plaintext, bound=bound)
-        if sealed is None and not self.db.is_sqlite:
-            # Reserved in a transaction of its own, not the store's: there the data key would
-            # be locked before the connection row, the reverse of a re-seal batch's order.
+        if sealed is not None or self.db.is_sqlite:
+            return sealed
+        # No nonce block left: reserve one and seal in a transaction of its own, not in the
+        # store's, where the data key would be locked before the connection row (the reverse
+        # of a re-seal batch's order). Should this fail, the store seals in its own, as before.
+        try:
             with self.db.transaction() as session:
-                keys.reserve(session, tenant_id)
-            sealed = keys.seal_ready(tenant_id, row_id, field, plaintext, bound=bound)
-        return sealed
+                return keys.seal(session, tenant_id, row_id, field, plaintext, bound=bound)
+        except DBAPIError:
+            log.info("nonce block not reserved apart; sealing in the store",
+                     extra={"event": "seal_reserve"})
+            return None
 
     def _release(self, want: Want, lease: Lease, **values: object) -> int:
         with self.db.transaction() as session:

@@ -1,14 +1,16 @@
-"""The bench's CPU meter finds PostgreSQL's processes and counts the backends it reaped."""
+"""The bench's CPU meter: PostgreSQL's reaped backends and exited processes still count."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psycopg
 from sqlalchemy.engine import make_url
 
-from bench.cpu import children, postgres_spent, postmaster, spent
+from bench.cpu import Kept, children, postgres_spent, postmaster, spent
 from tests.plugins.world import World
 
 
@@ -32,3 +34,27 @@ def test_postgres_cpu_counts_a_backend_after_it_exits(postgres_only: None, world
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists()
     assert postgres_spent(root) - before >= busy
+
+
+BURN = """
+import sys, time
+while time.process_time() < 0.3:
+    pass
+print("burnt", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_group_keeps_the_cpu_of_a_process_that_exited() -> None:
+    child = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    group = Kept(lambda: [child.pid])
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "burnt\n"
+        burnt = group()
+        assert burnt >= 0.2
+    finally:
+        child.communicate("")  # it exits and is reaped: its /proc entry is gone
+    assert not Path(f"/proc/{child.pid}").exists()
+    assert spent([child.pid]) == 0
+    assert group() == burnt

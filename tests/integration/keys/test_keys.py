@@ -175,27 +175,3 @@ def test_seal_ready_seals_only_from_a_reserved_block(app: Flask) -> None:
         assert keys.open(session, tenant.id, row, "access_token", sealed, bound=("b",)) == b"ya29.x"
         with pytest.raises(SealError):
             keys.open(session, tenant.id, uuid.uuid4(), "access_token", sealed, bound=("b",))
-
-
-def test_reserve_takes_a_block_only_when_this_process_holds_none(make_app) -> None:  # type: ignore[no-untyped-def]
-    app = make_app(SEAL_BLOCK=3)
-    keys = get_keys(app)
-    tenant = make_tenant(app, "reserve")
-
-    def counted() -> int:
-        with get_db(app).transaction(write=False) as session:
-            return int(session.scalar(select(DataKey.seal_count)
-                                      .where(DataKey.tenant_id == tenant.id)) or 0)
-
-    with get_db(app).transaction() as session:
-        keys.reserve(session, tenant.id)
-    assert counted() == 3
-    with get_db(app).transaction() as session:
-        keys.reserve(session, tenant.id)  # the block is held: nothing counted again
-    assert counted() == 3
-    # The block's first nonce is not used: 2 seals from it, then a new block is reserved.
-    sealed = [keys.seal_ready(tenant.id, uuid.uuid4(), "f", b"x") for _ in range(3)]
-    assert [s is not None for s in sealed] == [True, True, False]
-    with get_db(app).transaction() as session:
-        keys.reserve(session, tenant.id)
-    assert counted() == 6

@@ -120,13 +120,13 @@ def test_a_store_reserves_its_nonce_block_before_it_locks_the_connection(
     _expire(world.app)
     get_keys(world.app).forget()  # this process holds no nonce block now
     refreshes = world.emulator.calls()["token"].get("refresh_token", 0)
-    world.emulator.fault("token", latency_ms=60_000)  # held until the faults are cleared
     answers: list[int] = []
     hand_out = threading.Thread(target=lambda: answers.append(world.token().status_code))
-    hand_out.start()
     engine = get_db(world.app).engine
     with engine.connect() as holder, engine.connect() as prober:
         try:
+            world.emulator.fault("token", latency_ms=60_000)  # held until faults are cleared
+            hand_out.start()
             _until(lambda: world.emulator.calls()["token"].get("refresh_token", 0) > refreshes)
             # Google answers only once the connection row is locked, as a re-seal batch does.
             holder.execute(select(Connection.id).with_for_update())
@@ -141,5 +141,42 @@ def test_a_store_reserves_its_nonce_block_before_it_locks_the_connection(
         finally:
             holder.rollback()
             world.emulator.clear_faults()
-            hand_out.join(60)
+            if hand_out.ident is not None:
+                hand_out.join(60)
     assert answers == [200]
+
+
+# The first write of a data key fails, as a connection lost mid-transaction would.
+FAIL_FIRST_KEY_WRITE = """
+CREATE SEQUENCE key_writes;
+CREATE FUNCTION fail_first_key_write() RETURNS trigger AS $$
+BEGIN
+  IF nextval('key_writes') = 1 THEN
+    RAISE EXCEPTION 'lost' USING ERRCODE = 'internal_error';
+  END IF;
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER fail_first_key_write BEFORE UPDATE ON data_keys
+  FOR EACH ROW EXECUTE FUNCTION fail_first_key_write();
+"""
+
+
+def test_a_failed_reservation_apart_leaves_the_seal_to_the_store(failing: World) -> None:
+    """Google minted the token already: a reservation that fails must not lose it."""
+    get_keys(failing.app).forget()
+    engine = get_db(failing.app).engine
+    with engine.begin() as conn:
+        conn.execute(text(FAIL_FIRST_KEY_WRITE))
+    try:
+        answer = failing.token()
+        with engine.connect() as conn:
+            writes = conn.execute(text("SELECT last_value FROM key_writes")).scalar_one()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER fail_first_key_write ON data_keys;"
+                              " DROP FUNCTION fail_first_key_write(); DROP SEQUENCE key_writes"))
+    assert answer.status_code == 200, answer.json
+    assert writes == 2  # the reservation apart failed; the store's own succeeded
+    with get_db(failing.app).transaction(write=False) as session:
+        stored = session.scalars(select(AccessToken)).one()
+    assert stored.expires_at > utcnow()
