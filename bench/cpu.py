@@ -35,6 +35,21 @@ def spent(pids: list[int], reaped: bool = False) -> float:
     return total / TICKS
 
 
+class Kept:
+    """The CPU seconds of a changing set of processes, keeping what one that exited (or was
+    reaped) had spent when last read, so that a group's total never goes back."""
+
+    def __init__(self, pids: Pids) -> None:
+        self.pids = pids
+        self._last: dict[int, float] = {}
+
+    def __call__(self) -> float:
+        """Return the group's CPU seconds so far."""
+        for pid in self.pids():
+            self._last[pid] = spent([pid]) or self._last.get(pid, 0.0)
+        return sum(self._last.values())
+
+
 def children(parent: int) -> list[int]:
     """Return the pids whose parent is `parent`."""
     found = []
@@ -46,12 +61,21 @@ def children(parent: int) -> list[int]:
     return found
 
 
+def _postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
+
+
 def postmaster(url: str) -> int:
     """Return the pid of the PostgreSQL server at `url` (the parent of one of its backends)."""
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    fields = _fields(int(row[0])) if row else None
-    if fields is None:
+    backend = int(row[0]) if row else 0
+    fields = _fields(backend) if _postgres(backend) else None
+    # In a container or on another host the pid is not ours, or names someone else's process.
+    if fields is None or not _postgres(int(fields[1])):
         raise RuntimeError("PostgreSQL's backend is not a process of this machine")
     return int(fields[1])
 

@@ -18,7 +18,7 @@ import httpx
 import psycopg
 
 from bench import data
-from bench.cpu import Meter, Reading, postgres_spent, postmaster, spent
+from bench.cpu import Kept, Meter, Reading, postgres_spent, postmaster, spent
 from bench.load import basic
 from bench.refresh import tree
 from bench.run import Dataset, Run
@@ -151,11 +151,21 @@ def worker_available() -> bool:
     return done.returncode == 0
 
 
-def _refreshed(url: str, since: dt.datetime) -> int:
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
-        row = conn.execute("SELECT count(*) FROM access_tokens WHERE obtained_at >= %s",
-                           (since,)).fetchone()
+def _connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1),
+                           autocommit=True)
+
+
+def _stored(conn: psycopg.Connection[Any], since: dt.datetime) -> int:
+    """Count the access tokens obtained since an instant."""
+    row = conn.execute("SELECT count(*) FROM access_tokens WHERE obtained_at >= %s",
+                       (since,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def _refreshed(url: str, since: dt.datetime) -> int:
+    with _connect(url) as conn:
+        return _stored(conn, since)
 
 
 def _refresh_audit(url: str, since: dt.datetime) -> dict[str, float]:
@@ -201,11 +211,11 @@ def _meter(run: Run, database_url: str, emulator: Process) -> Meter:
     meter = Meter()
     handout = run.brokers.get("small")
     if handout is not None:
-        meter.add("handout", lambda: spent(tree(handout)))
-    meter.add("emulator", lambda: spent(tree(emulator)))
+        meter.add("handout", Kept(lambda: tree(handout)))
+    meter.add("emulator", Kept(lambda: tree(emulator)))
     try:
         root = postmaster(database_url)
-    except RuntimeError:  # a server on another machine: its CPU is not this machine's
+    except (RuntimeError, psycopg.Error):  # a server elsewhere: its CPU is not this machine's
         return meter
     meter.add("postgres", lambda: postgres_spent(root))
     return meter
@@ -270,7 +280,7 @@ def worker(run: Run) -> dict[str, Any]:
         run.log(f"  `broker worker --nice {nice}`")
     procs = [run.stack.spawn(f"worker-{n}", argv, env, "")
              for n in range(WORKER_PROCESSES)]
-    meter.add("workers", lambda: spent([p.popen.pid for p in procs]))
+    meter.add("workers", Kept(lambda: [p.popen.pid for p in procs]))
     emulator_cpu = spent(tree(emulator_proc))  # gunicorn's arbiter and its one worker
     # Read when the first refresh is stored (after the workers' start-up, which is no
     # refresh's cost), then at the hand-out load's start and end, and when all are done.
@@ -290,9 +300,11 @@ def worker(run: Run) -> dict[str, Any]:
 
         probe = threading.Thread(target=measure, daemon=True)
     done = 0
+    # One kept connection: a new one every poll would count as PostgreSQL's CPU per refresh.
+    counter = _connect(dataset.url)
     try:
         while time.monotonic() - started < WORKER_TIMEOUT:
-            done = _refreshed(dataset.url, since)
+            done = _stored(counter, since)
             if done and "started" not in readings:
                 readings["started"], first_stored = meter.read(), done
             if (probe is not None and probe.ident is None and "started" in readings
@@ -305,6 +317,7 @@ def worker(run: Run) -> dict[str, Any]:
         seconds = time.monotonic() - started
         worker_cpu = spent([p.popen.pid for p in procs])
         readings["done"] = meter.read()
+        counter.close()
         emulator_cpu = spent(tree(emulator_proc)) - emulator_cpu
         exited = [p.log_tail(3) for p in procs if p.popen.poll() not in (None, 0)]
         for proc in procs:
@@ -322,7 +335,8 @@ def worker(run: Run) -> dict[str, Any]:
         **_split_rates(done, seconds, busy),
         "cpu": _cpu_windows(quiet_start, quiet_end, readings,
                             int(done - first_stored - busy.get("refreshed", 0)))
-        if "started" in readings else {},
+        # A probe still running may have half its figures written: no windows from them.
+        if "started" in readings and not (probe and probe.is_alive()) else {},
         "worker_cpu_ms": worker_cpu / max(done, 1) * 1000,
         "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000,
         **_refresh_audit(dataset.url, since)}
