@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psycopg
 
+from bench.data import libpq
+
 TICKS = os.sysconf("SC_CLK_TCK")
 # A group's processes, asked at every reading: gunicorn's workers and PostgreSQL's backends
 # come and go.
@@ -70,7 +72,7 @@ def _postgres(pid: int) -> bool:
 
 def postmaster(url: str) -> int:
     """Return the pid of the PostgreSQL server at `url` (the parent of one of its backends)."""
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+    with psycopg.connect(libpq(url)) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
     backend = int(row[0]) if row else 0
     fields = _fields(backend) if _postgres(backend) else None

@@ -69,7 +69,8 @@ def prepare(url: str, keys: KeyService, tenants: int, prefix: str = "t",
         database.dispose()
 
 
-def _libpq(url: str) -> str:
+def libpq(url: str) -> str:
+    """Return a SQLAlchemy psycopg URL as libpq (and psycopg.connect) spells it."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
@@ -130,7 +131,7 @@ def bulk_load(url: str, keys: KeyService, load: Load, log: Callable[[str], None]
         "scope_key": " ".join(SCOPES), "scopes": SCOPES, "expires_at": load.token_expires_at,
         "obtained_at": min(now, load.token_expires_at - dt.timedelta(seconds=3599)),
     })
-    with psycopg.connect(_libpq(url), autocommit=True) as conn:
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
         per_tenant = [0] * len(load.tenants)
         for i in range(load.start, load.stop):
             per_tenant[i % len(load.tenants)] += 2

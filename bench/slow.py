@@ -18,7 +18,7 @@ import httpx
 import psycopg
 
 from bench import data
-from bench.cpu import Kept, Meter, Reading, postgres_spent, postmaster, spent
+from bench.cpu import Kept, Meter, Reading, postgres_spent, postmaster
 from bench.load import basic
 from bench.refresh import tree
 from bench.run import Dataset, Run
@@ -152,8 +152,7 @@ def worker_available() -> bool:
 
 
 def _connect(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1),
-                           autocommit=True)
+    return psycopg.connect(data.libpq(url), autocommit=True)
 
 
 def _stored(conn: psycopg.Connection[Any], since: dt.datetime) -> int:
@@ -171,7 +170,7 @@ def _refreshed(url: str, since: dt.datetime) -> int:
 def _refresh_audit(url: str, since: dt.datetime) -> dict[str, float]:
     """Read the refreshes' audit rows: Google's latency as the broker saw it (p50, p90) and
     how many users were refreshed more than once."""
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+    with _connect(url) as conn:
         row = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (details->>'google_ms')::int),"
             " percentile_cont(0.9) WITHIN GROUP (ORDER BY (details->>'google_ms')::int)"
@@ -281,7 +280,7 @@ def worker(run: Run) -> dict[str, Any]:
     procs = [run.stack.spawn(f"worker-{n}", argv, env, "")
              for n in range(WORKER_PROCESSES)]
     meter.add("workers", Kept(lambda: [p.popen.pid for p in procs]))
-    emulator_cpu = spent(tree(emulator_proc))  # gunicorn's arbiter and its one worker
+    spawned = meter.read()
     # Read when the first refresh is stored (after the workers' start-up, which is no
     # refresh's cost), then at the hand-out load's start and end, and when all are done.
     readings: dict[str, Reading] = {}
@@ -315,16 +314,17 @@ def worker(run: Run) -> dict[str, Any]:
             time.sleep(0.25)
     finally:
         seconds = time.monotonic() - started
-        worker_cpu = spent([p.popen.pid for p in procs])
         readings["done"] = meter.read()
         counter.close()
-        emulator_cpu = spent(tree(emulator_proc)) - emulator_cpu
         exited = [p.log_tail(3) for p in procs if p.popen.poll() not in (None, 0)]
         for proc in procs:
             run.stack.retire(proc)
         httpx.delete(emulator + "/_emulator/faults", timeout=10)
     if probe is not None and probe.ident is not None:
         probe.join(30)
+    # CPU over the whole run, the workers' start-up included (the windows below leave it out).
+    used = {group: readings["done"].groups[group] - spawned.groups[group]
+            for group in ("workers", "emulator")}
     out: dict[str, Any] = {
         "available": True, "connections": count, "refreshed": done, "seconds": seconds,
         "rate": done / seconds if seconds else 0.0,
@@ -337,8 +337,8 @@ def worker(run: Run) -> dict[str, Any]:
                             int(done - first_stored - busy.get("refreshed", 0)))
         # A probe still running may have half its figures written: no windows from them.
         if "started" in readings and not (probe and probe.is_alive()) else {},
-        "worker_cpu_ms": worker_cpu / max(done, 1) * 1000,
-        "emulator_cpu_ms": emulator_cpu / max(done, 1) * 1000,
+        "worker_cpu_ms": used["workers"] / max(done, 1) * 1000,
+        "emulator_cpu_ms": used["emulator"] / max(done, 1) * 1000,
         **_refresh_audit(dataset.url, since)}
     if exited and done < count:
         out["error"] = "`broker worker` exited: " + exited[0].strip()
